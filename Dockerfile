@@ -1,0 +1,22 @@
+# The beamtwin image: the `beamtwin` command (ingest workers, migrations, API, publishers).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/beamtwin
+# Only what the package needs, so a local .venv or test data never enters the image.
+COPY pyproject.toml README.md ./
+COPY twin ./twin
+COPY ingest ./ingest
+COPY provenance_store ./provenance_store
+COPY api ./api
+COPY simulations ./simulations
+COPY beamtwin_cli ./beamtwin_cli
+RUN pip install . \
+    && useradd --system --uid 10001 --no-create-home beamtwin
+
+USER beamtwin
+CMD ["beamtwin", "--help"]

@@ -1,0 +1,5 @@
+import sys
+
+from beamtwin_cli import main
+
+sys.exit(main())

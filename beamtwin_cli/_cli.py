@@ -1,0 +1,137 @@
+"""Argument parsing and dispatch of the ``beamtwin`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="beamtwin",
+        description=(
+            "Microscope digital twin and provenance tracking: telemetry ingest into a "
+            "time-series store, state estimation, verified dataset snapshots."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run everything on one machine: embedded PostgreSQL and broker, ingest, a "
+        "virtual microscope",
+        description=(
+            "Start an embedded PostgreSQL (unless BEAMTWIN_DATABASE_URL is set) and an embedded "
+            "Kafka-protocol broker (unless BEAMTWIN_KAFKA_BOOTSTRAP is set), apply migrations, "
+            "start ingest workers and a virtual microscope publishing telemetry, and show live "
+            "progress until Ctrl-C or --duration."
+        ),
+    )
+    demo.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
+    demo.add_argument("--rate-hz", type=float, default=100.0, help="telemetry ticks per second")
+    demo.add_argument(
+        "--extra-channels",
+        type=int,
+        default=68,
+        help="sensor channels beyond the 32 standard ones (default: 100 channels in all)",
+    )
+    demo.add_argument("--workers", type=int, default=1, help="ingest workers in the group")
+    demo.add_argument(
+        "--bad-frame-every",
+        type=int,
+        default=100,
+        help="publish one deliberately malformed frame every N frames to show dead-lettering "
+        "(0: never)",
+    )
+    demo.add_argument(
+        "--data-dir",
+        default=None,
+        help="where the embedded PostgreSQL keeps its data (default: .beamtwin/ in the cwd)",
+    )
+    demo.set_defaults(func="demo")
+
+    db = sub.add_parser("db", help="database schema management")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = db_sub.add_parser("upgrade", help="apply migrations up to the newest revision")
+    up.add_argument("--database-url", default=None, help="default: BEAMTWIN_DATABASE_URL")
+    up.set_defaults(func="db_upgrade")
+    chk = db_sub.add_parser("check", help="exit 1 unless the schema is at the newest revision")
+    chk.add_argument("--database-url", default=None, help="default: BEAMTWIN_DATABASE_URL")
+    chk.set_defaults(func="db_check")
+
+    ing = sub.add_parser(
+        "ingest",
+        help="run ingest workers (BEAMTWIN_DATABASE_URL and BEAMTWIN_KAFKA_BOOTSTRAP required)",
+    )
+    ing.add_argument("--workers", type=int, default=1, help="workers (threads) in this process")
+    ing.set_defaults(func="ingest")
+
+    inst = sub.add_parser("instruments", help="register and list instruments")
+    inst_sub = inst.add_subparsers(dest="inst_command", required=True, metavar="ACTION")
+    reg = inst_sub.add_parser("register", help="register (or update) an instrument")
+    reg.add_argument("instrument_id", help="persistent id, e.g. nion-ustem-01")
+    reg.add_argument("--vendor", default=None)
+    reg.add_argument("--model", default=None)
+    reg.add_argument("--serial-number", default=None)
+    reg.add_argument("--control-software-version", default=None)
+    reg.set_defaults(func="instruments_register")
+    lst = inst_sub.add_parser("list", help="list registered instruments")
+    lst.set_defaults(func="instruments_list")
+
+    pv = sub.add_parser(
+        "publish-virtual", help="publish a virtual microscope's telemetry to the broker"
+    )
+    pv.add_argument("--instrument", default="virtual-stem-01", help="instrument id")
+    pv.add_argument("--rate-hz", type=float, default=50.0)
+    pv.add_argument("--duration", type=float, default=None, help="seconds of telemetry")
+    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--extra-channels", type=int, default=0)
+    pv.add_argument("--ticks-per-frame", type=int, default=None, help="default: rate / 10")
+    pv.add_argument(
+        "--no-pacing",
+        action="store_true",
+        help="publish as fast as possible instead of in real time",
+    )
+    pv.set_defaults(func="publish_virtual")
+
+    rh = sub.add_parser(
+        "replay-holder-log",
+        help="publish a Protochips holder log (CSV) as telemetry with its own times and units",
+    )
+    rh.add_argument("path", help="the holder log CSV")
+    rh.add_argument("--instrument", required=True, help="instrument the holder sits in")
+    rh.add_argument(
+        "--utc-offset-hours",
+        type=float,
+        default=0.0,
+        help="the log's clock offset from UTC (the file records local time without zone)",
+    )
+    rh.add_argument("--ticks-per-frame", type=int, default=500)
+    rh.set_defaults(func="replay_holder_log")
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("kafka").setLevel(logging.ERROR)
+    # Subcommands import their dependencies only when they run, so --help stays fast.
+    from beamtwin_cli import _commands
+
+    try:
+        code: int = getattr(_commands, args.func)(args)
+    except _commands.CommandError as exc:
+        print(f"beamtwin: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code

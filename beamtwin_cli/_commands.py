@@ -1,0 +1,453 @@
+"""Implementations of the ``beamtwin`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+import provenance_store as store
+from beamtwin_cli._embedded import EmbeddedServiceError, start_broker, start_postgres
+from ingest import IngestSettings
+from ingest._publisher import TelemetryPublisher, ensure_topics
+from ingest._worker import IngestStats, IngestWorker
+
+
+class CommandError(Exception):
+    """A command cannot run as asked; the message tells the user what to do."""
+
+
+def _settings() -> IngestSettings:
+    return IngestSettings()
+
+
+def _database_url(args: argparse.Namespace, settings: IngestSettings) -> str:
+    url = getattr(args, "database_url", None) or (
+        settings.database_url.get_secret_value() if settings.database_url else None
+    )
+    if not url:
+        raise CommandError(
+            "no database configured: set BEAMTWIN_DATABASE_URL "
+            "(e.g. postgresql+psycopg://user@host:5432/beamtwin) or pass --database-url"
+        )
+    return url
+
+
+def _bootstrap(settings: IngestSettings) -> str:
+    if not settings.kafka_bootstrap:
+        raise CommandError("no broker configured: set BEAMTWIN_KAFKA_BOOTSTRAP (host:port)")
+    return settings.kafka_bootstrap
+
+
+def _safe(url: str) -> str:
+    """The URL with any password masked, for messages and logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _engine(url: str, *, check: bool = True) -> sa.Engine:
+    engine = store.create_store_engine(url)
+    if check:
+        try:
+            store.check_schema(engine)
+        except store.SchemaOutdatedError as exc:
+            engine.dispose()
+            raise CommandError(str(exc)) from exc
+    return engine
+
+
+# ---------------------------------------------------------------------- db
+def db_upgrade(args: argparse.Namespace) -> int:
+    url = _database_url(args, _settings())
+    store.upgrade_schema(url)
+    engine = _engine(url)
+    print(f"database {_safe(url)} is at revision {store.current_revision(engine)}")
+    engine.dispose()
+    return 0
+
+
+def db_check(args: argparse.Namespace) -> int:
+    url = _database_url(args, _settings())
+    engine = store.create_store_engine(url)
+    try:
+        store.check_schema(engine)
+    except store.SchemaOutdatedError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(f"database {_safe(url)} is at the newest revision ({store.head_revision()})")
+    return 0
+
+
+# ---------------------------------------------------------------------- instruments
+def instruments_register(args: argparse.Namespace) -> int:
+    engine = _engine(_database_url(args, _settings()))
+    with engine.begin() as conn:
+        rec = store.register_instrument(
+            conn=conn,
+            instrument=store.InstrumentIn(
+                id=args.instrument_id,
+                vendor=args.vendor,
+                model=args.model,
+                serial_number=args.serial_number,
+                control_software_version=args.control_software_version,
+            ),
+        )
+    engine.dispose()
+    print(f"registered {rec.id}")
+    return 0
+
+
+def instruments_list(args: argparse.Namespace) -> int:
+    engine = _engine(_database_url(args, _settings()))
+    with engine.connect() as conn:
+        for rec in store.list_instruments(conn=conn):
+            print(
+                f"{rec.id}\t{rec.vendor or '-'}\t{rec.model or '-'}\t"
+                f"{rec.serial_number or '-'}\t{rec.control_software_version or '-'}"
+            )
+    engine.dispose()
+    return 0
+
+
+# ---------------------------------------------------------------------- ingest
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event, first: threading.Event | None = None) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop``; with ``first``, the first signal sets only ``first``
+    (a graceful stop) and a second one sets ``stop``."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if first is not None and not first.is_set():
+            first.set()
+            return
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _start_workers(
+    settings: IngestSettings, engine: sa.Engine, n: int, stop: threading.Event
+) -> tuple[list[threading.Thread], list[IngestStats], list[BaseException]]:
+    stats = [IngestStats() for _ in range(n)]
+    errors: list[BaseException] = []
+    threads = []
+    for i in range(n):
+        worker = IngestWorker(settings, engine=engine, stats=stats[i], worker_id=f"w{i}")
+
+        def run(w: IngestWorker = worker) -> None:
+            try:
+                w.run(stop)
+            except BaseException as exc:  # surfaced to the main thread, which stops
+                errors.append(exc)
+                stop.set()
+
+        t = threading.Thread(target=run, name=f"ingest-{i}", daemon=True)
+        t.start()
+        threads.append(t)
+    return threads, stats, errors
+
+
+def ingest(args: argparse.Namespace) -> int:
+    settings = _settings()
+    url = _database_url(args, settings)
+    bootstrap = _bootstrap(settings)
+    engine = _engine(url)
+    ensure_topics(
+        bootstrap,
+        {settings.telemetry_topic: settings.telemetry_partitions, settings.deadletter_topic: 1},
+    )
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        threads, stats, errors = _start_workers(settings, engine, args.workers, stop)
+        print(
+            f"ingesting {settings.telemetry_topic} from {bootstrap} into {_safe(url)} "
+            f"with {args.workers} worker(s); Ctrl-C to stop",
+            flush=True,
+        )
+        while not stop.is_set():
+            stop.wait(5.0)
+            total = sum(s.samples_stored for s in stats)
+            dead = sum(s.frames_dead_lettered for s in stats)
+            lag = sum(s.lag for s in stats)
+            print(f"stored {total} samples, lag {lag}, dead letters {dead}", flush=True)
+        for t in threads:
+            t.join(timeout=30)
+    engine.dispose()
+    if errors:
+        raise CommandError(f"an ingest worker failed: {errors[0]!r}")
+    return 0
+
+
+# ---------------------------------------------------------------------- publishers
+def _virtual_microscope(args: argparse.Namespace) -> object:
+    from simulations import VirtualMicroscope
+
+    return VirtualMicroscope(
+        instrument_id=args.instrument,
+        rate_hz=args.rate_hz,
+        seed=args.seed,
+        extra_channels=args.extra_channels,
+    )
+
+
+def _publish_paced(
+    publisher: TelemetryPublisher,
+    microscope: object,
+    *,
+    ticks_per_frame: int,
+    rate_hz: float,
+    stop: threading.Event,
+    duration: float | None,
+    pacing: bool = True,
+    bad_frame_every: int = 0,
+) -> int:
+    """Publish blocks of ticks, in real time unless ``pacing`` is off. Returns ticks sent."""
+    sent = 0
+    frames = 0
+    t0 = time.monotonic()
+    max_ticks = None if duration is None else round(duration * rate_hz)
+    while not stop.is_set() and (max_ticks is None or sent < max_ticks):
+        n = ticks_per_frame if max_ticks is None else min(ticks_per_frame, max_ticks - sent)
+        block = microscope.generate(n)  # type: ignore[attr-defined]
+        publisher.publish_block(
+            block.instrument_id,
+            block.times_ns,
+            block.seqs,
+            [
+                (spec.name, spec.canonical_unit, block.values[i], spec)
+                for i, spec in enumerate(block.channels)
+            ],
+        )
+        frames += 1
+        sent += n
+        if bad_frame_every and frames % bad_frame_every == 0:
+            # A deliberately wrong frame, as a misconfigured control PC sends it: the high
+            # tension in kV labelled as V. The ingest must dead-letter it, not store it.
+            publisher.publish_block(
+                block.instrument_id,
+                block.times_ns[:1],
+                block.seqs[:1],
+                [("gun.high_tension", "V", np.array([200.0]), None)],
+            )
+        if pacing:
+            ahead = sent / rate_hz - (time.monotonic() - t0)
+            if ahead > 0:
+                stop.wait(ahead)
+    publisher.flush(timeout=30)
+    return sent
+
+
+def publish_virtual(args: argparse.Namespace) -> int:
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    ensure_topics(bootstrap, {settings.telemetry_topic: settings.telemetry_partitions})
+    microscope = _virtual_microscope(args)
+    ticks_per_frame = args.ticks_per_frame or max(1, int(args.rate_hz / 10))
+    stop = threading.Event()
+    with (
+        _stop_on_signals(stop),
+        TelemetryPublisher(
+            bootstrap, topic=settings.telemetry_topic, publisher_id=f"virtual-{args.instrument}"
+        ) as publisher,
+    ):
+        sent = _publish_paced(
+            publisher,
+            microscope,
+            ticks_per_frame=ticks_per_frame,
+            rate_hz=args.rate_hz,
+            stop=stop,
+            duration=args.duration,
+            pacing=not args.no_pacing,
+        )
+    print(f"published {sent} ticks of {args.instrument}")
+    return 0
+
+
+def replay_holder_log(args: argparse.Namespace) -> int:
+    from simulations import HolderLogError, read_holder_log
+
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    try:
+        holder_log = read_holder_log(Path(args.path), utc_offset_hours=args.utc_offset_hours)
+    except (HolderLogError, OSError) as exc:
+        raise CommandError(f"cannot read holder log {args.path}: {exc}") from exc
+    ensure_topics(bootstrap, {settings.telemetry_topic: settings.telemetry_partitions})
+    n = 0
+    with TelemetryPublisher(
+        bootstrap, topic=settings.telemetry_topic, publisher_id="protochips-replay"
+    ) as publisher:
+        for block in holder_log.blocks(args.ticks_per_frame):
+            publisher.publish_block(
+                args.instrument,
+                block.times_ns,
+                block.seqs,
+                [
+                    (ch.name, block.units[i], block.values[i], ch)
+                    for i, ch in enumerate(block.channels)
+                ],
+            )
+            n += len(block.times_ns)
+        publisher.flush(timeout=60)
+    print(f"replayed {n} ticks of {args.path} as instrument {args.instrument}")
+    return 0
+
+
+# ---------------------------------------------------------------------- demo
+def demo(args: argparse.Namespace) -> int:
+    settings = _settings()
+    data_dir = Path(args.data_dir or ".beamtwin")
+    services: list[object] = []
+    try:
+        if settings.database_url:
+            url = settings.database_url.get_secret_value()
+            print(f"database: {_safe(url)}")
+        else:
+            print(f"database: starting embedded PostgreSQL in {data_dir / 'pg'} ...", flush=True)
+            pg = start_postgres(data_dir / "pg")
+            services.append(pg)
+            url = pg.url
+        if settings.kafka_bootstrap:
+            bootstrap = settings.kafka_bootstrap
+            print(f"broker: {bootstrap}")
+        else:
+            print("broker: starting embedded Kafka-protocol broker (tansu) ...", flush=True)
+            broker = start_broker()
+            services.append(broker)
+            bootstrap = broker.bootstrap
+        settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+        store.upgrade_schema(url)
+        engine = _engine(url)
+        ensure_topics(
+            bootstrap,
+            {settings.telemetry_topic: settings.telemetry_partitions, settings.deadletter_topic: 1},
+        )
+        instrument = "virtual-stem-01"
+        with engine.begin() as conn:
+            store.register_instrument(
+                conn=conn,
+                instrument=store.InstrumentIn(
+                    id=instrument,
+                    vendor="beamtwin",
+                    model="virtual STEM",
+                    serial_number="VM-0001",
+                    control_software_version="demo",
+                ),
+            )
+        return _run_demo(args, settings, engine, bootstrap, instrument)
+    except EmbeddedServiceError as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        for svc in reversed(services):
+            svc.stop()  # type: ignore[attr-defined]
+
+
+def _run_demo(
+    args: argparse.Namespace,
+    settings: IngestSettings,
+    engine: sa.Engine,
+    bootstrap: str,
+    instrument: str,
+) -> int:
+    from simulations import VirtualMicroscope
+
+    stop = threading.Event()
+    publish_stop = threading.Event()
+    microscope = VirtualMicroscope(
+        instrument_id=instrument, rate_hz=args.rate_hz, seed=0, extra_channels=args.extra_channels
+    )
+    n_channels = len(microscope.channels)
+    with engine.connect() as conn:
+        before = store.count_samples(conn=conn, instrument_id=instrument)
+    with _stop_on_signals(stop, first=publish_stop):
+        threads, stats, errors = _start_workers(settings, engine, args.workers, stop)
+        publisher = TelemetryPublisher(
+            bootstrap, topic=settings.telemetry_topic, publisher_id="virtual-demo"
+        )
+        published = [0]
+
+        def publish() -> None:
+            try:
+                published[0] = _publish_paced(
+                    publisher,
+                    microscope,
+                    ticks_per_frame=max(1, int(args.rate_hz / 10)),
+                    rate_hz=args.rate_hz,
+                    stop=publish_stop,
+                    duration=args.duration,
+                    bad_frame_every=args.bad_frame_every,
+                )
+            except BaseException as exc:
+                errors.append(exc)
+                stop.set()
+
+        pub_thread = threading.Thread(target=publish, name="virtual-microscope", daemon=True)
+        pub_thread.start()
+        print(
+            f"virtual microscope {instrument}: {n_channels} channels at {args.rate_hz:g} Hz; "
+            f"{args.workers} ingest worker(s). Ctrl-C stops publishing and drains the "
+            "backlog; a second Ctrl-C stops at once.",
+            flush=True,
+        )
+        print(f"{'time':>6} {'stored':>10} {'samples/s':>10} {'lag':>6} {'dead letters':>13}")
+        t0 = time.monotonic()
+        last_total, last_t = 0, t0
+        while not stop.is_set():
+            stop.wait(1.0)
+            if publish_stop.is_set() and pub_thread.is_alive():
+                print("stopping the virtual microscope; draining what it published ...")
+            now = time.monotonic()
+            total = sum(s.samples_stored for s in stats)
+            rate = (total - last_total) / max(now - last_t, 1e-9)
+            last_total, last_t = total, now
+            lag = sum(s.lag for s in stats)
+            dead = sum(s.frames_dead_lettered for s in stats)
+            print(f"{now - t0:6.1f} {total:10d} {rate:10.0f} {lag:6d} {dead:13d}", flush=True)
+            if not pub_thread.is_alive() and lag == 0 and now - t0 > 1.0:
+                break
+        publish_stop.set()
+        pub_thread.join(timeout=30)
+        publisher.close()
+        # Let the workers drain what was published before they leave.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not errors:
+            if all(s.lag == 0 for s in stats) and all(
+                time.time() - s.last_commit_at > 0.5 for s in stats
+            ):
+                break
+            time.sleep(0.2)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    with engine.connect() as conn:
+        after = store.count_samples(conn=conn, instrument_id=instrument)
+    engine.dispose()
+    dead = sum(s.frames_dead_lettered for s in stats)
+    codes: dict[str, int] = {}
+    for s in stats:
+        for code, n in s.dead_letter_codes.items():
+            codes[code] = codes.get(code, 0) + n
+    reasons = ", ".join(f"{code}: {n}" for code, n in sorted(codes.items())) or "none"
+    print(
+        f"done: published {published[0]} ticks x {n_channels} channels; "
+        f"{after - before} new samples stored ({after} in total); "
+        f"{dead} frame(s) dead-lettered to {settings.deadletter_topic} ({reasons})"
+    )
+    if errors:
+        raise CommandError(f"the demo failed: {errors[0]!r}")
+    return 0

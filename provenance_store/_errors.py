@@ -1,0 +1,86 @@
+"""The exception tree of the provenance store: one root, ``StoreError``."""
+
+from __future__ import annotations
+
+UPGRADE_COMMAND = "beamtwin db upgrade"
+
+
+class StoreError(Exception):
+    """Root of every error the provenance store raises on purpose."""
+
+
+class SchemaOutdatedError(StoreError):
+    """The database's schema revision is not the one this code needs.
+
+    Attributes:
+        current: the database's Alembic revision, ``None`` for an empty database.
+        required: the revision this code needs (the newest migration, "head").
+        database: the database URL (password masked), for the message.
+    """
+
+    def __init__(self, current: str | None, required: str, *, database: str | None = None):
+        self.current = current
+        self.required = required
+        self.database = database
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        target = f" --database-url '{self.database}'" if self.database else " --database-url URL"
+        if self.current is None:
+            state = "has no beamtwin schema (empty database)"
+        else:
+            state = f"is at schema revision {self.current}"
+        return (
+            f"the database {state}; this version of beamtwin needs revision {self.required}. "
+            f"Run `{UPGRADE_COMMAND}` (with BEAMTWIN_DATABASE_URL set), or "
+            f"`{UPGRADE_COMMAND}{target}`."
+        )
+
+
+class SchemaTooNewError(SchemaOutdatedError):
+    """The database was migrated by a newer beamtwin: its revision is unknown to this code.
+
+    The upgrade command cannot help here; beamtwin itself has to be upgraded.
+    """
+
+    def _message(self) -> str:
+        return (
+            f"the database is at schema revision {self.current}, which this version of beamtwin "
+            f"does not know (it needs {self.required}): a newer beamtwin migrated it. "
+            "Upgrade beamtwin; do not downgrade a database that holds telemetry."
+        )
+
+
+class InstrumentNotFound(StoreError, KeyError):
+    """No instrument with this persistent id is registered."""
+
+    def __init__(self, instrument_id: str):
+        self.instrument_id = instrument_id
+        super().__init__(instrument_id)
+
+    def __str__(self) -> str:
+        return (
+            f"instrument {self.instrument_id!r} is not registered "
+            "(register it with `beamtwin instruments register`)"
+        )
+
+
+class ChannelNotFound(StoreError, KeyError):
+    """A channel name that the instrument does not have."""
+
+    def __init__(self, instrument_id: str, names: list[str]):
+        self.instrument_id = instrument_id
+        self.names = names
+        super().__init__(names[0] if len(names) == 1 else names)
+
+    def __str__(self) -> str:
+        return f"instrument {self.instrument_id!r} has no channel(s) {', '.join(self.names)}"
+
+
+class ChannelConflict(StoreError, ValueError):
+    """A channel name re-declared with a different quantity kind, subsystem or canonical unit.
+
+    A different source unit, limits or calibration is not a conflict: it makes a new channel
+    version. A different quantity kind would make the stored values of one channel mean two
+    different things, so it is refused.
+    """

@@ -1,0 +1,73 @@
+"""Virtual microscopes and virtual experiments that run against the twin.
+
+Today: a virtual STEM streaming realistic telemetry with a known true state and injectable
+faults (:class:`VirtualMicroscope`), and a reader of real Protochips holder logs to replay them
+(:func:`read_holder_log`). Both hand out :class:`TelemetryBlock` objects; publishing them is the
+caller's business.
+"""
+
+from simulations._block import TelemetryBlock
+from simulations._errors import (
+    FaultError,
+    HolderLogError,
+    MicroscopeConfigError,
+    SimulationError,
+)
+from simulations._faults import (
+    Dropout,
+    Excursion,
+    Fault,
+    FaultTarget,
+    NoiseBurst,
+    Ramp,
+    SensorFault,
+    Spike,
+    Step,
+    Stuck,
+    TruthFault,
+)
+from simulations._holder_log import (
+    HOLDER_LOG_CHANNELS,
+    HolderLog,
+    HolderLogNote,
+    read_holder_log,
+)
+from simulations._virtual_microscope import (
+    STANDARD_CHANNEL_MODELS,
+    ChannelModel,
+    VirtualMicroscope,
+    default_channel_model,
+    extra_channel_models,
+    iter_blocks,
+    lens_temperature_rise,
+)
+
+__all__ = [
+    "HOLDER_LOG_CHANNELS",
+    "STANDARD_CHANNEL_MODELS",
+    "ChannelModel",
+    "Dropout",
+    "Excursion",
+    "Fault",
+    "FaultError",
+    "FaultTarget",
+    "HolderLog",
+    "HolderLogError",
+    "HolderLogNote",
+    "MicroscopeConfigError",
+    "NoiseBurst",
+    "Ramp",
+    "SensorFault",
+    "SimulationError",
+    "Spike",
+    "Step",
+    "Stuck",
+    "TelemetryBlock",
+    "TruthFault",
+    "VirtualMicroscope",
+    "default_channel_model",
+    "extra_channel_models",
+    "iter_blocks",
+    "lens_temperature_rise",
+    "read_holder_log",
+]

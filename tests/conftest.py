@@ -1,0 +1,138 @@
+"""Real components for the test suite: a throwaway PostgreSQL database built by the real
+migrations, and a real Kafka-protocol broker (tansu), one of each per test session.
+
+PostgreSQL: ``BEAMTWIN_TEST_DATABASE_URL`` when set, else the server on 127.0.0.1:5432 when it
+answers, else an embedded server from the ``pgserver`` wheel.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from beamtwin_cli._embedded import EmbeddedBroker, start_broker, start_postgres
+
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+
+
+def _local_server_answers(host: str = "127.0.0.1", port: int = 5432) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """URL of a database on a PostgreSQL server where the tests may create databases."""
+    url = os.environ.get("BEAMTWIN_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    if _local_server_answers():
+        yield "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="beamtwin-test-pg-"))
+    server = start_postgres(data_dir)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def create_throwaway_database(admin_url: str) -> str:
+    """Create an empty database on the admin URL's server and return its URL."""
+    name = f"beamtwin_test_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    name = make_url(url).database
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": name},
+        )
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_admin_url: str) -> Iterator[str]:
+    """A throwaway database for this test session, built by the real migrations."""
+    from provenance_store import upgrade_schema
+
+    url = create_throwaway_database(pg_admin_url)
+    upgrade_schema(url)
+    try:
+        yield url
+    finally:
+        drop_database(pg_admin_url, url)
+
+
+@pytest.fixture()
+def empty_database_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, empty database (no migrations applied) for one test."""
+    url = create_throwaway_database(pg_admin_url)
+    try:
+        yield url
+    finally:
+        drop_database(pg_admin_url, url)
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    eng = sa.create_engine(database_url, pool_pre_ping=True)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """A real Kafka-protocol broker (tansu, in-memory) for this test session."""
+    b = start_broker()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(broker: EmbeddedBroker) -> str:
+    return broker.bootstrap
+
+
+@pytest.fixture()
+def unique_name() -> Callable[[str], str]:
+    """Fresh names for topics, consumer groups and instruments, so tests never share state."""
+
+    def make(prefix: str) -> str:
+        return f"{prefix}-{secrets.token_hex(4)}"
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """The folder of real vendor files; tests that need it skip cleanly when it is absent."""
+    if not REALDATA.is_dir():
+        pytest.skip(f"real vendor files not found at {REALDATA}")
+    return REALDATA

@@ -1,0 +1,5 @@
+"""The root of every error raised by :mod:`twin`."""
+
+
+class TwinError(Exception):
+    """Base class of the twin's errors."""
