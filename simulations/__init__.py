@@ -32,6 +32,12 @@ from simulations._holder_log import (
     HolderLogNote,
     read_holder_log,
 )
+from simulations._optical_state import (
+    models_for_state,
+    nominal_channels,
+    state_step,
+    true_state,
+)
 from simulations._virtual_microscope import (
     STANDARD_CHANNEL_MODELS,
     ChannelModel,
@@ -69,5 +75,9 @@ __all__ = [
     "extra_channel_models",
     "iter_blocks",
     "lens_temperature_rise",
+    "models_for_state",
+    "nominal_channels",
     "read_holder_log",
+    "state_step",
+    "true_state",
 ]

@@ -265,6 +265,8 @@ STANDARD_CHANNEL_MODELS: Mapping[str, ChannelModel] = MappingProxyType(
             nominal=253.15, wander=0.02, noise=0.01, resolution=0.01
         ),
         "scan.dwell_time": _setting(2e-6, 1e-9),
+        "scan.field_of_view": _setting(20e-9, 1e-12),
+        "scan.pixels": _setting(1024.0, 1.0),
         "vacuum.column_pressure": _gauge(1.2e-5, noise=0.03),
         "vacuum.gun_pressure": _gauge(1.0e-7, noise=0.05),
     }

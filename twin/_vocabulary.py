@@ -138,6 +138,8 @@ STANDARD_STEM_CHANNELS: tuple[ChannelSpec, ...] = (
     _spec("detector.gain", _Q.DIMENSIONLESS, 0.0, 1e6, "detector gain [1]"),
     _spec("detector.temperature", _Q.TEMPERATURE, 150.0, 350.0, "detector sensor [K]"),
     _spec("scan.dwell_time", _Q.TIME, 0.0, 1.0, "STEM pixel dwell time [s]"),
+    _spec("scan.field_of_view", _Q.LENGTH, 0.0, 1e-3, "STEM scanned field of view [m]"),
+    _spec("scan.pixels", _Q.DIMENSIONLESS, 1.0, 65536.0, "STEM scan pixels per line [1]"),
     _spec("vacuum.column_pressure", _Q.PRESSURE, 0.0, 1.2e5, "column vacuum [Pa]"),
     _spec("vacuum.gun_pressure", _Q.PRESSURE, 0.0, 1.2e5, "gun vacuum [Pa]"),
 )
