@@ -1,4 +1,4 @@
-# The beamtwin image: the `beamtwin` command (ingest workers, migrations, API, publishers).
+# The beamtwin image: the `beamtwin` command (ingest and twin workers, migrations, API, publishers).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -21,13 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="run everything on one machine: embedded PostgreSQL and broker, ingest, a "
-        "virtual microscope",
+        help="run everything on one machine: embedded PostgreSQL and broker, ingest, the twin, "
+        "a virtual microscope",
         description=(
             "Start an embedded PostgreSQL (unless BEAMTWIN_DATABASE_URL is set) and an embedded "
             "Kafka-protocol broker (unless BEAMTWIN_KAFKA_BOOTSTRAP is set), apply migrations, "
-            "start ingest workers and a virtual microscope publishing telemetry, and show live "
-            "progress until Ctrl-C or --duration."
+            "start ingest workers, a twin worker and a virtual microscope publishing telemetry, "
+            "and show live progress until Ctrl-C or --duration."
         ),
     )
     demo.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
@@ -68,6 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ing.add_argument("--workers", type=int, default=1, help="workers (threads) in this process")
     ing.set_defaults(func="ingest")
+
+    tw = sub.add_parser(
+        "twin",
+        help="run the twin worker: state estimates and flags from the stored telemetry "
+        "(BEAMTWIN_DATABASE_URL required)",
+        description=(
+            "Follow the stored telemetry of instruments window by window with the digital twin "
+            "and store its state estimates, flags and a resumable cursor (exactly once, across "
+            "restarts). Settings: BEAMTWIN_TWIN_WINDOW_S, BEAMTWIN_TWIN_LATENESS_S, "
+            "BEAMTWIN_TWIN_FALSE_ALARMS_PER_DAY, ... (see docs/twin-worker.md)."
+        ),
+    )
+    tw.add_argument(
+        "--instrument",
+        action="append",
+        default=None,
+        metavar="ID",
+        help="an instrument to follow (repeat for several; default: every registered one)",
+    )
+    tw.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
+    tw.set_defaults(func="twin")
 
     inst = sub.add_parser("instruments", help="register and list instruments")
     inst_sub = inst.add_subparsers(dest="inst_command", required=True, metavar="ACTION")

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -18,7 +19,7 @@ from sqlalchemy.engine import make_url
 
 import provenance_store as store
 from beamtwin_cli._embedded import EmbeddedServiceError, start_broker, start_postgres
-from ingest import IngestSettings
+from ingest import IngestSettings, TwinSettings, TwinStats, TwinWorker
 from ingest._publisher import TelemetryPublisher, ensure_topics
 from ingest._worker import IngestStats, IngestWorker
 
@@ -31,7 +32,7 @@ def _settings() -> IngestSettings:
     return IngestSettings()
 
 
-def _database_url(args: argparse.Namespace, settings: IngestSettings) -> str:
+def _database_url(args: argparse.Namespace, settings: IngestSettings | TwinSettings) -> str:
     url = getattr(args, "database_url", None) or (
         settings.database_url.get_secret_value() if settings.database_url else None
     )
@@ -193,6 +194,82 @@ def ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- twin
+def _start_twin_worker(
+    settings: TwinSettings,
+    engine: sa.Engine,
+    instruments: list[str] | None,
+    stop: threading.Event,
+    errors: list[BaseException],
+) -> tuple[threading.Thread, TwinStats]:
+    stats = TwinStats()
+    worker = TwinWorker(settings, engine=engine, instrument_ids=instruments, stats=stats)
+
+    def run() -> None:
+        try:
+            worker.run(stop)
+        except BaseException as exc:  # surfaced to the main thread, which stops
+            errors.append(exc)
+            stop.set()
+
+    thread = threading.Thread(target=run, name="twin", daemon=True)
+    thread.start()
+    return thread, stats
+
+
+def _twin_lag_s(stats: TwinStats, instruments: list[str] | None = None) -> float | None:
+    """How far behind the wall clock the furthest-behind instrument is [s]."""
+    done = stats.processed_until
+    ends = [done[i] for i in instruments if i in done] if instruments else list(done.values())
+    return None if not ends else max(0.0, time.time() - min(ends))
+
+
+def twin(args: argparse.Namespace) -> int:
+    settings = TwinSettings()
+    url = _database_url(args, settings)
+    engine = _engine(url)
+    instruments: list[str] | None = args.instrument
+    if instruments:
+        with engine.connect() as conn:
+            known = {r.id for r in store.list_instruments(conn=conn)}
+        unknown = [i for i in instruments if i not in known]
+        if unknown:
+            engine.dispose()
+            raise CommandError(
+                f"instrument(s) not registered: {', '.join(unknown)} "
+                "(register with `beamtwin instruments register ID`)"
+            )
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    t0 = time.monotonic()
+    with _stop_on_signals(stop):
+        thread, stats = _start_twin_worker(settings, engine, instruments, stop, errors)
+        which = ", ".join(instruments) if instruments else "every registered instrument"
+        print(
+            f"twin worker on {_safe(url)}: {which}; windows of {settings.twin_window_s:g} s, "
+            f"lateness {settings.twin_lateness_s:g} s; Ctrl-C to stop",
+            flush=True,
+        )
+        while not stop.is_set():
+            left = None if args.duration is None else args.duration - (time.monotonic() - t0)
+            if left is not None and left <= 0:
+                break
+            stop.wait(5.0 if left is None else min(5.0, left))
+            lag = _twin_lag_s(stats, instruments)
+            behind = "-" if lag is None else f"{lag:.1f} s"
+            print(
+                f"windows {stats.windows}, estimates {stats.estimates_stored}, "
+                f"flags {stats.flags_stored}, behind by {behind}, errors {stats.window_errors}",
+                flush=True,
+            )
+        stop.set()
+        thread.join(timeout=60)
+    engine.dispose()
+    if errors:
+        raise CommandError(f"the twin worker failed: {errors[0]!r}")
+    return 0
+
+
 # ---------------------------------------------------------------------- publishers
 def _virtual_microscope(args: argparse.Namespace) -> object:
     from simulations import VirtualMicroscope
@@ -338,6 +415,11 @@ def demo(args: argparse.Namespace) -> int:
             {settings.telemetry_topic: settings.telemetry_partitions, settings.deadletter_topic: 1},
         )
         instrument = "virtual-stem-01"
+        from twin import Calibration
+
+        # The virtual microscope is built on the twin's default calibration: record it as the
+        # instrument's calibration, so the twin's estimates name a stored version.
+        calibration = Calibration(instrument_id=instrument)
         with engine.begin() as conn:
             store.register_instrument(
                 conn=conn,
@@ -348,6 +430,13 @@ def demo(args: argparse.Namespace) -> int:
                     serial_number="VM-0001",
                     control_software_version="demo",
                 ),
+            )
+            store.store_calibration(
+                conn=conn,
+                instrument_id=instrument,
+                version=calibration.version,
+                valid_from=datetime(2000, 1, 1, tzinfo=UTC),
+                body=calibration.to_dict(),
             )
         return _run_demo(args, settings, engine, bootstrap, instrument)
     except EmbeddedServiceError as exc:
@@ -374,8 +463,12 @@ def _run_demo(
     n_channels = len(microscope.channels)
     with engine.connect() as conn:
         before = store.count_samples(conn=conn, instrument_id=instrument)
+    twin_settings = TwinSettings()
     with _stop_on_signals(stop, first=publish_stop):
         threads, stats, errors = _start_workers(settings, engine, args.workers, stop)
+        twin_thread, twin_stats = _start_twin_worker(
+            twin_settings, engine, [instrument], stop, errors
+        )
         publisher = TelemetryPublisher(
             bootstrap, topic=settings.telemetry_topic, publisher_id="virtual-demo"
         )
@@ -400,11 +493,15 @@ def _run_demo(
         pub_thread.start()
         print(
             f"virtual microscope {instrument}: {n_channels} channels at {args.rate_hz:g} Hz; "
-            f"{args.workers} ingest worker(s). Ctrl-C stops publishing and drains the "
-            "backlog; a second Ctrl-C stops at once.",
+            f"{args.workers} ingest worker(s); a twin worker estimating its state "
+            f"{twin_settings.twin_lateness_s:g} s behind real time. Ctrl-C stops publishing "
+            "and drains the backlog; a second Ctrl-C stops at once.",
             flush=True,
         )
-        print(f"{'time':>6} {'stored':>10} {'samples/s':>10} {'lag':>6} {'dead letters':>13}")
+        print(
+            f"{'time':>6} {'stored':>10} {'samples/s':>10} {'lag':>6} {'dead letters':>13} "
+            f"{'estimates':>10} {'flags':>6}"
+        )
         t0 = time.monotonic()
         last_total, last_t = 0, t0
         while not stop.is_set():
@@ -417,7 +514,11 @@ def _run_demo(
             last_total, last_t = total, now
             lag = sum(s.lag for s in stats)
             dead = sum(s.frames_dead_lettered for s in stats)
-            print(f"{now - t0:6.1f} {total:10d} {rate:10.0f} {lag:6d} {dead:13d}", flush=True)
+            print(
+                f"{now - t0:6.1f} {total:10d} {rate:10.0f} {lag:6d} {dead:13d} "
+                f"{twin_stats.estimates_stored:10d} {twin_stats.flags_stored:6d}",
+                flush=True,
+            )
             if not pub_thread.is_alive() and lag == 0 and now - t0 > 1.0:
                 break
         publish_stop.set()
@@ -431,11 +532,31 @@ def _run_demo(
             ):
                 break
             time.sleep(0.2)
+        # Let the twin catch up with the lateness. A window is processed once it is whole, so
+        # it reaches the last whole window of telemetry; the rest, the window in which the
+        # microscope stopped, would only show every channel as a dropout.
+        caught_up = time.time() - twin_settings.twin_window_s
+        wait_s = twin_settings.twin_lateness_s + 10
+        print(f"waiting for the twin to catch up (up to {wait_s:.0f} s) ...", flush=True)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not errors and not stop.is_set():
+            if twin_stats.processed_until.get(instrument, 0.0) >= caught_up:
+                break
+            time.sleep(0.2)
         stop.set()
-        for t in threads:
+        for t in [*threads, twin_thread]:
             t.join(timeout=30)
     with engine.connect() as conn:
         after = store.count_samples(conn=conn, instrument_id=instrument)
+        flag_kinds: dict[str, int] = {}
+        for flag in store.query_flags(conn=conn, instrument_id=instrument):
+            flag_kinds[flag.kind] = flag_kinds.get(flag.kind, 0) + 1
+        latest = store.estimates_as_of(
+            conn=conn,
+            instrument_id=instrument,
+            at=datetime.now(UTC),
+            quantities=["energy", "defocus", "convergence_semiangle"],
+        )
     engine.dispose()
     dead = sum(s.frames_dead_lettered for s in stats)
     codes: dict[str, int] = {}
@@ -447,6 +568,15 @@ def _run_demo(
         f"done: published {published[0]} ticks x {n_channels} channels; "
         f"{after - before} new samples stored ({after} in total); "
         f"{dead} frame(s) dead-lettered to {settings.deadletter_topic} ({reasons})"
+    )
+    kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(flag_kinds.items())) or "none"
+    state = ", ".join(f"{e.quantity} {e.value:.6g} {e.unit}" for e in latest) or "none yet"
+    until = twin_stats.processed_until.get(instrument)
+    until_text = "-" if until is None else datetime.fromtimestamp(until, UTC).strftime("%H:%M:%S")
+    print(
+        f"twin: {twin_stats.windows} window(s) up to {until_text} UTC, "
+        f"{twin_stats.estimates_stored} estimates and {twin_stats.flags_stored} flags stored "
+        f"this run (flags of {instrument}: {kinds}); latest state: {state}"
     )
     if errors:
         raise CommandError(f"the demo failed: {errors[0]!r}")

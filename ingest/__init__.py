@@ -1,4 +1,5 @@
-"""Telemetry ingest: wire format, validation, dead-lettering, publisher and worker."""
+"""Telemetry ingest: wire format, validation, dead-lettering, publisher and worker; and the twin
+worker, which follows the stored telemetry with the twin and stores its estimates and flags."""
 
 from ingest._deadletter import (
     DEAD_LETTER_CODES,
@@ -9,7 +10,8 @@ from ingest._deadletter import (
 )
 from ingest._errors import IngestError, PublishError, RejectedMessage
 from ingest._publisher import Delivery, TelemetryPublisher, ensure_topics
-from ingest._settings import DEADLETTER_TOPIC, TELEMETRY_TOPIC, IngestSettings
+from ingest._settings import DEADLETTER_TOPIC, TELEMETRY_TOPIC, IngestSettings, TwinSettings
+from ingest._twin_worker import TwinStats, TwinWorker
 from ingest._units import conversion_to_canonical
 from ingest._validate import ChannelDeclaration, KnownChannel, ValidatedFrame, validate_frame
 from ingest._wire import (
@@ -38,6 +40,9 @@ __all__ = [
     "RejectedMessage",
     "TelemetryFrameV1",
     "TelemetryPublisher",
+    "TwinSettings",
+    "TwinStats",
+    "TwinWorker",
     "ValidatedFrame",
     "build_frame",
     "conversion_to_canonical",

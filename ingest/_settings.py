@@ -43,3 +43,38 @@ class IngestSettings(BaseSettings):
     ingest_retry_max_s: float = Field(default=10.0, gt=0)
     kafka_session_timeout_ms: int = 6000
     kafka_heartbeat_interval_ms: int = 1000
+
+
+class TwinSettings(BaseSettings):
+    """Configuration of one twin worker (``beamtwin twin``), which follows the stored
+    telemetry of each instrument and stores the twin's state estimates and flags.
+
+    ``database_url`` unset means "the embedded database" (only ``beamtwin demo`` has one;
+    ``beamtwin twin`` requires it).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BEAMTWIN_", extra="ignore")
+
+    database_url: SecretStr | None = None
+    #: Length of the windows of telemetry processed (and committed) at once [s]. The tracker
+    #: learns a channel's noise from its first window, which needs ~30 readings: at least 3 s
+    #: of 10 Hz telemetry.
+    twin_window_s: float = Field(default=10.0, gt=0)
+    #: The watermark: a window is processed once it is older than ``now - twin_lateness_s``, so
+    #: samples that reach the store up to this late are still included [s].
+    twin_lateness_s: float = Field(default=5.0, ge=0)
+    #: Pause between rounds once every instrument has caught up with the watermark [s].
+    twin_poll_interval_s: float = Field(default=1.0, gt=0)
+    #: False-alarm rate of each detector on each channel [1/day].
+    twin_false_alarms_per_day: float = Field(default=1.0, gt=0)
+    #: Spacing of the reported state estimates [s].
+    twin_report_interval_s: float = Field(default=1.0, gt=0)
+    #: Sampling rate of the telemetry [Hz]; unset: measured from an instrument's first window.
+    twin_rate_hz: float | None = Field(default=None, gt=0)
+    #: A silence of every channel longer than this is stepped over in one go (whole windows,
+    #: up to the next telemetry or the watermark) instead of window by window; no estimates
+    #: are reported for it, the tracker flags it as dropouts when readings come back [s].
+    twin_max_silence_s: float = Field(default=60.0, gt=0)
+    #: Backoff bounds when the database is unreachable, or an instrument's window failed [s].
+    twin_retry_initial_s: float = Field(default=0.2, gt=0)
+    twin_retry_max_s: float = Field(default=30.0, gt=0)

@@ -84,3 +84,27 @@ class ChannelConflict(StoreError, ValueError):
     version. A different quantity kind would make the stored values of one channel mean two
     different things, so it is refused.
     """
+
+
+class CursorConflict(StoreError):
+    """The twin cursor is not where the writer expected it: another twin worker moved it.
+
+    The writer's transaction must be rolled back and the window recomputed from the stored
+    cursor; nothing it computed may be kept.
+    """
+
+    def __init__(self, instrument_id: str, expected: str | None, found: str | None):
+        self.instrument_id = instrument_id
+        self.expected = expected
+        self.found = found
+        super().__init__(
+            f"the twin cursor of {instrument_id!r} is at {found or 'nothing'}, not at "
+            f"{expected or 'nothing'} as expected: another twin worker processed this window"
+        )
+
+
+class CalibrationConflict(StoreError, ValueError):
+    """A calibration version stored again with a different body or valid-from time.
+
+    Calibration versions are immutable records: a changed calibration needs a new version.
+    """

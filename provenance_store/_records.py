@@ -357,3 +357,173 @@ class Gap:
     def duration(self) -> timedelta:
         """``end - start``."""
         return self.end - self.start
+
+
+# ---------------------------------------------------------------------------- the twin's output
+#: Kinds of twin flags (the ``twin_flag.kind`` CHECK constraint): a reading the model cannot
+#: explain, a persistent shift of a channel, a sensor repeating one reading, a silent channel,
+#: image-derived state disagreeing with telemetry, a set value (dwell time, aperture) changed.
+FLAG_KINDS: tuple[str, ...] = (
+    "disagreement",
+    "drift",
+    "stuck",
+    "dropout",
+    "image_disagreement",
+    "setting_change",
+)
+#: Severities of twin flags, least severe first (the ``twin_flag.severity`` CHECK constraint).
+SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class EstimateRecord:
+    """The twin's estimate of one state quantity of an instrument at one time.
+
+    Attributes:
+        instrument_id: the instrument's persistent id.
+        quantity: the state quantity (``defocus``, ``energy``, ... of ``twin.STATE_QUANTITIES``).
+        time: the report instant (UTC, microsecond resolution).
+        value: the estimate [unit].
+        std: its standard deviation [unit], ``None`` when unknown.
+        unit: the quantity's unit in the twin's conventions (``Å``, ``eV``, ``mrad``, ...).
+        calibration_version, twin_version: what produced the estimate.
+
+    ``(instrument_id, quantity, time)`` identifies it: storing it again keeps the first.
+    """
+
+    instrument_id: str
+    quantity: str
+    time: datetime
+    value: float
+    std: float | None
+    unit: str
+    calibration_version: str
+    twin_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class FlagIn:
+    """Something the twin noticed: a disagreement, drift, stuck sensor, dropout, ...
+
+    Attributes:
+        instrument_id: the instrument's persistent id.
+        kind: one of ``FLAG_KINDS``.
+        quantity: the state quantity concerned (``defocus``), ``None`` for none.
+        channel: the telemetry channel concerned (``objective.lens_current``), ``None`` for none.
+        time: when it started (UTC); ``end_time`` when it ended, ``None`` while open or for an
+            instant.
+        expected, observed, residual, tolerance: what the twin expected, what was observed,
+            their difference and the tolerance it exceeded [unit of the channel or quantity];
+            ``None`` where they do not apply (a non-finite value is stored as ``None``).
+        severity: one of ``SEVERITIES``.
+        twin_version, calibration_version: what raised the flag.
+        detail: further JSON-ready facts (statistic, threshold, false-alarm rate, ...).
+
+    The natural key is ``(instrument_id, kind, quantity, channel, time)``: a flag raised again
+    (a replayed window) is not stored twice.
+    """
+
+    instrument_id: str
+    kind: str
+    quantity: str | None
+    channel: str | None
+    time: datetime
+    end_time: datetime | None
+    expected: float | None
+    observed: float | None
+    residual: float | None
+    tolerance: float | None
+    severity: str
+    twin_version: str
+    calibration_version: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_instrument_id(self.instrument_id)
+        if self.kind not in FLAG_KINDS:
+            raise ValueError(f"flag kind {self.kind!r} is not one of {FLAG_KINDS}")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"flag severity {self.severity!r} is not one of {SEVERITIES}")
+
+
+@dataclass(frozen=True, slots=True)
+class FlagRecord:
+    """A stored flag: the fields of :class:`FlagIn`, its row ``id`` and ``created_at`` (UTC)."""
+
+    id: int
+    instrument_id: str
+    kind: str
+    quantity: str | None
+    channel: str | None
+    time: datetime
+    end_time: datetime | None
+    expected: float | None
+    observed: float | None
+    residual: float | None
+    tolerance: float | None
+    severity: str
+    twin_version: str
+    calibration_version: str
+    detail: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TwinCursor:
+    """How far the twin worker has processed an instrument's telemetry.
+
+    Attributes:
+        instrument_id: the instrument's persistent id.
+        processed_until: every sample with a source time before this (UTC) has been processed;
+            the next window starts here.
+        state: the twin tracker's checkpoint after that window (JSON).
+        twin_version, calibration_version: what produced the checkpoint.
+        updated_at: when the cursor last moved (UTC, the database's clock).
+    """
+
+    instrument_id: str
+    processed_until: datetime
+    state: dict[str, Any]
+    twin_version: str
+    calibration_version: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationRecord:
+    """One version of an instrument's calibration.
+
+    ``body`` is the calibration as a JSON object (``twin.Calibration.to_dict()``); the store does
+    not interpret it. A version is in force from ``valid_from`` (UTC) until the next version's
+    ``valid_from``.
+    """
+
+    instrument_id: str
+    version: str
+    valid_from: datetime
+    body: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelSamples:
+    """The raw samples of one channel in a time range, in time order.
+
+    Attributes:
+        channel: the channel name.
+        unit: its canonical unit, the unit of ``value``.
+        time_us: ``int64`` [µs since the Unix epoch, UTC], source times.
+        value: ``float64`` [unit].
+    """
+
+    channel: str
+    unit: str
+    time_us: npt.NDArray[np.int64] = field(default_factory=_empty_i8)
+    value: npt.NDArray[np.float64] = field(default_factory=_empty_f8)
+
+    def __len__(self) -> int:
+        return int(self.time_us.shape[0])
+
+    def times_s(self) -> npt.NDArray[np.float64]:
+        """``time_us`` as float seconds since the Unix epoch [s]."""
+        return self.time_us.astype(np.float64) / 1e6

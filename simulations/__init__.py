@@ -13,6 +13,14 @@ from simulations._errors import (
     MicroscopeConfigError,
     SimulationError,
 )
+from simulations._fault_suite import (
+    FAULT_SUITE,
+    CaseResult,
+    FaultCase,
+    FixedThresholdDetector,
+    run_case,
+    score,
+)
 from simulations._faults import (
     Dropout,
     Excursion,
@@ -49,14 +57,18 @@ from simulations._virtual_microscope import (
 )
 
 __all__ = [
+    "FAULT_SUITE",
     "HOLDER_LOG_CHANNELS",
     "STANDARD_CHANNEL_MODELS",
+    "CaseResult",
     "ChannelModel",
     "Dropout",
     "Excursion",
     "Fault",
+    "FaultCase",
     "FaultError",
     "FaultTarget",
+    "FixedThresholdDetector",
     "HolderLog",
     "HolderLogError",
     "HolderLogNote",
@@ -78,6 +90,8 @@ __all__ = [
     "models_for_state",
     "nominal_channels",
     "read_holder_log",
+    "run_case",
+    "score",
     "state_step",
     "true_state",
 ]

@@ -17,11 +17,11 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from ingest._settings import IngestSettings
+from ingest._settings import IngestSettings, TwinSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_PATH = ROOT / "docker-compose.yml"
-BEAMTWIN_SERVICES = ("migrate", "ingest", "api")
+BEAMTWIN_SERVICES = ("migrate", "ingest", "twin", "api")
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<rest>[^}]*)\}")
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|PASSWD", re.IGNORECASE)
 
@@ -52,7 +52,8 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def settings_env_names() -> set[str]:
-    return {"BEAMTWIN_" + name.upper() for name in IngestSettings.model_fields}
+    fields = {*IngestSettings.model_fields, *TwinSettings.model_fields}
+    return {"BEAMTWIN_" + name.upper() for name in fields}
 
 
 def without_interpolations(text: str) -> str:
@@ -100,7 +101,7 @@ def kafka_service_name(compose: Compose) -> str:
 # ------------------------------------------------------------------ checks
 def check_services_and_images(compose: Compose) -> list[str]:
     problems = []
-    expected = {"kafka", "timescaledb", "migrate", "ingest", "api"}
+    expected = {"kafka", "timescaledb", "migrate", "ingest", "twin", "api"}
     missing = expected - set(services(compose))
     if missing:
         problems.append(f"services missing: {sorted(missing)}")
@@ -119,6 +120,7 @@ def check_commands(compose: Compose) -> list[str]:
     expected = {
         "migrate": ["beamtwin", "db", "upgrade"],
         "ingest": ["beamtwin", "ingest"],
+        "twin": ["beamtwin", "twin"],
         "api": ["beamtwin", "serve"],
     }
     problems = []
@@ -157,6 +159,10 @@ def check_dependencies(compose: Compose) -> list[str]:
             "timescaledb": "service_healthy",
             "migrate": "service_completed_successfully",
         },
+        "twin": {
+            "timescaledb": "service_healthy",
+            "migrate": "service_completed_successfully",
+        },
         "migrate": {"timescaledb": "service_healthy"},
     }
     for name, deps in required.items():
@@ -174,7 +180,7 @@ def check_beamtwin_environment_names(compose: Compose) -> list[str]:
     for name, service in services(compose).items():
         for key in environment(service):
             if key.startswith("BEAMTWIN_") and key not in known:
-                problems.append(f"{name}: {key} is not a field of IngestSettings")
+                problems.append(f"{name}: {key} is not a field of IngestSettings or TwinSettings")
     return problems
 
 
@@ -359,6 +365,21 @@ def test_the_ingest_settings_read_the_compose_environment(
     assert "@timescaledb:5432/" in settings.database_url.get_secret_value()
 
 
+def test_the_twin_settings_read_the_compose_environment(
+    compose: Compose, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = environment(services(compose)["twin"])
+    assert "BEAMTWIN_KAFKA_BOOTSTRAP" not in env  # the twin worker reads only the database
+    for key, value in env.items():
+        monkeypatch.setenv(key, without_interpolations(value))
+    settings = TwinSettings()
+    assert settings.twin_window_s == float(env["BEAMTWIN_TWIN_WINDOW_S"])
+    assert settings.twin_lateness_s == float(env["BEAMTWIN_TWIN_LATENESS_S"])
+    assert settings.twin_false_alarms_per_day == float(env["BEAMTWIN_TWIN_FALSE_ALARMS_PER_DAY"])
+    assert settings.database_url is not None
+    assert "@timescaledb:5432/" in settings.database_url.get_secret_value()
+
+
 def test_dockerfile_installs_the_package_on_python_311() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.MULTILINE)
@@ -408,6 +429,7 @@ BREAKS: list[tuple[str, str, Callable[[Compose], None]]] = [
     ),
     ("commands", "wrong command", set_key("migrate", "command", ["beamtwin", "db", "check"])),
     ("commands", "one replica", set_key("ingest", "deploy", {"replicas": 1})),
+    ("commands", "twin command", set_key("twin", "command", ["beamtwin", "ingest"])),
     ("dependencies", "no healthcheck", set_key("kafka", "healthcheck", None)),
     (
         "dependencies",
@@ -422,11 +444,21 @@ BREAKS: list[tuple[str, str, Callable[[Compose], None]]] = [
         ),
     ),
     (
+        "dependencies",
+        "twin does not wait for migrate",
+        set_key("twin", "depends_on", {"timescaledb": {"condition": "service_healthy"}}),
+    ),
+    (
         "environment_names",
         "typo",
         rename_env("ingest", "BEAMTWIN_KAFKA_BOOTSTRAP", "BEAMTWIN_KAFKA_BOOTSTRAPS"),
     ),
     ("environment_names", "unknown", set_env("ingest", "BEAMTWIN_INGEST_GROUP", "x")),
+    (
+        "environment_names",
+        "twin typo",
+        rename_env("twin", "BEAMTWIN_TWIN_WINDOW_S", "BEAMTWIN_TWIN_WINDOW"),
+    ),
     (
         "kafka_bootstrap",
         "host listener",

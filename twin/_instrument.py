@@ -44,6 +44,7 @@ Uncertainties propagate to first order (the Jacobian of the mapping, :func:`deri
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -409,13 +410,19 @@ class _CalibrationTree:
         self._numeric = [f.name for f in fields(Calibration) if f.name not in _STRING_FIELDS]
 
     def flatten(self, cal: Calibration) -> tuple[Any, ...]:
-        return tuple(jnp.asarray(getattr(cal, n), dtype=jnp.float64) for n in self._numeric)
+        """The numeric fields as float64 numpy arrays (call under ``jax.enable_x64``)."""
+        return _flatten_cached(cal, tuple(self._numeric))
 
     def unflatten(self, leaves: tuple[Any, ...]) -> Any:
         return _TracedCalibration(dict(zip(self._numeric, leaves, strict=True)))
 
 
 _STRING_FIELDS = frozenset({"instrument_id", "version"})
+
+
+@functools.lru_cache(maxsize=64)
+def _flatten_cached(cal: Calibration, names: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(np.asarray(getattr(cal, n), dtype=np.float64) for n in names)
 
 
 class _TracedCalibration:

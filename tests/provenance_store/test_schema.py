@@ -37,13 +37,17 @@ def test_upgrade_builds_every_table_from_an_empty_database(
         "telemetry_sample",
         "telemetry_rollup_1m",
         "telemetry_rollup_1h",
+        "twin_estimate",
+        "twin_flag",
+        "twin_cursor",
+        "calibration",
     }
     eng = store.create_store_engine(empty_database_url)
     try:
-        assert store.current_revision(eng) == store.head_revision() == "0001"
+        assert store.current_revision(eng) == store.head_revision() == "0002"
         store.check_schema(eng)  # does not raise
         store.upgrade_schema(empty_database_url)  # idempotent
-        assert store.current_revision(eng) == "0001"
+        assert store.current_revision(eng) == "0002"
     finally:
         eng.dispose()
 
@@ -204,7 +208,7 @@ def test_concurrent_upgrades_migrate_once(empty_database_url: str) -> None:
     try:
         with eng.connect() as conn:
             versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-        assert [v[0] for v in versions] == ["0001"]
+        assert [v[0] for v in versions] == [store.head_revision()]
     finally:
         eng.dispose()
 

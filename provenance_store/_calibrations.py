@@ -1,0 +1,131 @@
+"""Versioned instrument calibrations: immutable records, each in force from a time on.
+
+The body is the calibration as a JSON object (what ``twin.Calibration.to_dict()`` gives); the
+store keeps it verbatim and does not interpret it (it imports nothing of the twin).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from provenance_store._errors import CalibrationConflict, InstrumentNotFound, StoreError
+from provenance_store._instruments import instrument_exists
+from provenance_store._records import CalibrationRecord
+from provenance_store._time import as_utc, require_utc
+
+_COLUMNS = "instrument_id, version, valid_from, body, created_at"
+_INSERT = sa.text(
+    """
+    INSERT INTO calibration (instrument_id, version, valid_from, body)
+    VALUES (:i, :version, :valid_from, CAST(:body AS jsonb))
+    ON CONFLICT (instrument_id, version) DO NOTHING
+    """
+)
+_GET = sa.text(
+    f"""
+    SELECT {_COLUMNS}, body = CAST(:body AS jsonb) AS same_body FROM calibration
+    WHERE instrument_id = :i AND version = :version
+    """
+)
+_IN_FORCE = sa.text(
+    f"""
+    SELECT {_COLUMNS} FROM calibration
+    WHERE instrument_id = :i AND valid_from <= :at
+    ORDER BY valid_from DESC, created_at DESC, version DESC
+    LIMIT 1
+    """
+)
+_LIST = sa.text(
+    f"SELECT {_COLUMNS} FROM calibration WHERE instrument_id = :i "
+    "ORDER BY valid_from, created_at, version"
+)
+
+
+def _record(row: Any) -> CalibrationRecord:
+    return CalibrationRecord(
+        instrument_id=row.instrument_id,
+        version=row.version,
+        valid_from=as_utc(row.valid_from),
+        body=row.body,
+        created_at=as_utc(row.created_at),
+    )
+
+
+def store_calibration(
+    *,
+    conn: sa.Connection,
+    instrument_id: str,
+    version: str,
+    valid_from: datetime,
+    body: dict[str, Any],
+) -> CalibrationRecord:
+    """Store a calibration version of an instrument, in force from ``valid_from`` (UTC) until
+    the next version's ``valid_from``; idempotent.
+
+    Storing the same version again with the same body and ``valid_from`` changes nothing (the
+    bodies are compared as JSON values, so key order does not matter).
+
+    Raises:
+        InstrumentNotFound: the instrument is not registered.
+        CalibrationConflict: this version is stored with another body or ``valid_from``;
+            versions are immutable, a changed calibration needs a new version.
+        StoreError: ``body`` is not a JSON object.
+        ValueError: a naive ``valid_from`` or an empty version.
+    """
+    valid_from = require_utc("valid_from", valid_from)
+    if not version:
+        raise ValueError("a calibration needs a version")
+    if not isinstance(body, dict):
+        raise StoreError(f"a calibration body must be a JSON object, not {type(body).__name__}")
+    try:
+        text = json.dumps(body, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"calibration {version!r} is not valid JSON: {exc}") from exc
+    if not instrument_exists(conn, instrument_id):
+        raise InstrumentNotFound(instrument_id)
+    params = {"i": instrument_id, "version": version, "valid_from": valid_from, "body": text}
+    conn.execute(_INSERT, params)
+    row = conn.execute(_GET, params).one()
+    if not row.same_body or as_utc(row.valid_from) != valid_from:
+        raise CalibrationConflict(
+            f"calibration {version!r} of {instrument_id!r} is already stored with another "
+            f"{'body' if not row.same_body else 'valid_from'} (valid from "
+            f"{as_utc(row.valid_from).isoformat()}); store the change as a new version"
+        )
+    return _record(row)
+
+
+def calibration_in_force(
+    *, conn: sa.Connection, instrument_id: str, at: datetime
+) -> CalibrationRecord | None:
+    """The calibration version in force at ``at`` (UTC): the one with the latest
+    ``valid_from`` at or before ``at`` (of equal ones, the last stored). ``None`` when the
+    instrument has no calibration valid then.
+
+    Raises:
+        InstrumentNotFound: the instrument is not registered.
+        ValueError: a naive ``at``.
+    """
+    at = require_utc("at", at)
+    row = conn.execute(_IN_FORCE, {"i": instrument_id, "at": at}).first()
+    if row is None:
+        if not instrument_exists(conn, instrument_id):
+            raise InstrumentNotFound(instrument_id)
+        return None
+    return _record(row)
+
+
+def list_calibrations(*, conn: sa.Connection, instrument_id: str) -> list[CalibrationRecord]:
+    """Every calibration version of an instrument, by ``valid_from``.
+
+    Raises:
+        InstrumentNotFound: the instrument is not registered.
+    """
+    rows = conn.execute(_LIST, {"i": instrument_id}).all()
+    if not rows and not instrument_exists(conn, instrument_id):
+        raise InstrumentNotFound(instrument_id)
+    return [_record(row) for row in rows]

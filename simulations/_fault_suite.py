@@ -1,0 +1,280 @@
+"""A seeded fault suite for the twin's detectors, and its scoring.
+
+Each :class:`FaultCase` is one fault injected into a virtual microscope at ``onset_s``; the
+suite covers what the twin must catch (defocus steps of 5-50 nm, a 0.1 kV high-tension step,
+a 0.5 K holder temperature excursion, 0.1 nm/s of extra stage drift, a stuck sensor, a
+dropout). :func:`run_case` streams the telemetry through a :class:`twin.Tracker` window by
+window, as the twin worker does, and :func:`score` says whether the fault was detected, with
+what delay, and how many flags were false alarms. :class:`FixedThresholdDetector` is the
+reference: a static alarm band around each channel's reading, as vendor software sets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulations._block import TelemetryBlock
+from simulations._faults import Dropout, Excursion, Fault, Ramp, Step, Stuck
+from simulations._optical_state import state_step
+from simulations._virtual_microscope import VirtualMicroscope
+from twin import Calibration, Flag, Tracker, default_tracker_config
+from twin._detect import innovation_threshold
+
+__all__ = [
+    "FAULT_SUITE",
+    "CaseResult",
+    "FaultCase",
+    "FixedThresholdDetector",
+    "run_case",
+    "score",
+]
+
+#: Start of every run: the first ``LEARN_S`` seconds teach the tracker the noise.
+LEARN_S = 60.0
+_T0_NS = 1_795_435_200_000_000_000
+
+
+@dataclass(frozen=True)
+class FaultCase:
+    """One fault of the suite.
+
+    Attributes:
+        name: a short label.
+        fault: the fault (``None`` for a fault-free run).
+        channel: the channel whose flag counts as the detection.
+        kinds: flag kinds that count.
+        onset_s: when the fault starts [s after the start of the run].
+        effect_s: when the fault has an effect a detector could see (a dropout is visible only
+            once it lasts longer than the tolerated gap).
+    """
+
+    name: str
+    fault: Fault | None
+    channel: str
+    kinds: tuple[str, ...]
+    onset_s: float
+    effect_s: float | None = None
+
+
+def _suite(calibration: Calibration) -> tuple[FaultCase, ...]:
+    onset = 300.0
+    cases = [
+        FaultCase(
+            f"defocus step {nm} nm",
+            state_step(calibration, "defocus", at_s=onset, delta=nm * 10.0),
+            "objective.lens_current",
+            ("drift", "disagreement"),
+            onset,
+        )
+        for nm in (5, 10, 20, 50)
+    ]
+    cases += [
+        FaultCase(
+            "HT step 0.1 kV",
+            Step("gun.high_tension", at_s=onset, delta=100.0),
+            "gun.high_tension",
+            ("drift", "disagreement"),
+            onset,
+        ),
+        FaultCase(
+            "holder temperature excursion 0.5 K",
+            Excursion("holder.temperature", start_s=onset, duration_s=20.0, amplitude=0.5),
+            "holder.temperature",
+            ("drift", "disagreement"),
+            onset,
+        ),
+        FaultCase(
+            "stage drift 0.1 nm/s",
+            Ramp("stage.x", start_s=onset, rate_per_s=0.1e-9),
+            "stage.x",
+            ("drift", "disagreement"),
+            onset,
+        ),
+        FaultCase(
+            "stuck objective current sensor",
+            Stuck("objective.lens_current", start_s=onset),
+            "objective.lens_current",
+            ("stuck",),
+            onset,
+        ),
+        FaultCase(
+            "holder temperature dropout 30 s",
+            Dropout("holder.temperature", start_s=onset, end_s=onset + 30.0),
+            "holder.temperature",
+            ("dropout",),
+            onset,
+        ),
+    ]
+    return tuple(cases)
+
+
+#: The suite for the default calibration of the virtual microscope.
+FAULT_SUITE: tuple[FaultCase, ...] = _suite(Calibration())
+
+
+@dataclass
+class CaseResult:
+    """How a detector did on one run."""
+
+    case: FaultCase
+    seed: int
+    duration_s: float
+    detected: bool
+    delay_s: float | None
+    false_alarms: int
+    flags: list[Flag] = field(default_factory=list)
+
+
+def _alarm_time(flag: Flag, max_gap_s: float) -> float:
+    """When the detector could have raised the flag [s since the epoch]."""
+    if flag.kind == "dropout":
+        return flag.time_s + max_gap_s
+    if flag.kind in ("drift", "stuck") and flag.end_s is not None:
+        return flag.end_s
+    return flag.time_s
+
+
+def score(
+    case: FaultCase,
+    flags: Sequence[Flag],
+    *,
+    start_s: float,
+    duration_s: float,
+    seed: int,
+    max_gap_s: float,
+    detection_window_s: float = 180.0,
+) -> CaseResult:
+    """Detection (the first matching flag raised from the onset to ``detection_window_s``
+    after it), its delay, and the false alarms (every other flag after the learning period,
+    except further flags of the faulty channel while the fault lasts)."""
+    onset = start_s + case.onset_s
+    detected_at: float | None = None
+    false_alarms = 0
+    for flag in flags:
+        t = _alarm_time(flag, max_gap_s)
+        if t < start_s + LEARN_S:
+            continue
+        on_channel = case.fault is not None and flag.channel == case.channel
+        if on_channel and onset <= t <= onset + detection_window_s and flag.kind in case.kinds:
+            detected_at = t if detected_at is None else min(detected_at, t)
+            continue
+        if on_channel and t >= onset:
+            continue  # the fault's later consequences on its own channel
+        false_alarms += 1
+    return CaseResult(
+        case=case,
+        seed=seed,
+        duration_s=duration_s - LEARN_S,
+        detected=detected_at is not None,
+        delay_s=None if detected_at is None else detected_at - onset,
+        false_alarms=false_alarms,
+        flags=list(flags),
+    )
+
+
+def _telemetry(case: FaultCase, seed: int, duration_s: float, rate_hz: float) -> TelemetryBlock:
+    faults = [] if case.fault is None else [case.fault]
+    vm = VirtualMicroscope(rate_hz=rate_hz, seed=seed, start_ns=_T0_NS, faults=faults)
+    return vm.generate(round(duration_s * rate_hz))
+
+
+def run_case(
+    case: FaultCase,
+    *,
+    seed: int = 0,
+    duration_s: float = 600.0,
+    rate_hz: float = 10.0,
+    window_s: float = 10.0,
+    false_alarms_per_day: float = 1.0,
+    calibration: Calibration | None = None,
+) -> CaseResult:
+    """Stream one case through a twin tracker (a first window of :data:`LEARN_S`, then
+    ``window_s`` windows) and score its flags."""
+    cal = calibration or Calibration()
+    block = _telemetry(case, seed, duration_s, rate_hz)
+    names = block.channel_names
+    config = default_tracker_config(
+        cal, channels=names, rate_hz=rate_hz, false_alarms_per_day=false_alarms_per_day
+    )
+    tracker = Tracker(config)
+    t_s = block.times_ns / 1e9
+    start = _T0_NS / 1e9
+    samples = {name: (t_s, block.values[i]) for i, name in enumerate(names)}
+    state = tracker.initial_state(start_s=start)
+    flags: list[Flag] = []
+    edges = [start, *np.arange(start + LEARN_S, start + duration_s + window_s / 2, window_s)]
+    for end in edges[1:]:
+        update = tracker.update(state, samples, until_s=float(end))
+        state = update.state
+        flags.extend(update.flags)
+    return score(
+        case,
+        flags,
+        start_s=start,
+        duration_s=duration_s,
+        seed=seed,
+        max_gap_s=config.max_gap_s,
+    )
+
+
+class FixedThresholdDetector:
+    """The reference: each channel alarms when its reading leaves a fixed band.
+
+    The band is centred on the channel's median over the learning period, and its half-width
+    is ``c`` robust standard deviations of the readings there, with ``c`` the per-sample
+    threshold that white Gaussian readings would cross ``false_alarms_per_day`` times a day on
+    the whole instrument (shared among its channels, as the twin shares it among its tests).
+    It sees level changes only: it cannot tell a stuck sensor or a dropout.
+    """
+
+    def __init__(self, *, false_alarms_per_day: float = 1.0, rate_hz: float = 10.0) -> None:
+        self.false_alarms_per_day = false_alarms_per_day
+        self.rate_hz = rate_hz
+
+    def run(
+        self, case: FaultCase, *, seed: int = 0, duration_s: float = 600.0, rate_hz: float = 10.0
+    ) -> CaseResult:
+        block = _telemetry(case, seed, duration_s, rate_hz)
+        t_s = block.times_ns / 1e9
+        start = _T0_NS / 1e9
+        learn = t_s < start + LEARN_S
+        c = innovation_threshold(self.false_alarms_per_day / block.n_channels, self.rate_hz)
+        flags: list[Flag] = []
+        for i, name in enumerate(block.channel_names):
+            y = block.values[i]
+            ref = y[learn & np.isfinite(y)]
+            if ref.size == 0:
+                continue
+            centre = float(np.median(ref))
+            sd = 1.4826 * float(np.median(np.abs(ref - centre)))
+            if sd == 0:
+                continue  # a set value: no band to set
+            outside = np.abs(y - centre) > c * sd
+            outside &= ~learn
+            edges = np.flatnonzero(np.diff(np.concatenate(([0], outside.astype(np.int8)))) == 1)
+            for k in edges:
+                flags.append(
+                    Flag(
+                        kind="drift",
+                        quantity=name,
+                        channel=name,
+                        time_s=float(t_s[k]),
+                        end_s=float(t_s[k]),
+                        expected=centre,
+                        observed=float(y[k]),
+                        residual=float(y[k] - centre),
+                        tolerance=c * sd,
+                        severity="warning",
+                        twin_version="fixed-threshold",
+                        calibration_version="",
+                        detail={},
+                    )
+                )
+        flags.sort(key=lambda f: f.time_s)
+        return score(
+            case, flags, start_s=start, duration_s=duration_s, seed=seed, max_gap_s=math.inf
+        )

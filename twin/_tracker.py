@@ -1,0 +1,1105 @@
+"""Online tracking of an instrument: windows of telemetry in, state estimates and flags out.
+
+A :class:`Tracker` follows the channels of one instrument window by window. Each channel has a
+local-linear-trend Kalman filter (:class:`twin.LocalLinearTrend`: a level and a drift rate);
+its normalized innovations feed the detectors of :mod:`twin._detect`. The tracker's whole
+memory between windows is a :class:`TrackerState` (filter checkpoints, CUSUM statistics,
+run-lengths of repeated readings, learned noise), which serializes to JSON: a worker stores it
+with the window's results in one transaction and resumes from it after a restart, and replaying
+a window from the same state gives the same results.
+
+Per window, for each report instant (a grid of ``report_interval_s``), the filtered channel
+levels and their variances go through the instrument model (:func:`twin.derive_state`) to the
+physical state with first-order uncertainties (:class:`Estimate`). Flags (:class:`Flag`):
+
+* ``disagreement``: a reading the model cannot explain, ``|z| > c`` with ``c`` from the chosen
+  false-alarm rate (:func:`twin.innovation_threshold`);
+* ``drift``: a persistent shift or change of drift rate, a two-sided CUSUM on ``z`` with its
+  decision interval from the same rate (:func:`twin.cusum_threshold`); after a drift alarm the
+  channel's level uncertainty is re-opened so the filter follows the new level;
+* ``stuck``: a run of bit-identical readings longer than the channel's noise and quantization
+  allow (:func:`twin.stuck_min_run`);
+* ``dropout``: no reading for longer than ``max_gap_s``;
+* ``setting_change`` (info): a channel that reads a constant set value (dwell time, aperture)
+  changed it.
+
+Noise parameters are learned from the first window of each channel (robust statistics of the
+first differences), unless the config gives them; a channel whose first window is constant is a
+*setting* and is only watched for changes.
+
+Times are float seconds since the Unix epoch at the API; inside, relative to the state's
+``origin_s`` so float64 keeps sub-microsecond resolution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from twin._detect import (
+    cusum_jit,
+    cusum_threshold,
+    innovation_threshold,
+    merge_alarms,
+    per_sample_probability,
+)
+from twin._drift_models import LocalLinearTrend
+from twin._errors import TwinError
+from twin._instrument import INPUT_CHANNELS, STATE_QUANTITIES, Calibration, derive_state
+from twin._kalman import FilterState, estimate_at, kalman_filter
+
+__all__ = [
+    "CHANNEL_QUANTITY",
+    "DEFAULT_TOLERANCES",
+    "TWIN_VERSION",
+    "ChannelNoise",
+    "Estimate",
+    "Flag",
+    "Tracker",
+    "TrackerConfig",
+    "TrackerError",
+    "TrackerState",
+    "TrackerUpdate",
+    "default_tracker_config",
+]
+
+#: Version of the twin's estimation and detection code, recorded with every estimate and flag.
+TWIN_VERSION = "beamtwin-twin/1"
+
+#: The state quantity a channel chiefly drives (named in its flags); others name the channel.
+CHANNEL_QUANTITY: Mapping[str, str] = {
+    "gun.high_tension": "energy",
+    "objective.lens_current": "defocus",
+    "objective.stigmator_x": "C12",
+    "objective.stigmator_y": "C12",
+    "condenser.c1_current": "probe_current",
+    "gun.emission_current": "probe_current",
+    "condenser.c3_current": "convergence_semiangle",
+    "condenser.aperture_diameter": "convergence_semiangle",
+    "projector.p1_current": "camera_length",
+    "projector.p2_current": "camera_length",
+    "projector.p3_current": "camera_length",
+    "stage.x": "stage_x",
+    "stage.y": "stage_y",
+    "stage.z": "stage_z",
+    "holder.temperature": "holder_temperature",
+    "scan.field_of_view": "field_of_view",
+    "scan.dwell_time": "dwell_time",
+}
+_DRIFT_QUANTITIES = {"stage.x": "stage_drift_x", "stage.y": "stage_drift_y"}
+_UNITS = {q.name: q.unit for q in STATE_QUANTITIES} | {
+    "stage_drift_x": "m/s",
+    "stage_drift_y": "m/s",
+}
+#: Tolerances of the slow-drift test: channel -> (level [U], rate [U/s]). A smooth drift that
+#: the filter follows (and so the innovation tests cannot see) is flagged once the level or the
+#: drift rate moved by more than this since the last reference, and significantly so.
+DEFAULT_TOLERANCES: Mapping[str, tuple[float | None, float | None]] = {
+    "holder.temperature": (0.2, None),  # [K]
+    "gun.high_tension": (20.0, None),  # [V]
+    "stage.x": (None, 0.05e-9),  # [m/s]
+    "stage.y": (None, 0.05e-9),
+    "stage.z": (None, 0.05e-9),
+}
+_DRIFT_HOLDOFF_S = 30.0
+#: Time constant of the average of the drift rate that the rate tolerance tests [s]: the
+#: filter's instantaneous rate follows the random walk of the level; a minute's average does not.
+RATE_AVERAGING_S = 60.0
+#: Tests per channel that share the false-alarm budget.
+_TESTS = 4
+#: Memory of the innovation-scale estimate [samples]: a model that underestimates a channel's
+#: noise gives innovations wider than N(0, 1); the detectors divide them by their running rms.
+_SCALE_MEMORY = 6000  # drift alarms closer than this to the previous one extend it
+
+
+class TrackerError(TwinError, ValueError):
+    """Bad input for the tracker (unknown channels, unsorted or non-finite times...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelNoise:
+    """Noise of one channel in its canonical unit ``U``.
+
+    Attributes:
+        measurement_variance: read-out noise variance ``R`` [U²].
+        level_diffusion: random-walk diffusion of the level ``q_l`` [U²/s].
+        rate_diffusion: diffusion of the drift rate ``q_r`` [U²/s³].
+        quantum: the read-out step [U] (0 when unknown or unquantized).
+        significant_digits: the read-out keeps this many significant digits (gauges), so its
+            step is proportional to the value; 0 for a fixed step.
+        repeat_probability: how often two successive readings were identical while the channel
+            was learned (NaN: unknown; then derived from ``quantum`` and the noise).
+    """
+
+    measurement_variance: float
+    level_diffusion: float
+    rate_diffusion: float
+    quantum: float = 0.0
+    repeat_probability: float = math.nan
+    significant_digits: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """What a tracker tracks and how sensitive it is.
+
+    Attributes:
+        calibration: the instrument's calibration in force.
+        channels: the channels to track (each gets its own filter and detectors).
+        false_alarms_per_day: the false-alarm rate of the whole instrument [1/day], shared
+            equally among every test (disagreement, CUSUM, stuck, tolerance) of every channel.
+        rate_hz: the nominal sampling rate [Hz], for the per-sample false-alarm probability.
+        report_interval_s: spacing of the reported state estimates [s].
+        max_gap_s: a longer silence of a channel is a dropout [s].
+        cusum_k: CUSUM reference value [sigma] (half the smallest shift to detect fast).
+        noise: known noise per channel; channels not in it learn theirs from their first window.
+        log_scale: channels to track in log space (default: ``vacuum.*``, the gauges).
+        tolerances: channel -> (level tolerance [U], drift-rate tolerance [U/s]) of the
+            tolerance test (``None``: not tested); default :data:`DEFAULT_TOLERANCES`.
+        twin_version: recorded with every estimate and flag.
+    """
+
+    calibration: Calibration
+    channels: tuple[str, ...]
+    false_alarms_per_day: float = 1.0
+    rate_hz: float = 10.0
+    report_interval_s: float = 1.0
+    max_gap_s: float = 2.0
+    cusum_k: float = 1.0
+    noise: Mapping[str, ChannelNoise] = field(default_factory=dict)
+    twin_version: str = TWIN_VERSION
+    log_scale: tuple[str, ...] | None = None
+    tolerances: Mapping[str, tuple[float | None, float | None]] = field(
+        default_factory=lambda: dict(DEFAULT_TOLERANCES)
+    )
+
+    @property
+    def log_channels(self) -> frozenset[str]:
+        """Channels tracked in the logarithm of their value (multiplicative noise): the
+        ``log_scale`` ones, by default the vacuum gauges."""
+        if self.log_scale is not None:
+            return frozenset(self.log_scale)
+        return frozenset(name for name in self.channels if name.startswith("vacuum."))
+
+    def __post_init__(self) -> None:
+        if not self.channels:
+            raise TrackerError("a tracker needs at least one channel")
+        if len(set(self.channels)) != len(self.channels):
+            raise TrackerError("channels must be distinct")
+        for name, value in (
+            ("false_alarms_per_day", self.false_alarms_per_day),
+            ("rate_hz", self.rate_hz),
+            ("report_interval_s", self.report_interval_s),
+            ("max_gap_s", self.max_gap_s),
+        ):
+            if not (math.isfinite(value) and value > 0):
+                raise TrackerError(f"{name} must be > 0, not {value!r}")
+
+    @property
+    def derives_state(self) -> bool:
+        """Whether every channel of the instrument model is tracked (else only pass-through
+        quantities, such as stage drift, are estimated)."""
+        return set(INPUT_CHANNELS) <= set(self.channels)
+
+
+def default_tracker_config(
+    calibration: Calibration,
+    *,
+    channels: Sequence[str],
+    false_alarms_per_day: float = 1.0,
+    rate_hz: float = 10.0,
+    report_interval_s: float = 1.0,
+    twin_version: str = TWIN_VERSION,
+) -> TrackerConfig:
+    """A config tracking ``channels`` with noise learned from the data."""
+    return TrackerConfig(
+        calibration=calibration,
+        channels=tuple(channels),
+        false_alarms_per_day=false_alarms_per_day,
+        rate_hz=rate_hz,
+        report_interval_s=report_interval_s,
+        max_gap_s=max(2.0, 20.0 / rate_hz) if rate_hz > 0 else 2.0,
+        twin_version=twin_version,
+    )
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One state quantity at one time, with its standard deviation (NaN: unknown)."""
+
+    time_s: float
+    quantity: str
+    value: float
+    std: float
+    unit: str
+
+
+@dataclass(frozen=True)
+class Flag:
+    """Evidence that a sensor disagrees with the model, or that the state drifted.
+
+    ``expected`` / ``observed`` / ``residual`` / ``tolerance`` are in the channel's canonical
+    unit; ``detail`` holds the normalized statistic and, where the instrument model gives it,
+    the residual in the unit of ``quantity``.
+    """
+
+    kind: str
+    quantity: str
+    channel: str
+    time_s: float
+    end_s: float | None
+    expected: float
+    observed: float
+    residual: float
+    tolerance: float
+    severity: str
+    twin_version: str
+    calibration_version: str
+    detail: Mapping[str, Any]
+
+
+@dataclass
+class TrackerState:
+    """Everything a tracker remembers between windows (JSON-serializable, see :meth:`to_json`).
+
+    Arrays are per channel, in the config's channel order; ``mean``/``cov`` are the filter
+    checkpoints, NaN before a channel's first reading.
+    """
+
+    origin_s: float
+    until_s: float
+    channels: tuple[str, ...]
+    mean: np.ndarray  # (C, 2)
+    cov: np.ndarray  # (C, 2, 2)
+    time: np.ndarray  # (C,) relative to origin_s
+    cusum_upper: np.ndarray  # (C,)
+    cusum_lower: np.ndarray  # (C,)
+    last_value: np.ndarray  # (C,)
+    run_length: np.ndarray  # (C,) int
+    run_log_p: np.ndarray  # (C,) log-probability of the current run of identical readings
+    last_seen: np.ndarray  # (C,) relative to origin_s; NaN before the first reading
+    in_dropout: np.ndarray  # (C,) bool
+    last_drift_s: np.ndarray  # (C,) relative; -inf when none
+    noise: dict[str, ChannelNoise]
+    setting: np.ndarray  # (C,) bool: a constant set value
+    flagged_stuck: np.ndarray  # (C,) bool: the current stuck run is already flagged
+    ref_level: np.ndarray  # (C,) level the tolerance test compares with; NaN: not yet set
+    ref_rate: np.ndarray  # (C,) drift rate the tolerance test compares with
+    slow_rate: np.ndarray  # (C,) the filtered drift rate averaged over RATE_AVERAGING_S
+    z_scale: np.ndarray  # (C,) running mean of the squared normalized innovations
+    z_corr: np.ndarray  # (C,) running lag-1 autocorrelation of the normalized innovations
+
+    def to_json(self) -> dict[str, Any]:
+        def arr(a: np.ndarray) -> list[Any]:
+            return [None if isinstance(v, float) and not math.isfinite(v) else v for v in _flat(a)]
+
+        return {
+            "version": 1,
+            "origin_s": self.origin_s,
+            "until_s": self.until_s,
+            "channels": list(self.channels),
+            "mean": arr(self.mean),
+            "cov": arr(self.cov),
+            "time": arr(self.time),
+            "cusum_upper": arr(self.cusum_upper),
+            "cusum_lower": arr(self.cusum_lower),
+            "last_value": arr(self.last_value),
+            "run_length": [int(v) for v in self.run_length],
+            "run_log_p": arr(self.run_log_p),
+            "last_seen": arr(self.last_seen),
+            "in_dropout": [bool(v) for v in self.in_dropout],
+            "last_drift_s": [
+                None if not math.isfinite(float(v)) else float(v) for v in self.last_drift_s
+            ],
+            "noise": {
+                name: [
+                    n.measurement_variance,
+                    n.level_diffusion,
+                    n.rate_diffusion,
+                    n.quantum,
+                    None if math.isnan(n.repeat_probability) else n.repeat_probability,
+                    n.significant_digits,
+                ]
+                for name, n in self.noise.items()
+            },
+            "setting": [bool(v) for v in self.setting],
+            "flagged_stuck": [bool(v) for v in self.flagged_stuck],
+            "ref_level": arr(self.ref_level),
+            "ref_rate": arr(self.ref_rate),
+            "slow_rate": arr(self.slow_rate),
+            "z_scale": arr(self.z_scale),
+            "z_corr": arr(self.z_corr),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TrackerState:
+        if data.get("version") != 1:
+            raise TrackerError(f"unknown tracker state version {data.get('version')!r}")
+        channels = tuple(data["channels"])
+        c = len(channels)
+
+        def arr(key: str, shape: tuple[int, ...], fill: float = math.nan) -> np.ndarray:
+            values = [fill if v is None else v for v in data[key]]
+            return np.asarray(values, dtype=np.float64).reshape(shape)
+
+        return cls(
+            origin_s=float(data["origin_s"]),
+            until_s=float(data["until_s"]),
+            channels=channels,
+            mean=arr("mean", (c, 2)),
+            cov=arr("cov", (c, 2, 2)),
+            time=arr("time", (c,)),
+            cusum_upper=arr("cusum_upper", (c,)),
+            cusum_lower=arr("cusum_lower", (c,)),
+            last_value=arr("last_value", (c,)),
+            run_length=np.asarray(data["run_length"], dtype=np.int64),
+            run_log_p=arr("run_log_p", (c,), 0.0),
+            last_seen=arr("last_seen", (c,)),
+            in_dropout=np.asarray(data["in_dropout"], dtype=bool),
+            last_drift_s=arr("last_drift_s", (c,), -math.inf),
+            noise={
+                k: ChannelNoise(*(math.nan if x is None else float(x) for x in v))
+                for k, v in data["noise"].items()
+            },
+            setting=np.asarray(data["setting"], dtype=bool),
+            flagged_stuck=np.asarray(data["flagged_stuck"], dtype=bool),
+            ref_level=arr("ref_level", (c,)),
+            ref_rate=arr("ref_rate", (c,)),
+            slow_rate=arr("slow_rate", (c,)),
+            z_scale=arr("z_scale", (c,), 1.0),
+            z_corr=arr("z_corr", (c,), 0.0),
+        )
+
+
+def _flat(a: np.ndarray) -> list[float]:
+    return [float(v) for v in np.asarray(a, dtype=np.float64).reshape(-1)]
+
+
+@dataclass(frozen=True)
+class TrackerUpdate:
+    """The result of one window: the new checkpoint, the estimates and the flags."""
+
+    state: TrackerState
+    estimates: list[Estimate]
+    flags: list[Flag]
+
+
+def _robust_noise(y: np.ndarray) -> tuple[float, float, float] | None:
+    """Read-out variance and quantization step of a stretch of finite readings, from robust
+    statistics of their first differences; ``(0, 0)`` for a constant; None when too short."""
+    if y.size < _MIN_LEARN_SAMPLES:
+        return None
+    d = np.diff(y)
+    scale = float(np.max(np.abs(y))) or 1.0
+    nonzero = np.abs(d[np.abs(d) > 1e-9 * scale])  # ignore float noise of decimal values
+    if nonzero.size == 0:
+        return 0.0, 0.0, 1.0
+    quantum = float(nonzero.min())
+    # A trimmed variance (a MAD alone is biased on coarsely quantized readings).
+    mad = 1.4826 * float(np.median(np.abs(d - np.median(d))))
+    inliers = d[np.abs(d - np.median(d)) <= 6.0 * max(mad, quantum)]
+    # Upper 3-sigma bound of the observed repeat rate: a stuck test calibrated on it stays
+    # quiet on a coarsely quantized channel.
+    p = float(np.mean(d == 0))
+    p_upper = min(0.999, p + 3.0 * math.sqrt(max(p * (1 - p), 1.0 / d.size) / d.size))
+    # A read-out that mostly repeats (step above the noise) toggles between steps: its
+    # read-out error is up to half a step, not the uniform q²/12 of a fine quantizer.
+    floor = quantum**2 / 4.0 if mad == 0 else quantum**2 / 12.0
+    return max(float(np.var(inliers)) / 2.0, floor), quantum, p_upper
+
+
+def _significant_digits(values: np.ndarray) -> float:
+    """How many significant digits a read-out keeps (1..4), 0 if it is not such a read-out."""
+    v = values[np.isfinite(values) & (values != 0)]
+    if v.size < _MIN_LEARN_SAMPLES:
+        return 0.0
+    exponent = np.floor(np.log10(np.abs(v)))
+    for digits in range(1, 5):
+        step = 10.0 ** (exponent - (digits - 1))
+        if np.all(np.abs(np.round(v / step) * step - v) <= 1e-9 * np.abs(v)):
+            return float(digits)
+    return 0.0
+
+
+def _read_out_step(value: float, noise: ChannelNoise) -> float:
+    """The read-out step at ``value`` [U]."""
+    if noise.significant_digits > 0 and value != 0:
+        return float(10.0 ** (math.floor(math.log10(abs(value))) - (noise.significant_digits - 1)))
+    return noise.quantum
+
+
+#: Grid of the maximum-likelihood noise fit, as multiples of the read-out variance R:
+#: level diffusion q_l = R x 10^a [1/s], rate diffusion q_r = R x 10^b [1/s³].
+_LEVEL_GRID = 10.0 ** np.arange(-6.0, 1.0)
+_RATE_GRID = 10.0 ** np.arange(-9.0, 0.0)
+_MIN_LEARN_SAMPLES = 30
+
+
+def _fit_noise(
+    series: list[tuple[np.ndarray, np.ndarray]], robust: list[tuple[float, float, float]]
+) -> list[ChannelNoise]:
+    """Maximum-likelihood level and rate diffusions of a local linear trend, per channel, on a
+    grid (every candidate filtered at once); the read-out variance from :func:`_robust_noise`."""
+    grid = [(ql, qr) for ql in _LEVEL_GRID for qr in _RATE_GRID]
+    g = len(grid)
+    width = _bucket(max(t.size for t, _ in series))
+    c = len(series)
+    times = np.empty((c, width))
+    values = np.full((c, width), math.nan)
+    for k, (t, y) in enumerate(series):
+        times[k, : t.size], times[k, t.size :] = t, t[-1]
+        values[k, : y.size] = y
+    r = np.array([rv for rv, _, _ in robust])
+    ql = np.concatenate([r * q for q, _ in grid])
+    qr = np.concatenate([r * q for _, q in grid])
+    model = LocalLinearTrend(
+        level_diffusion=ql, rate_diffusion=qr, measurement_variance=np.tile(r, g)
+    )
+    first = np.array([y[0] for _, y in series])
+    mean = np.stack([first, np.zeros(c)], axis=-1)
+    cov = np.zeros((c, 2, 2))
+    cov[:, 0, 0] = r
+    cov[:, 1, 1] = r  # [U²/s²]: a drift of ~ one noise sigma per second, a priori
+    with jax.enable_x64(True):
+        initial = FilterState(
+            jnp.asarray(np.tile(mean, (g, 1))),
+            jnp.asarray(np.tile(cov, (g, 1, 1))),
+            jnp.asarray(np.tile(times[:, 0], g)),
+        )
+        result = kalman_filter(model, np.tile(times, (g, 1)), np.tile(values, (g, 1)), initial)
+        loglik = np.asarray(result.log_likelihood).reshape(g, c)
+    best = np.argmax(np.where(np.isfinite(loglik), loglik, -np.inf), axis=0)
+    # Diffusions too slow to show within the learning span cannot be told from zero there; a
+    # level that may wander by one noise sigma per span (and a rate likewise) is the floor, so
+    # a channel that was quiet while learned is not declared frozen for ever.
+    span = np.array([max(float(t[-1] - t[0]), 1.0) for t, _ in series])
+    return [
+        ChannelNoise(
+            float(r[k]),
+            max(float(ql[best[k] * c + k]), float(r[k] / span[k])),
+            max(float(qr[best[k] * c + k]), float(r[k] / span[k] ** 3)),
+            q,
+            p,
+        )
+        for k, (_, q, p) in enumerate(robust)
+    ]
+
+
+class Tracker:
+    """Follows one instrument's channels, window by window (see the module docstring)."""
+
+    def __init__(self, config: TrackerConfig) -> None:
+        self.config = config
+        self._index = {name: i for i, name in enumerate(config.channels)}
+        self._log_channels = config.log_channels
+        rate = config.rate_hz
+        #: False alarms per day allowed to one test of one channel.
+        self.per_test_rate = config.false_alarms_per_day / (len(config.channels) * _TESTS)
+        self._c = innovation_threshold(self.per_test_rate, rate)
+        self._h = cusum_threshold(self.per_test_rate, rate, config.cusum_k)
+
+    def initial_state(self, *, start_s: float) -> TrackerState:
+        """The state before any reading, at ``start_s`` [s since the epoch]."""
+        c = len(self.config.channels)
+        nan = np.full(c, math.nan)
+        return TrackerState(
+            origin_s=float(start_s),
+            until_s=float(start_s),
+            channels=self.config.channels,
+            mean=np.full((c, 2), math.nan),
+            cov=np.full((c, 2, 2), math.nan),
+            time=np.zeros(c),
+            cusum_upper=np.zeros(c),
+            cusum_lower=np.zeros(c),
+            last_value=nan.copy(),
+            run_length=np.zeros(c, dtype=np.int64),
+            run_log_p=np.zeros(c),
+            last_seen=nan.copy(),
+            in_dropout=np.zeros(c, dtype=bool),
+            last_drift_s=np.full(c, -math.inf),
+            noise=dict(self.config.noise),
+            setting=np.zeros(c, dtype=bool),
+            flagged_stuck=np.zeros(c, dtype=bool),
+            ref_level=nan.copy(),
+            ref_rate=nan.copy(),
+            slow_rate=nan.copy(),
+            z_scale=np.ones(c),
+            z_corr=np.zeros(c),
+        )
+
+    # ------------------------------------------------------------------------------ update
+    def update(
+        self,
+        state: TrackerState,
+        samples: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        *,
+        until_s: float,
+    ) -> TrackerUpdate:
+        """Process the readings with times in ``[state.until_s, until_s)``.
+
+        Args:
+            state: the checkpoint after the previous window (or :meth:`initial_state`).
+            samples: channel name -> ``(times [s since the epoch], values [canonical unit])``,
+                sorted by time; channels not tracked are ignored, missing ones had no reading.
+            until_s: the end of the window [s since the epoch]; the next window starts there.
+        """
+        cfg = self.config
+        if state.channels != cfg.channels:
+            raise TrackerError("the state was made for other channels")
+        if not until_s >= state.until_s:
+            raise TrackerError(f"window end {until_s} is before the state's {state.until_s}")
+        state = _copy_state(state)
+        origin = state.origin_s
+        start_rel, end_rel = state.until_s - origin, until_s - origin
+        per_channel: list[tuple[np.ndarray, np.ndarray]] = []
+        for name in cfg.channels:
+            t, y = samples.get(name, (np.zeros(0), np.zeros(0)))
+            t = np.asarray(t, dtype=np.float64) - origin
+            y = np.asarray(y, dtype=np.float64)
+            if t.shape != y.shape or t.ndim != 1:
+                raise TrackerError(f"{name}: times and values must be 1-D of one length")
+            if t.size and (np.any(np.diff(t) < 0) or not np.all(np.isfinite(t))):
+                raise TrackerError(f"{name}: times must be finite and sorted")
+            keep = (t >= start_rel) & (t < end_rel)
+            t, y = t[keep], y[keep]
+            if name in self._log_channels:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    y = np.log(np.where(y > 0, y, np.nan))
+            per_channel.append((t, y))
+
+        flags: list[Flag] = []
+        self._learn(state, per_channel)
+        grid = _report_grid(start_rel, end_rel, cfg.report_interval_s, origin)
+        levels, variances, rates, rate_vars = self._filter_and_detect(
+            state, per_channel, grid, end_rel, flags
+        )
+        self._dropouts(state, per_channel, end_rel, flags)
+        state.until_s = float(until_s)
+        estimates = self._estimates(grid, origin, levels, variances, rates, rate_vars)
+        flags.sort(key=lambda f: (f.time_s, f.channel, f.kind))
+        return TrackerUpdate(state=state, estimates=estimates, flags=flags)
+
+    def _learn(self, state: TrackerState, per_channel: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Initialise the channels that have enough readings for the first time."""
+        fresh: list[int] = []
+        fit: list[int] = []
+        robust: list[tuple[float, float, float]] = []
+        for i, name in enumerate(self.config.channels):
+            if not np.isnan(state.mean[i, 0]):
+                continue
+            t, y = per_channel[i]
+            finite = np.isfinite(y)
+            if name in state.noise:
+                fresh.append(i)
+                continue
+            stats = _robust_noise(y[finite])
+            if stats is None:
+                continue  # too few readings yet: wait for the next window
+            fresh.append(i)
+            if stats[0] == 0.0:
+                state.noise[name] = ChannelNoise(0.0, 0.0, 0.0, 0.0)
+            else:
+                fit.append(i)
+                robust.append(stats)
+        if fit:
+            series = []
+            for i in fit:
+                t, y = per_channel[i]
+                finite = np.isfinite(y)
+                series.append((t[finite], y[finite]))
+            for i, noise in zip(fit, _fit_noise(series, robust), strict=True):
+                name = self.config.channels[i]
+                _, y = per_channel[i]
+                raw = np.exp(y) if name in self._log_channels else y
+                digits = _significant_digits(raw)
+                state.noise[name] = dataclasses.replace(noise, significant_digits=digits)
+        for i in fresh:
+            t, y = per_channel[i]
+            finite = np.isfinite(y)
+            if not finite.any():
+                continue
+            noise = state.noise[self.config.channels[i]]
+            state.setting[i] = noise.measurement_variance == 0.0
+            state.mean[i] = (float(y[finite][0]), 0.0)
+            var0 = max(noise.measurement_variance, 1e-300)
+            state.cov[i] = np.diag([var0, var0])
+            state.time[i] = float(t[finite][0])
+            state.last_value[i] = math.nan
+
+    def _filter_and_detect(
+        self,
+        state: TrackerState,
+        per_channel: list[tuple[np.ndarray, np.ndarray]],
+        grid: np.ndarray,
+        end_rel: float,
+        flags: list[Flag],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        cfg = self.config
+        c = len(cfg.channels)
+        levels = np.full((c, grid.size), math.nan)
+        variances = np.full((c, grid.size), math.nan)
+        rates = np.full((c, grid.size), math.nan)
+        rate_vars = np.full((c, grid.size), math.nan)
+        active = [i for i in range(c) if not np.isnan(state.mean[i, 0]) and not state.setting[i]]
+        for i in range(c):  # settings: hold the set value
+            if i in active or np.isnan(state.mean[i, 0]):
+                continue
+            self._watch_setting(state, i, per_channel[i], flags)
+            levels[i], variances[i] = state.mean[i, 0], max(state.cov[i, 0, 0], 0.0)
+            rates[i], rate_vars[i] = state.mean[i, 1], state.cov[i, 1, 1]
+        if not active:
+            return levels, variances, rates, rate_vars
+        steps = max(per_channel[i][0].size for i in active)
+        width = _bucket(steps)
+        times = np.empty((len(active), width))
+        readings = np.full((len(active), width), math.nan)
+        for row, i in enumerate(active):
+            t, y = per_channel[i]
+            times[row, : t.size] = t
+            # A channel without readings in this window is only predicted forward (its
+            # uncertainty grows with the gap).
+            times[row, t.size :] = t[-1] if t.size else state.time[i]
+            readings[row, : y.size] = y
+        noise = [state.noise[cfg.channels[i]] for i in active]
+        model = LocalLinearTrend(
+            level_diffusion=np.array([n.level_diffusion for n in noise]),
+            rate_diffusion=np.array([n.rate_diffusion for n in noise]),
+            measurement_variance=np.array([n.measurement_variance for n in noise]),
+        )
+        with jax.enable_x64(True):
+            initial = FilterState(
+                jnp.asarray(state.mean[active]),
+                jnp.asarray(state.cov[active]),
+                jnp.asarray(state.time[active]),
+            )
+            result = kalman_filter(model, times, readings, initial)
+            raw_z = np.asarray(result.normalized_innovation)
+            scale = np.sqrt(np.maximum(state.z_scale[active], 1.0))
+            z = raw_z / scale[:, None]
+            # The CUSUM sums innovations: correlated ones (a model slightly too stiff for a
+            # wandering channel) add up faster than white ones, by (1 + rho) / (1 - rho).
+            rho = np.clip(state.z_corr[active], 0.0, 0.9)
+            long_run = np.sqrt(np.maximum(state.z_scale[active] * (1 + rho) / (1 - rho), 1.0))
+            z_cusum = raw_z / long_run[:, None]
+            gp0, gm0 = state.cusum_upper[active], state.cusum_lower[active]
+            carried = jnp.asarray(_with_carry(z_cusum, gp0, gm0, cfg.cusum_k))
+            cs = cusum_jit(carried, k=cfg.cusum_k, h=self._h)
+            est = estimate_at(np.broadcast_to(grid, (len(active), grid.size)), result, model)
+        upper, lower, alarm = (np.asarray(a)[:, 1:] for a in cs)
+        mean, cov = np.asarray(result.mean), np.asarray(result.cov)
+        innovation = np.asarray(result.innovation)
+        pred_var = np.asarray(result.innovation_variance)
+        est_mean, est_cov = np.asarray(est.mean), np.asarray(est.cov)
+        for row, i in enumerate(active):
+            t, y = per_channel[i]
+            n = t.size
+            levels[i], variances[i] = est_mean[row, :, 0], est_cov[row, :, 0, 0]
+            rates[i], rate_vars[i] = est_mean[row, :, 1], est_cov[row, :, 1, 1]
+            if n == 0:
+                continue
+            zi = z[row, :n]
+            self._update_scale(state, i, raw_z[row, :n])
+            self._disagreements(state, i, t, y, zi, innovation[row, :n], pred_var[row, :n], flags)
+            reopen = self._drifts(
+                state, i, t, y, zi, alarm[row, :n], mean[row, :n], pred_var[row, :n], flags
+            )
+            self._stuck(state, i, t, y, flags)
+            self._tolerances(state, i, t, mean[row, :n], cov[row, :n], flags)
+            state.mean[i], state.cov[i], state.time[i] = mean[row, n - 1], cov[row, n - 1], t[-1]
+            state.cusum_upper[i], state.cusum_lower[i] = upper[row, n - 1], lower[row, n - 1]
+            if alarm[row, n - 1]:
+                state.cusum_upper[i] = state.cusum_lower[i] = 0.0
+            if reopen is not None:
+                # The level moved: let the filter follow it at once instead of over minutes.
+                state.cov[i, 0, 0] += reopen**2
+                state.cov[i, 1, 1] += (reopen / 10.0) ** 2
+        return levels, variances, rates, rate_vars
+
+    # ------------------------------------------------------------------------------ detectors
+    def _update_scale(self, state: TrackerState, i: int, z: np.ndarray) -> None:
+        """Running mean of z² (outliers clipped, so a fault does not hide itself)."""
+        finite = z[np.isfinite(z)]
+        if finite.size == 0:
+            return
+        w = min(1.0, finite.size / _SCALE_MEMORY)
+        clipped = np.clip(finite, -5.0, 5.0)
+        mean_sq = float(np.mean(clipped**2))
+        state.z_scale[i] = (1.0 - w) * state.z_scale[i] + w * mean_sq
+        if clipped.size > 1:
+            lag1 = float(np.mean(clipped[1:] * clipped[:-1])) / max(mean_sq, 1e-12)
+            state.z_corr[i] = (1.0 - w) * state.z_corr[i] + w * lag1
+
+    def _flag(
+        self,
+        kind: str,
+        i: int,
+        *,
+        time_rel: float,
+        end_rel: float | None,
+        expected: float,
+        observed: float,
+        tolerance: float,
+        severity: str,
+        state: TrackerState,
+        detail: dict[str, Any],
+    ) -> Flag:
+        cfg = self.config
+        channel = cfg.channels[i]
+        quantity = CHANNEL_QUANTITY.get(channel, channel)
+        if channel in self._log_channels:
+            # Tracked in log space: report values in the channel's unit, the test in log units.
+            detail = {**detail, "scale": "log"}
+            expected, observed = math.exp(expected), math.exp(observed)
+        return Flag(
+            kind=kind,
+            quantity=quantity,
+            channel=channel,
+            time_s=state.origin_s + float(time_rel),
+            end_s=None if end_rel is None else state.origin_s + float(end_rel),
+            expected=float(expected),
+            observed=float(observed),
+            residual=float(observed - expected),
+            tolerance=float(tolerance),
+            severity=severity,
+            twin_version=cfg.twin_version,
+            calibration_version=cfg.calibration.version,
+            detail=detail,
+        )
+
+    def _disagreements(
+        self,
+        state: TrackerState,
+        i: int,
+        t: np.ndarray,
+        y: np.ndarray,
+        z: np.ndarray,
+        innovation: np.ndarray,
+        pred_var: np.ndarray,
+        flags: list[Flag],
+    ) -> None:
+        outliers = np.abs(np.nan_to_num(z)) > self._c
+        for episode in merge_alarms(outliers, kind="disagreement", max_gap=0):
+            k = episode.start + int(np.nanargmax(np.abs(z[episode.start : episode.end])))
+            sd = math.sqrt(pred_var[k])
+            flags.append(
+                self._flag(
+                    "disagreement",
+                    i,
+                    time_rel=t[episode.start],
+                    end_rel=t[episode.end - 1],
+                    expected=y[k] - innovation[k],
+                    observed=y[k],
+                    tolerance=self._c * sd,
+                    severity="critical" if abs(z[k]) > 3 * self._c else "warning",
+                    state=state,
+                    detail={"z": float(z[k]), "samples": episode.end - episode.start},
+                )
+            )
+
+    def _drifts(
+        self,
+        state: TrackerState,
+        i: int,
+        t: np.ndarray,
+        y: np.ndarray,
+        z: np.ndarray,
+        alarm: np.ndarray,
+        mean: np.ndarray,
+        pred_var: np.ndarray,
+        flags: list[Flag],
+    ) -> float | None:
+        reopen: float | None = None
+        for episode in merge_alarms(alarm, kind="drift", max_gap=int(self.config.rate_hz * 5)):
+            k = episode.start
+            t_alarm = float(t[k])
+            if t_alarm - state.last_drift_s[i] < _DRIFT_HOLDOFF_S:
+                state.last_drift_s[i] = float(t[episode.end - 1])
+                continue
+            # Onset: the last sample before the alarm where the statistic was still small.
+            lookback = max(0, k - int(self.config.rate_hz * 60))
+            zs = np.nan_to_num(z[lookback : k + 1])
+            sign = 1.0 if zs.sum() >= 0 else -1.0
+            run = np.cumsum((sign * zs - self.config.cusum_k)[::-1])[::-1]
+            onset = lookback + int(np.argmax(run))
+            before = mean[max(onset - 1, 0), 0]
+            window = y[onset : k + 1]
+            observed = float(np.nanmean(window)) if np.isfinite(window).any() else float(y[k])
+            sd = math.sqrt(pred_var[k])
+            shift_sigma = (observed - before) / sd
+            flags.append(
+                self._flag(
+                    "drift",
+                    i,
+                    time_rel=t[onset],
+                    end_rel=t_alarm,
+                    expected=before,
+                    observed=observed,
+                    tolerance=self.config.cusum_k * sd,
+                    severity="critical" if abs(shift_sigma) > 10 else "warning",
+                    state=state,
+                    detail={
+                        "cusum_h": self._h,
+                        "cusum_k": self.config.cusum_k,
+                        "shift_sigma": float(shift_sigma),
+                        "delay_s": float(t_alarm - t[onset]),
+                    },
+                )
+            )
+            state.last_drift_s[i] = float(t[episode.end - 1])
+            reopen = abs(observed - before)
+        return reopen
+
+    def _stuck(
+        self, state: TrackerState, i: int, t: np.ndarray, y: np.ndarray, flags: list[Flag]
+    ) -> None:
+        """Runs of identical readings less probable, under the channel's noise and read-out
+        step, than the false-alarm rate allows. The probability that a reading repeats the
+        previous one is ``erf(step / (2 sqrt(2) sigma))`` with the step at the reading's value
+        (significant-digit read-outs have a step proportional to the value)."""
+        name = self.config.channels[i]
+        noise = state.noise[name]
+        sigma = math.sqrt(noise.measurement_variance)
+        if sigma == 0:
+            return
+        log_target = math.log(per_sample_probability(self.per_test_rate, self.config.rate_hz))
+        in_log = name in self._log_channels
+        last, run = state.last_value[i], int(state.run_length[i])
+        log_p = float(state.run_log_p[i])
+        run_start = math.nan
+        for k in range(y.size):
+            v = y[k]
+            if not math.isfinite(v):
+                continue
+            if v != last:
+                last, run, log_p, run_start = v, 1, 0.0, t[k]
+                state.flagged_stuck[i] = False
+                continue
+            run += 1
+            step = _read_out_step(math.exp(v) if in_log else v, noise)
+            if in_log:
+                step = math.log1p(step / math.exp(v))
+            p_same = math.erf(step / (2.0 * math.sqrt(2.0) * sigma)) if step > 0 else 0.0
+            if math.isfinite(noise.repeat_probability):
+                p_same = max(p_same, noise.repeat_probability)
+            log_p += math.log(max(p_same, 1e-300))
+            if log_p < log_target and not state.flagged_stuck[i]:
+                state.flagged_stuck[i] = True
+                start = run_start
+                if math.isnan(start):
+                    start = t[k] - (run - 1) / self.config.rate_hz
+                flags.append(
+                    self._flag(
+                        "stuck",
+                        i,
+                        time_rel=start,
+                        end_rel=t[k],
+                        expected=math.nan,
+                        observed=v,
+                        tolerance=log_target,
+                        severity="warning",
+                        state=state,
+                        detail={"identical_readings": run, "log_probability": log_p},
+                    )
+                )
+        state.last_value[i], state.run_length[i], state.run_log_p[i] = last, run, log_p
+
+    def _tolerances(
+        self,
+        state: TrackerState,
+        i: int,
+        t: np.ndarray,
+        mean: np.ndarray,
+        cov: np.ndarray,
+        flags: list[Flag],
+    ) -> None:
+        """Slow drift: the filtered level (or drift rate) moved by more than its tolerance
+        since the reference, and by more than ``c`` of its standard deviations; the reference
+        then moves to the new value, so a continuing drift is flagged once per tolerance."""
+        name = self.config.channels[i]
+        level_tol, rate_tol = self.config.tolerances.get(name, (None, None))
+        if math.isnan(state.ref_level[i]):
+            state.ref_level[i], state.ref_rate[i] = mean[-1, 0], mean[-1, 1]
+            state.slow_rate[i] = mean[-1, 1]
+            return
+        # The minute-average of the drift rate (an exponential average over irregular times).
+        slow = np.empty(t.size)
+        value, previous = float(state.slow_rate[i]), float(state.time[i])
+        for k in range(t.size):
+            weight = -math.expm1(-max(t[k] - previous, 0.0) / RATE_AVERAGING_S)
+            value += weight * (mean[k, 1] - value)
+            slow[k], previous = value, t[k]
+        state.slow_rate[i] = value
+        level_sd = np.sqrt(np.maximum(cov[:, 0, 0], 0.0))
+        tests = (
+            ("level", level_tol, mean[:, 0], state.ref_level, self._c * level_sd),
+            ("rate", rate_tol, slow, state.ref_rate, np.zeros(t.size)),
+        )
+        for what, tol, series, refs, significance in tests:
+            if tol is None:
+                continue
+            start = 0
+            while start < t.size:
+                dev = np.abs(series[start:] - refs[i])
+                hit = np.flatnonzero((dev > tol) & (dev > significance[start:]))
+                if hit.size == 0:
+                    break
+                k = start + int(hit[0])
+                flags.append(
+                    self._flag(
+                        "drift",
+                        i,
+                        time_rel=t[k],
+                        end_rel=t[k],
+                        expected=float(refs[i]),
+                        observed=float(series[k]),
+                        tolerance=tol,
+                        severity="warning",
+                        state=state,
+                        detail={"test": f"{what}_tolerance"},
+                    )
+                )
+                refs[i] = series[k]
+                start = k + 1
+
+    def _watch_setting(
+        self,
+        state: TrackerState,
+        i: int,
+        channel: tuple[np.ndarray, np.ndarray],
+        flags: list[Flag],
+    ) -> None:
+        if not state.setting[i]:
+            return
+        t, y = channel
+        for k in np.flatnonzero(np.isfinite(y)):
+            if y[k] != state.mean[i, 0]:
+                flags.append(
+                    self._flag(
+                        "setting_change",
+                        i,
+                        time_rel=t[k],
+                        end_rel=None,
+                        expected=state.mean[i, 0],
+                        observed=y[k],
+                        tolerance=0.0,
+                        severity="info",
+                        state=state,
+                        detail={},
+                    )
+                )
+                state.mean[i, 0] = y[k]
+        if y.size:
+            state.time[i] = t[-1]
+
+    def _dropouts(
+        self,
+        state: TrackerState,
+        per_channel: list[tuple[np.ndarray, np.ndarray]],
+        end_rel: float,
+        flags: list[Flag],
+    ) -> None:
+        gap = self.config.max_gap_s
+        for i in range(len(self.config.channels)):
+            t, y = per_channel[i]
+            seen = t[np.isfinite(y)]
+            prev = state.last_seen[i]
+            if math.isnan(prev) and seen.size == 0:
+                continue
+            points = np.concatenate(([prev], seen)) if not math.isnan(prev) else seen
+            for a, b in itertools.pairwise(points):
+                if b - a > gap:
+                    # A dropout already reported as ongoing is reported again, closed: same
+                    # start (the store's key), now with its end.
+                    flags.append(self._dropout_flag(state, i, a, b))
+                state.in_dropout[i] = False
+            last = float(points[-1])
+            if end_rel - last > gap and not state.in_dropout[i]:
+                flags.append(self._dropout_flag(state, i, last, None))
+                state.in_dropout[i] = True
+            state.last_seen[i] = last
+
+    def _dropout_flag(self, state: TrackerState, i: int, a: float, b: float | None) -> Flag:
+        return self._flag(
+            "dropout",
+            i,
+            time_rel=a,
+            end_rel=b,
+            expected=math.nan,
+            observed=math.nan,
+            tolerance=self.config.max_gap_s,
+            severity="warning",
+            state=state,
+            detail={"gap_s": None if b is None else float(b - a), "ongoing": b is None},
+        )
+
+    # ------------------------------------------------------------------------------ estimates
+    def _estimates(
+        self,
+        grid: np.ndarray,
+        origin: float,
+        levels: np.ndarray,
+        variances: np.ndarray,
+        rates: np.ndarray,
+        rate_vars: np.ndarray,
+    ) -> list[Estimate]:
+        cfg = self.config
+        out: list[Estimate] = []
+        if grid.size == 0:
+            return out
+        times = grid + origin
+        if cfg.derives_state:
+            idx = [self._index[name] for name in INPUT_CHANNELS]
+            if not np.isnan(levels[idx]).any():
+                readings = {name: levels[self._index[name]] for name in INPUT_CHANNELS}
+                var = {name: variances[self._index[name]] for name in INPUT_CHANNELS}
+                derived = derive_state(cfg.calibration, readings, variances=var)
+                for q in STATE_QUANTITIES:
+                    values, std = derived.values[q.name], derived.std[q.name]
+                    out.extend(
+                        Estimate(float(t), q.name, float(v), float(s), q.unit)
+                        for t, v, s in zip(times, values, std, strict=True)
+                    )
+        for channel, quantity in _DRIFT_QUANTITIES.items():
+            i = self._index.get(channel)
+            if i is None or np.isnan(rates[i]).all():
+                continue
+            out.extend(
+                Estimate(float(t), quantity, float(v), float(math.sqrt(max(s, 0.0))), "m/s")
+                for t, v, s in zip(times, rates[i], rate_vars[i], strict=True)
+                if math.isfinite(v) and math.isfinite(s)
+            )
+        return out
+
+
+def _copy_state(s: TrackerState) -> TrackerState:
+    return TrackerState.from_json(s.to_json())
+
+
+def _report_grid(start_rel: float, end_rel: float, interval: float, origin: float) -> np.ndarray:
+    """Report instants in ``[start, end)``, on multiples of ``interval`` since the epoch."""
+    first = math.ceil((start_rel + origin) / interval) * interval - origin
+    n = max(0, math.ceil((end_rel - first) / interval - 1e-9))
+    return first + interval * np.arange(n)
+
+
+def _bucket(steps: int) -> int:
+    """Pad window lengths to a few sizes, so the jitted filter compiles a few times only."""
+    return max(64, 1 << (steps - 1).bit_length())
+
+
+def _with_carry(z: np.ndarray, gp: np.ndarray, gm: np.ndarray, k: float) -> np.ndarray:
+    """Prepend a sample that restores the CUSUM statistics carried from the last window."""
+    # cusum() starts from zero; one leading pseudo-sample z0 with g+ = max(0, z0 - k) = gp is
+    # possible only for one side, so the carry uses the larger side (the other restarts at 0).
+    first = np.where(gp >= gm, gp, -gm)
+    first = first + np.sign(first) * k
+    first = np.where((gp == 0) & (gm == 0), np.nan, first)
+    return np.concatenate([first[:, None], z], axis=1)
