@@ -56,16 +56,17 @@ class TwinSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BEAMTWIN_", extra="ignore")
 
     database_url: SecretStr | None = None
-    #: Length of the windows of telemetry processed (and committed) at once [s]. The tracker
-    #: learns a channel's noise from its first window, which needs ~30 readings: at least 3 s
-    #: of 10 Hz telemetry.
+    #: Length of the windows of telemetry processed (and committed) at once [s].
     twin_window_s: float = Field(default=10.0, gt=0)
+    #: Length of an instrument's first window [s], from which the tracker learns each
+    #: channel's noise (longer is better; shorter gives the first estimates sooner).
+    twin_learn_s: float = Field(default=30.0, gt=0)
     #: The watermark: a window is processed once it is older than ``now - twin_lateness_s``, so
     #: samples that reach the store up to this late are still included [s].
     twin_lateness_s: float = Field(default=5.0, ge=0)
     #: Pause between rounds once every instrument has caught up with the watermark [s].
     twin_poll_interval_s: float = Field(default=1.0, gt=0)
-    #: False-alarm rate of each detector on each channel [1/day].
+    #: False-alarm budget of one instrument [1/day], shared among all its detectors.
     twin_false_alarms_per_day: float = Field(default=1.0, gt=0)
     #: Spacing of the reported state estimates [s].
     twin_report_interval_s: float = Field(default=1.0, gt=0)

@@ -276,7 +276,9 @@ class TwinWorker:
             start_us = _to_us(cursor.processed_until)
         limit_us = now_us - round(s.twin_lateness_s * _US_PER_S)
         calibration, next_calibration_us = self._calibration(conn, instrument_id, start_us)
-        end_us = start_us + round(s.twin_window_s * _US_PER_S)
+        # The first window of an instrument is the tracker's learning window (noise fit).
+        length_s = s.twin_learn_s if cursor is None else s.twin_window_s
+        end_us = start_us + round(length_s * _US_PER_S)
         if next_calibration_us is not None:
             end_us = min(end_us, next_calibration_us)  # one calibration per window
             limit_us = min(limit_us, next_calibration_us)

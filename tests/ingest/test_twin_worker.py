@@ -35,6 +35,7 @@ DATA_END = T0 + timedelta(seconds=DURATION_S)
 CALIBRATION = twin.Calibration()
 SETTINGS = TwinSettings(
     twin_window_s=10.0,
+    twin_learn_s=20.0,  # the first (learning) window spans two windows
     twin_lateness_s=5.0,
     twin_poll_interval_s=0.05,
     twin_retry_initial_s=0.05,
@@ -192,7 +193,7 @@ def test_every_window_is_followed_to_the_watermark(
     assert cursor.calibration_version == CALIBRATION.version
     assert cursor.twin_version == twin.TWIN_VERSION
     windows = int((DATA_END - first_sample).total_seconds() // SETTINGS.twin_window_s)
-    assert reference.stats.windows == windows
+    assert reference.stats.windows == windows - 1  # the learning window is two long
     read_until = np.datetime64(cursor.processed_until.replace(tzinfo=None), "us").astype(int)
     in_windows = (telemetry.block.times_ns // 1000 < read_until)[None, :]
     assert reference.stats.samples_read == int(
@@ -356,8 +357,8 @@ def test_a_window_computed_by_two_workers_is_committed_once(
     assert len(estimates) == fast_stats.estimates_stored > 0
     cursor = _cursor(engine, instrument_id)
     assert cursor is not None
-    window = timedelta(seconds=SETTINGS.twin_window_s)
-    assert cursor.processed_until == _first_sample(telemetry.block) + window
+    learning = timedelta(seconds=SETTINGS.twin_learn_s)
+    assert cursor.processed_until == _first_sample(telemetry.block) + learning
 
 
 @pytest.fixture()
@@ -404,8 +405,9 @@ def test_a_long_silence_is_stepped_over_and_reported_as_dropouts(engine: sa.Engi
     assert cursor is not None
     assert cursor.processed_until == _last_window_end(_first_sample(before), end)
     assert stats.silences_skipped == 1
-    # 3 windows of telemetry, the skip, the window holding the first new sample, 2 more.
-    assert stats.windows == 3 + 1 + 3
+    # 30 s of telemetry (the 20 s learning window and one more), the skip, the window holding
+    # the first new sample, 2 more.
+    assert stats.windows == 2 + 1 + 3
     silent = [
         e
         for e in _estimates(engine, instrument_id)
@@ -437,7 +439,7 @@ def test_an_instrument_silent_up_to_the_watermark_is_caught_up_in_one_step(
     assert cursor.processed_until == _last_window_end(_first_sample(telemetry.block), watermark)
     assert stats.silences_skipped == 1
     # The windows of telemetry, then one skip: not 60,000 windows of silence.
-    assert stats.windows == int(DURATION_S // SETTINGS.twin_window_s) + 1
+    assert stats.windows == int(DURATION_S // SETTINGS.twin_window_s)  # learning window: 2
 
 
 # ---------------------------------------------------------------------- the command
