@@ -66,6 +66,7 @@ def main() -> None:
     twin_s = fixed_s = 0.0
     print(f"# {'fault':38s} {'twin: detected, max delay':>28s} {'fixed threshold':>26s}")
     worst_twin = 0.0
+    worst_steps = 0.0  # every fault but the slow stage-drift ramp
     worst_fixed = 0.0
     for case in FAULT_SUITE:
         twin_results = [run_case(case, seed=seed) for seed in range(seeds)]
@@ -77,6 +78,8 @@ def main() -> None:
         t_det, t_worst, _ = _summary(twin_results)
         f_det, f_worst, _ = _summary(fixed_results)
         worst_twin = max(worst_twin, t_worst)
+        if case.name != "stage drift 0.1 nm/s":
+            worst_steps = max(worst_steps, t_worst)
         if f_det:
             worst_fixed = max(worst_fixed, max(_summary(fixed_results)[2]))
         print(
@@ -95,6 +98,7 @@ def main() -> None:
         f"# false alarms: twin {twin_fa} in {twin_s / 3600:.2f} h, "
         f"fixed threshold {fixed_fa} in {fixed_s / 3600:.2f} h of simulated telemetry"
     )
+    print(f"# twin: max delay over every fault but the stage-drift ramp: {worst_steps:.2f} s")
     print(f"# fixed threshold: max delay over the faults it detects at all: {worst_fixed} s")
     print(f"# wall time {time.perf_counter() - started:.0f} s")
     print(f"detect_max_delay_s: {worst_twin:.2f}")

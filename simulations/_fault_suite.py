@@ -146,6 +146,7 @@ def score(
     duration_s: float,
     seed: int,
     max_gap_s: float,
+    rate_hz: float = 10.0,
     detection_window_s: float = 180.0,
 ) -> CaseResult:
     """Detection (the first matching flag raised from the onset to ``detection_window_s``
@@ -159,10 +160,15 @@ def score(
         if t < start_s + LEARN_S:
             continue
         on_channel = case.fault is not None and flag.channel == case.channel
-        if on_channel and onset <= t <= onset + detection_window_s and flag.kind in case.kinds:
+        # Half a sample period of slack: tick times carry the source clock's jitter.
+        if (
+            on_channel
+            and onset - 0.5 / rate_hz <= t <= onset + detection_window_s
+            and flag.kind in case.kinds
+        ):
             detected_at = t if detected_at is None else min(detected_at, t)
             continue
-        if on_channel and t >= onset:
+        if on_channel and t >= onset - 0.5 / rate_hz:
             continue  # the fault's later consequences on its own channel
         false_alarms += 1
     return CaseResult(
@@ -170,7 +176,7 @@ def score(
         seed=seed,
         duration_s=duration_s - LEARN_S,
         detected=detected_at is not None,
-        delay_s=None if detected_at is None else detected_at - onset,
+        delay_s=None if detected_at is None else max(0.0, detected_at - onset),
         false_alarms=false_alarms,
         flags=list(flags),
     )
@@ -218,6 +224,7 @@ def run_case(
         duration_s=duration_s,
         seed=seed,
         max_gap_s=config.max_gap_s,
+        rate_hz=rate_hz,
     )
 
 
@@ -276,5 +283,11 @@ class FixedThresholdDetector:
                 )
         flags.sort(key=lambda f: f.time_s)
         return score(
-            case, flags, start_s=start, duration_s=duration_s, seed=seed, max_gap_s=math.inf
+            case,
+            flags,
+            start_s=start,
+            duration_s=duration_s,
+            seed=seed,
+            max_gap_s=math.inf,
+            rate_hz=rate_hz,
         )

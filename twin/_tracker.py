@@ -110,9 +110,11 @@ DEFAULT_TOLERANCES: Mapping[str, tuple[float | None, float | None]] = {
     "stage.z": (None, 0.05e-9),
 }
 _DRIFT_HOLDOFF_S = 30.0
-#: Time constant of the average of the drift rate that the rate tolerance tests [s]: the
-#: filter's instantaneous rate follows the random walk of the level; a minute's average does not.
-RATE_AVERAGING_S = 60.0
+#: Time constant of the exponentially weighted regression line whose slope the rate tolerance
+#: tests [s]: the filter's instantaneous rate follows the random walk of the level; the slope of
+#: the readings over the last minute or so does not.
+RATE_AVERAGING_S = 40.0
+_MIN_SLOPE_WEIGHT = 20.0  # readings (weighted) before the slope is trusted
 #: Tests per channel that share the false-alarm budget.
 _TESTS = 4
 #: Memory of the innovation-scale estimate [samples]: a model that underestimates a channel's
@@ -293,7 +295,8 @@ class TrackerState:
     flagged_stuck: np.ndarray  # (C,) bool: the current stuck run is already flagged
     ref_level: np.ndarray  # (C,) level the tolerance test compares with; NaN: not yet set
     ref_rate: np.ndarray  # (C,) drift rate the tolerance test compares with
-    slow_rate: np.ndarray  # (C,) the filtered drift rate averaged over RATE_AVERAGING_S
+    slope_sums: np.ndarray  # (C, 5) sums of the exponentially weighted regression of readings
+    slope_offset: np.ndarray  # (C,) reading offset of that regression (numerical range)
     z_scale: np.ndarray  # (C,) running mean of the squared normalized innovations
     z_corr: np.ndarray  # (C,) running lag-1 autocorrelation of the normalized innovations
 
@@ -334,7 +337,8 @@ class TrackerState:
             "flagged_stuck": [bool(v) for v in self.flagged_stuck],
             "ref_level": arr(self.ref_level),
             "ref_rate": arr(self.ref_rate),
-            "slow_rate": arr(self.slow_rate),
+            "slope_sums": arr(self.slope_sums),
+            "slope_offset": arr(self.slope_offset),
             "z_scale": arr(self.z_scale),
             "z_corr": arr(self.z_corr),
         }
@@ -373,7 +377,8 @@ class TrackerState:
             flagged_stuck=np.asarray(data["flagged_stuck"], dtype=bool),
             ref_level=arr("ref_level", (c,)),
             ref_rate=arr("ref_rate", (c,)),
-            slow_rate=arr("slow_rate", (c,)),
+            slope_sums=arr("slope_sums", (c, 5), 0.0),
+            slope_offset=arr("slope_offset", (c,)),
             z_scale=arr("z_scale", (c,), 1.0),
             z_corr=arr("z_corr", (c,), 0.0),
         )
@@ -530,7 +535,8 @@ class Tracker:
             flagged_stuck=np.zeros(c, dtype=bool),
             ref_level=nan.copy(),
             ref_rate=nan.copy(),
-            slow_rate=nan.copy(),
+            slope_sums=np.zeros((c, 5)),
+            slope_offset=nan.copy(),
             z_scale=np.ones(c),
             z_corr=np.zeros(c),
         )
@@ -712,7 +718,7 @@ class Tracker:
                 state, i, t, y, zi, alarm[row, :n], mean[row, :n], pred_var[row, :n], flags
             )
             self._stuck(state, i, t, y, flags)
-            self._tolerances(state, i, t, mean[row, :n], cov[row, :n], flags)
+            self._tolerances(state, i, t, y, mean[row, :n], cov[row, :n], flags)
             state.mean[i], state.cov[i], state.time[i] = mean[row, n - 1], cov[row, n - 1], t[-1]
             state.cusum_upper[i], state.cusum_lower[i] = upper[row, n - 1], lower[row, n - 1]
             if alarm[row, n - 1]:
@@ -916,27 +922,33 @@ class Tracker:
         state: TrackerState,
         i: int,
         t: np.ndarray,
+        y: np.ndarray,
         mean: np.ndarray,
         cov: np.ndarray,
         flags: list[Flag],
     ) -> None:
-        """Slow drift: the filtered level (or drift rate) moved by more than its tolerance
-        since the reference, and by more than ``c`` of its standard deviations; the reference
-        then moves to the new value, so a continuing drift is flagged once per tolerance."""
+        """Slow drift: the filtered level moved by more than its tolerance since the reference
+        (and by more than ``c`` of its standard deviations), or the drift rate (the slope of an
+        exponentially weighted regression line through the readings) did; the reference then
+        moves to the new value, so a continuing drift is flagged once per tolerance."""
         name = self.config.channels[i]
         level_tol, rate_tol = self.config.tolerances.get(name, (None, None))
-        if math.isnan(state.ref_level[i]):
-            state.ref_level[i], state.ref_rate[i] = mean[-1, 0], mean[-1, 1]
-            state.slow_rate[i] = mean[-1, 1]
+        if level_tol is None and rate_tol is None:
             return
-        # The minute-average of the drift rate (an exponential average over irregular times).
-        slow = np.empty(t.size)
-        value, previous = float(state.slow_rate[i]), float(state.time[i])
-        for k in range(t.size):
-            weight = -math.expm1(-max(t[k] - previous, 0.0) / RATE_AVERAGING_S)
-            value += weight * (mean[k, 1] - value)
-            slow[k], previous = value, t[k]
-        state.slow_rate[i] = value
+        learning = math.isnan(state.ref_level[i])
+        if learning:
+            state.slope_offset[i] = mean[-1, 0]
+            previous = float(t[0])
+        else:
+            previous = float(state.time[i])
+        slow, state.slope_sums[i] = _ew_slope(
+            state.slope_sums[i], previous, t, y - state.slope_offset[i], RATE_AVERAGING_S
+        )
+        if learning:
+            state.ref_level[i], state.ref_rate[i] = mean[-1, 0], slow[-1]
+            return
+        if math.isnan(state.ref_rate[i]):
+            state.ref_rate[i] = slow[-1]
         level_sd = np.sqrt(np.maximum(cov[:, 0, 0], 0.0))
         tests = (
             ("level", level_tol, mean[:, 0], state.ref_level, self._c * level_sd),
@@ -1077,6 +1089,35 @@ class Tracker:
                 if math.isfinite(v) and math.isfinite(s)
             )
         return out
+
+
+def _ew_slope(
+    sums: np.ndarray, previous: float, t: np.ndarray, y: np.ndarray, tau: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slopes [U/s] of the exponentially weighted least-squares line through the readings up
+    to each sample (weights ``exp(-age / tau)``), and the regression sums to carry on.
+
+    ``sums`` = (S0, S1, S2, Sy, Suy) with ``u`` the time relative to ``previous`` (the last
+    sample already included); NaN readings only age the sums.
+    """
+    s0, s1, s2, sy, suy = (float(v) for v in sums)
+    out = np.full(t.size, math.nan)
+    for k in range(t.size):
+        dt = max(float(t[k]) - previous, 0.0)
+        decay = math.exp(-dt / tau)
+        # Shift the origin of u to t[k] and age the weights.
+        s2 = decay * (s2 - 2.0 * dt * s1 + dt * dt * s0)
+        s1 = decay * (s1 - dt * s0)
+        suy = decay * (suy - dt * sy)
+        s0, sy = decay * s0, decay * sy
+        previous = float(t[k])
+        if math.isfinite(y[k]):
+            s0 += 1.0
+            sy += float(y[k])
+        det = s0 * s2 - s1 * s1
+        if s0 >= _MIN_SLOPE_WEIGHT and det > 0:
+            out[k] = (s0 * suy - s1 * sy) / det
+    return out, np.array([s0, s1, s2, sy, suy])
 
 
 def _copy_state(s: TrackerState) -> TrackerState:
