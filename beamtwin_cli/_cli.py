@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the embedded PostgreSQL keeps its data (default: .beamtwin/ in the cwd)",
     )
+    demo.add_argument(
+        "--api-port",
+        type=int,
+        default=8000,
+        help="serve the REST API on 127.0.0.1:PORT with a fresh admin token (0: do not)",
+    )
     demo.set_defaults(func="demo")
 
     db = sub.add_parser("db", help="database schema management")
@@ -102,6 +108,53 @@ def build_parser() -> argparse.ArgumentParser:
     lst = inst_sub.add_parser("list", help="list registered instruments")
     lst.set_defaults(func="instruments_list")
 
+    srv = sub.add_parser(
+        "serve",
+        help="serve the REST API (BEAMTWIN_DATABASE_URL required; see docs/api.md)",
+        description=(
+            "Serve the REST API under /api/v1 with uvicorn. Refuses a database whose schema is "
+            "not current. Settings: BEAMTWIN_DATABASE_URL, BEAMTWIN_API_HOST, BEAMTWIN_API_PORT, "
+            "BEAMTWIN_API_MAX_POINTS, ... (see docs/api.md)."
+        ),
+    )
+    srv.add_argument("--host", default=None, help="default: BEAMTWIN_API_HOST or 127.0.0.1")
+    srv.add_argument("--port", type=int, default=None, help="default: BEAMTWIN_API_PORT or 8000")
+    srv.set_defaults(func="serve")
+
+    users = sub.add_parser("users", help="REST API users, their roles and instrument grants")
+    users_sub = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    uadd = users_sub.add_parser("add", help="add a user")
+    uadd.add_argument("name")
+    uadd.add_argument("--role", required=True, choices=["viewer", "operator", "auditor", "admin"])
+    uadd.set_defaults(func="users_add")
+    users_sub.add_parser("list", help="list users and their grants").set_defaults(func="users_list")
+    ugrant = users_sub.add_parser("grant", help="let a user see an instrument")
+    ugrant.add_argument("name")
+    ugrant.add_argument("instrument_id")
+    ugrant.set_defaults(func="users_grant")
+    urevoke = users_sub.add_parser("revoke", help="withdraw a user's grant of an instrument")
+    urevoke.add_argument("name")
+    urevoke.add_argument("instrument_id")
+    urevoke.set_defaults(func="users_revoke")
+
+    tokens = sub.add_parser("tokens", help="REST API bearer tokens")
+    tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
+    tcreate = tokens_sub.add_parser(
+        "create", help="create a token for a user and print it (shown this once only)"
+    )
+    tcreate.add_argument("name")
+    tcreate.add_argument("--label", default=None, help="what the token is for")
+    tcreate.add_argument(
+        "--expires-days", type=float, default=None, help="expire after DAYS (default: never)"
+    )
+    tcreate.set_defaults(func="tokens_create")
+    tlist = tokens_sub.add_parser("list", help="list a user's tokens (never the secrets)")
+    tlist.add_argument("name")
+    tlist.set_defaults(func="tokens_list")
+    trevoke = tokens_sub.add_parser("revoke", help="revoke a token by its id")
+    trevoke.add_argument("token_id", type=int)
+    trevoke.set_defaults(func="tokens_revoke")
+
     pv = sub.add_parser(
         "publish-virtual", help="publish a virtual microscope's telemetry to the broker"
     )
@@ -132,6 +185,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rh.add_argument("--ticks-per-frame", type=int, default=500)
     rh.set_defaults(func="replay_holder_log")
+
+    rg = sub.add_parser(
+        "register",
+        help="register data files as acquisition events (vendor metadata normalized)",
+        description=(
+            "Read each data file (Gatan DM3/DM4, Velox EMD, TIA EMI/SER, TIFF incl. JEOL SightX, "
+            "MRC with a Direct Electron _info.txt, DE _info.txt, Protochips CSV; also gzipped), "
+            "normalize its metadata and publish one acquisition event per file to "
+            "BEAMTWIN_ACQUISITIONS_TOPIC on BEAMTWIN_KAFKA_BOOTSTRAP, keyed by instrument id. "
+            "A file that cannot be registered is reported (and dead-lettered when a broker is "
+            "configured); the others are still registered; the exit status is then 1."
+        ),
+    )
+    rg.add_argument("files", nargs="+", metavar="FILE", help="data files")
+    rg.add_argument(
+        "--instrument",
+        default=None,
+        metavar="ID",
+        help="instrument that acquired the files (without it, BEAMTWIN_INGEST_AUTO_REGISTER=true "
+        "derives an id from each file's vendor, model and serial number)",
+    )
+    rg.add_argument("--operator", default=None, help="who acquired the data")
+    rg.add_argument("--proposal", default=None, help="proposal / project id")
+    rg.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print each event as one line of JSON instead of publishing (no broker needed)",
+    )
+    rg.set_defaults(func="register")
 
     return parser
 

@@ -9,9 +9,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sqlalchemy as sa
@@ -19,9 +20,12 @@ from sqlalchemy.engine import make_url
 
 import provenance_store as store
 from beamtwin_cli._embedded import EmbeddedServiceError, start_broker, start_postgres
-from ingest import IngestSettings, TwinSettings, TwinStats, TwinWorker
+from ingest import IngestError, IngestSettings, TwinSettings, TwinStats, TwinWorker
 from ingest._publisher import TelemetryPublisher, ensure_topics
 from ingest._worker import IngestStats, IngestWorker
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 class CommandError(Exception):
@@ -118,6 +122,124 @@ def instruments_list(args: argparse.Namespace) -> int:
                 f"{rec.serial_number or '-'}\t{rec.control_software_version or '-'}"
             )
     engine.dispose()
+    return 0
+
+
+# ---------------------------------------------------------------------- REST API
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api import ApiSettings, create_app
+
+    settings = ApiSettings()
+    if settings.database_url is None:
+        raise CommandError(
+            "no database configured: set BEAMTWIN_DATABASE_URL "
+            "(e.g. postgresql+psycopg://user@host:5432/beamtwin)"
+        )
+    _engine(settings.database_url.get_secret_value()).dispose()  # refuses an old schema
+    host = args.host or settings.api_host
+    port = args.port or settings.api_port
+    print(f"serving the REST API on http://{host}:{port}/api/v1 (docs: /docs); Ctrl-C to stop")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    return 0
+
+
+@contextlib.contextmanager
+def _store(args: argparse.Namespace) -> Iterator[sa.Connection]:
+    """One transaction on the configured store, mapping its lookup errors to CommandError."""
+    engine = _engine(_database_url(args, _settings()))
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except (
+        store.ApiUserNotFound,
+        store.ApiUserConflict,
+        store.ApiTokenNotFound,
+        store.InstrumentNotFound,
+    ) as exc:
+        raise CommandError(str(exc)) from exc
+    finally:
+        engine.dispose()
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.isoformat(timespec="seconds")
+
+
+def users_add(args: argparse.Namespace) -> int:
+    with _store(args) as conn:
+        user = store.add_api_user(conn=conn, name=args.name, role=args.role)
+    print(f"added {user.role} {user.name}; make a token: `beamtwin tokens create {user.name}`")
+    return 0
+
+
+def users_list(args: argparse.Namespace) -> int:
+    with _store(args) as conn:
+        for user in store.list_api_users(conn=conn):
+            grants = (
+                "(all instruments)"
+                if user.role == "admin"
+                else ",".join(store.granted_instruments(conn=conn, user_id=user.id)) or "-"
+            )
+            state = "disabled" if user.disabled else "active"
+            print(f"{user.name}\t{user.role}\t{state}\t{grants}")
+    return 0
+
+
+def users_grant(args: argparse.Namespace) -> int:
+    with _store(args) as conn:
+        store.grant_instrument(conn=conn, name=args.name, instrument_id=args.instrument_id)
+    print(f"{args.name} may now see {args.instrument_id}")
+    return 0
+
+
+def users_revoke(args: argparse.Namespace) -> int:
+    with _store(args) as conn:
+        had = store.revoke_instrument(conn=conn, name=args.name, instrument_id=args.instrument_id)
+    print(
+        f"{args.name} may no longer see {args.instrument_id}"
+        if had
+        else f"{args.name} had no grant of {args.instrument_id}"
+    )
+    return 0
+
+
+def tokens_create(args: argparse.Namespace) -> int:
+    expires = None
+    if args.expires_days is not None:
+        if not args.expires_days > 0:
+            raise CommandError("--expires-days must be positive")
+        expires = datetime.now(UTC) + timedelta(days=args.expires_days)
+    with _store(args) as conn:
+        new = store.create_api_token(
+            conn=conn, name=args.name, label=args.label, expires_at=expires
+        )
+    print(new.token)
+    print(
+        f"token {new.record.id} of {args.name}, expires {_when(new.record.expires_at)}; "
+        "it is shown this once only (the store keeps only its hash)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def tokens_list(args: argparse.Namespace) -> int:
+    with _store(args) as conn:
+        tokens = store.list_api_tokens(conn=conn, name=args.name)
+    for t in tokens:
+        print(
+            f"{t.id}\t{t.label or '-'}\tcreated {_when(t.created_at)}\t"
+            f"expires {_when(t.expires_at)}\trevoked {_when(t.revoked_at)}\t"
+            f"last used {_when(t.last_used_at)}"
+        )
+    return 0
+
+
+def tokens_revoke(args: argparse.Namespace) -> int:
+    with _store(args) as conn:
+        token = store.revoke_api_token(conn=conn, token_id=args.token_id)
+    print(f"revoked token {token.id} of {token.user_name}")
     return 0
 
 
@@ -385,6 +507,81 @@ def replay_holder_log(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- register
+def register(args: argparse.Namespace) -> int:
+    # Imported here: the vendor readers (rosettasciio, h5py, tifffile) are slow to load.
+    from ingest._register import prepare, publish
+
+    settings = _settings()
+    bootstrap = None if args.dry_run else _bootstrap(settings)
+    known: set[str] | None = None
+    if settings.database_url:
+        engine = _engine(settings.database_url.get_secret_value())
+        with engine.connect() as conn:
+            known = {r.id for r in store.list_instruments(conn=conn)}
+        engine.dispose()
+    registrations = prepare(
+        [Path(f) for f in args.files],
+        instrument_id=args.instrument,
+        operator=args.operator,
+        proposal=args.proposal,
+        auto_register=settings.ingest_auto_register,
+        known_instruments=known,
+    )
+    new = {r.event.instrument_id: r.event for r in registrations if r.event is not None}
+    if not args.dry_run and known is not None and settings.database_url and set(new) - known:
+        # Auto-registration (prepare refuses unknown instruments otherwise); not in a dry run.
+        engine = _engine(settings.database_url.get_secret_value())
+        with engine.begin() as conn:
+            for instrument_id in sorted(set(new) - known):
+                described = {k: str(v.value) for k, v in new[instrument_id].instrument.items()}
+                store.register_instrument(
+                    conn=conn,
+                    instrument=store.InstrumentIn(
+                        id=instrument_id,
+                        vendor=described.get("vendor"),
+                        model=described.get("model"),
+                        serial_number=described.get("serial_number"),
+                        control_software_version=described.get("control_software_version"),
+                    ),
+                )
+        engine.dispose()
+    if bootstrap is not None:
+        try:
+            publish(
+                registrations,
+                bootstrap=bootstrap,
+                topic=settings.acquisitions_topic,
+                deadletter_topic=settings.deadletter_topic,
+                partitions=settings.telemetry_partitions,
+                operator=args.operator,
+                proposal=args.proposal,
+            )
+        except IngestError as exc:
+            raise CommandError(f"cannot publish to {bootstrap} (not registered): {exc}") from exc
+    failed = 0
+    for reg in registrations:
+        if reg.event is not None:
+            if args.dry_run:
+                print(reg.event.model_dump_json(by_alias=True), flush=True)
+            else:
+                print(
+                    f"registered {reg.path} as {reg.event.dataset_id} "
+                    f"({reg.event.file.format}, instrument {reg.event.instrument_id}) "
+                    f"on {settings.acquisitions_topic}",
+                    flush=True,
+                )
+        elif reg.rejection is not None:
+            failed += 1
+            where = "" if args.dry_run else f"; dead-lettered to {settings.deadletter_topic}"
+            print(
+                f"beamtwin register: error: {reg.rejection.reason} [{reg.rejection.code}]{where}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return 1 if failed else 0
+
+
 # ---------------------------------------------------------------------- demo
 def demo(args: argparse.Namespace) -> int:
     settings = _settings()
@@ -438,12 +635,54 @@ def demo(args: argparse.Namespace) -> int:
                 valid_from=datetime(2000, 1, 1, tzinfo=UTC),
                 body=calibration.to_dict(),
             )
-        return _run_demo(args, settings, engine, bootstrap, instrument)
+        api = _start_demo_api(engine, url, args.api_port)
+        try:
+            return _run_demo(args, settings, engine, bootstrap, instrument)
+        finally:
+            if api is not None:
+                api.should_exit = True
     except EmbeddedServiceError as exc:
         raise CommandError(str(exc)) from exc
     finally:
         for svc in reversed(services):
             svc.stop()  # type: ignore[attr-defined]
+
+
+def _start_demo_api(engine: sa.Engine, url: str, port: int) -> uvicorn.Server | None:
+    """Serve the REST API on 127.0.0.1:``port`` in a thread and print an admin token (a new
+    one each run); ``None`` when ``port`` is 0 or taken."""
+    if port == 0:
+        return None
+    import socket
+
+    import uvicorn
+    from pydantic import SecretStr
+
+    from api import ApiSettings, create_app
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            print(f"REST API: port {port} is taken; not serving it (see --api-port)")
+            return None
+    with engine.begin() as conn:
+        try:
+            store.get_api_user(conn=conn, name="demo-admin")
+        except store.ApiUserNotFound:
+            store.add_api_user(conn=conn, name="demo-admin", role="admin")
+        token = store.create_api_token(conn=conn, name="demo-admin", label="beamtwin demo")
+    app = create_app(ApiSettings(database_url=SecretStr(url)))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, name="rest-api", daemon=True).start()
+    print(
+        f"REST API: http://127.0.0.1:{port}/api/v1 (docs: /docs), admin token:\n"
+        f"  {token.token}\n"
+        f"  curl -H 'Authorization: Bearer {token.token}' "
+        f"http://127.0.0.1:{port}/api/v1/instruments",
+        flush=True,
+    )
+    return server
 
 
 def _run_demo(

@@ -51,6 +51,10 @@ DEAD_LETTER_CODES: dict[str, str] = {
     "unknown_channel": "the channel is not registered (and auto-registration is off)",
     "channel_conflict": "the frame declares a channel differently from how another worker "
     "registered it at the same time",
+    "unknown_format": "a file given to `beamtwin register` has no reader (unknown file name "
+    "ending)",
+    "unreadable_file": "a file given to `beamtwin register` is missing, empty, truncated or "
+    "not of the format its name says",
 }
 
 #: Longest reason kept in a header [characters].

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ingest._acquisition import ACQUISITION_SCHEMA_ID, AcquisitionEventV1
 from ingest._deadletter import (
     CODE,
     DEAD_LETTER_CODES,
@@ -29,6 +30,7 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 TELEMETRY_FRAME_FILE = "telemetry-frame.v1.json"
 DEADLETTER_HEADERS_FILE = "deadletter-headers.v1.json"
+ACQUISITION_EVENT_FILE = "acquisition-event.v1.json"
 REGENERATE = "python -m ingest._schema"
 
 
@@ -41,6 +43,18 @@ def telemetry_frame_schema() -> dict[str, Any]:
         "one entry per tick; no channel appears twice; numbers are finite."
     )
     schema["title"] = SCHEMA_ID
+    return schema
+
+
+def acquisition_event_schema() -> dict[str, Any]:
+    schema = AcquisitionEventV1.model_json_schema(by_alias=True, mode="validation")
+    schema["$schema"] = JSON_SCHEMA_DIALECT
+    schema["$comment"] = (
+        f"Generated from ingest._acquisition.AcquisitionEventV1 by `{REGENERATE}`; do not "
+        "edit. Not expressible here and checked by the model: each normalized field's unit is "
+        "the canonical unit of its name (null for text fields); end_time >= start_time."
+    )
+    schema["title"] = ACQUISITION_SCHEMA_ID
     return schema
 
 
@@ -93,6 +107,7 @@ def generate_schemas() -> dict[str, dict[str, Any]]:
     return {
         TELEMETRY_FRAME_FILE: telemetry_frame_schema(),
         DEADLETTER_HEADERS_FILE: deadletter_headers_schema(),
+        ACQUISITION_EVENT_FILE: acquisition_event_schema(),
     }
 
 

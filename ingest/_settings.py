@@ -7,6 +7,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TELEMETRY_TOPIC = "beamtwin.telemetry.v1"
 DEADLETTER_TOPIC = "beamtwin.deadletter.v1"
+ACQUISITIONS_TOPIC = "beamtwin.acquisitions.v1"
 
 
 class IngestSettings(BaseSettings):
@@ -22,6 +23,8 @@ class IngestSettings(BaseSettings):
     kafka_bootstrap: str | None = None
     telemetry_topic: str = TELEMETRY_TOPIC
     deadletter_topic: str = DEADLETTER_TOPIC
+    #: Where ``beamtwin register`` publishes acquisition events (keyed by instrument id).
+    acquisitions_topic: str = ACQUISITIONS_TOPIC
     telemetry_partitions: int = Field(default=12, ge=1)
     ingest_group_id: str = "beamtwin-ingest"
     #: Register unknown instruments and channels on first sight instead of dead-lettering them.

@@ -10,6 +10,9 @@ the transaction::
     with engine.begin() as conn:
         register_instrument(conn=conn, instrument=InstrumentIn(id="nion-ustem-01"))
 
+REST API users, hashed bearer tokens and per-instrument grants live here too
+(``add_api_user``, ``create_api_token``, ``authenticate_api_token``, ``grant_instrument``).
+
 The twin's output lives here too: state estimates, flags, the twin worker's cursor and
 versioned calibrations (``insert_estimates``, ``insert_flags``, ``save_twin_cursor``,
 ``store_calibration`` and their queries).
@@ -18,6 +21,20 @@ Times are timezone-aware UTC datetimes (naive ones are refused) or integer micro
 the Unix epoch; values are stored in one canonical SI unit per quantity kind.
 """
 
+from provenance_store._api_access import (
+    add_api_user,
+    authenticate_api_token,
+    create_api_token,
+    get_api_user,
+    grant_instrument,
+    granted_instruments,
+    hash_token,
+    list_api_tokens,
+    list_api_users,
+    revoke_api_token,
+    revoke_instrument,
+    set_api_user_disabled,
+)
 from provenance_store._calibrations import (
     calibration_in_force,
     list_calibrations,
@@ -33,6 +50,9 @@ from provenance_store._engine import (
     upgrade_schema,
 )
 from provenance_store._errors import (
+    ApiTokenNotFound,
+    ApiUserConflict,
+    ApiUserNotFound,
     CalibrationConflict,
     ChannelConflict,
     ChannelNotFound,
@@ -41,6 +61,7 @@ from provenance_store._errors import (
     SchemaOutdatedError,
     SchemaTooNewError,
     StoreError,
+    TooManySamples,
 )
 from provenance_store._instruments import get_instrument, list_instruments, register_instrument
 from provenance_store._queries import (
@@ -52,10 +73,14 @@ from provenance_store._queries import (
     read_samples,
 )
 from provenance_store._records import (
+    API_ROLES,
     FLAG_KINDS,
+    INSTRUMENT_ID_PATTERN,
     QUANTITY_KINDS,
     SEVERITIES,
     SUBSYSTEMS,
+    ApiTokenRecord,
+    ApiUserRecord,
     CalibrationRecord,
     ChannelDeclaration,
     ChannelRecord,
@@ -67,6 +92,7 @@ from provenance_store._records import (
     InstrumentIn,
     InstrumentRecord,
     LastValue,
+    NewApiToken,
     RangeLevel,
     RangeResult,
     SampleBatch,
@@ -87,10 +113,17 @@ from provenance_store._twin import (
 )
 
 __all__ = [
+    "API_ROLES",
     "FLAG_KINDS",
+    "INSTRUMENT_ID_PATTERN",
     "QUANTITY_KINDS",
     "SEVERITIES",
     "SUBSYSTEMS",
+    "ApiTokenNotFound",
+    "ApiTokenRecord",
+    "ApiUserConflict",
+    "ApiUserNotFound",
+    "ApiUserRecord",
     "CalibrationConflict",
     "CalibrationRecord",
     "ChannelConflict",
@@ -107,6 +140,7 @@ __all__ = [
     "InstrumentNotFound",
     "InstrumentRecord",
     "LastValue",
+    "NewApiToken",
     "RangeLevel",
     "RangeResult",
     "SampleBatch",
@@ -115,12 +149,16 @@ __all__ = [
     "Series",
     "SeriesPoint",
     "StoreError",
+    "TooManySamples",
     "TwinCursor",
+    "add_api_user",
     "as_of",
+    "authenticate_api_token",
     "calibration_in_force",
     "check_schema",
     "choose_bucket",
     "count_samples",
+    "create_api_token",
     "create_store_engine",
     "current_revision",
     "delete_twin_cursor",
@@ -128,14 +166,20 @@ __all__ = [
     "estimates_as_of",
     "find_gaps",
     "first_sample_time",
+    "get_api_user",
     "get_channel_history",
     "get_channels",
     "get_instrument",
     "get_twin_cursor",
+    "grant_instrument",
+    "granted_instruments",
+    "hash_token",
     "head_revision",
     "insert_estimates",
     "insert_flags",
     "insert_samples",
+    "list_api_tokens",
+    "list_api_users",
     "list_calibrations",
     "list_instruments",
     "normalize_url",
@@ -144,7 +188,10 @@ __all__ = [
     "query_range",
     "read_samples",
     "register_instrument",
+    "revoke_api_token",
+    "revoke_instrument",
     "save_twin_cursor",
+    "set_api_user_disabled",
     "store_calibration",
     "upgrade_schema",
 ]

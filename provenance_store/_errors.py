@@ -108,3 +108,40 @@ class CalibrationConflict(StoreError, ValueError):
 
     Calibration versions are immutable records: a changed calibration needs a new version.
     """
+
+
+class ApiUserNotFound(StoreError, KeyError):
+    """No REST API user with this name."""
+
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        return f"no API user named {self.name!r} (add one with `beamtwin users add`)"
+
+
+class ApiUserConflict(StoreError, ValueError):
+    """An API user name that is already taken."""
+
+
+class ApiTokenNotFound(StoreError, KeyError):
+    """No API token with this id."""
+
+    def __init__(self, token_id: int):
+        self.token_id = token_id
+        super().__init__(token_id)
+
+    def __str__(self) -> str:
+        return f"no API token with id {self.token_id}"
+
+
+class TooManySamples(StoreError, ValueError):
+    """A raw-samples-only range read in which a channel has more samples than allowed."""
+
+    def __init__(self, instrument_id: str, max_points: int):
+        self.instrument_id = instrument_id
+        self.max_points = max_points
+        super().__init__(
+            f"a channel of {instrument_id!r} has more than {max_points} raw samples in the range"
+        )

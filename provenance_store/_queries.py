@@ -13,7 +13,12 @@ import numpy as np
 import psycopg
 import sqlalchemy as sa
 
-from provenance_store._errors import ChannelNotFound, InstrumentNotFound, StoreError
+from provenance_store._errors import (
+    ChannelNotFound,
+    InstrumentNotFound,
+    StoreError,
+    TooManySamples,
+)
 from provenance_store._instruments import instrument_exists
 from provenance_store._records import (
     ChannelSamples,
@@ -228,6 +233,7 @@ def query_range(
     channels: Sequence[str] | None = None,
     bucket: timedelta | None = None,
     max_points: int = 2000,
+    raw_only: bool = False,
 ) -> RangeResult:
     """Telemetry of ``[start, end)`` (UTC), per channel, at a resolution fit for a plot.
 
@@ -245,9 +251,12 @@ def query_range(
         channels: channel names (default: every channel of the instrument).
         bucket: bucket width (positive), or ``None`` to choose.
         max_points: most points per channel when choosing, at least 2.
+        raw_only: with ``bucket=None``, raise ``TooManySamples`` instead of falling back to
+            buckets when a channel has more than ``max_points`` samples in the range.
 
     Raises:
         InstrumentNotFound, ChannelNotFound: unknown instrument or channel names.
+        TooManySamples: ``raw_only`` and a channel has more than ``max_points`` samples.
         ValueError: naive datetimes, ``end <= start``, a bad ``bucket`` or ``max_points``.
     """
     start = require_utc("start", start)
@@ -272,6 +281,8 @@ def query_range(
                 end=end,
                 series=_series_from_rows(chans, rows, raw=True),
             )
+        if raw_only:
+            raise TooManySamples(instrument_id, max_points)
         bucket = choose_bucket(end - start, max_points)
 
     width = duration_us(bucket)

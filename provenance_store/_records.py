@@ -527,3 +527,46 @@ class ChannelSamples:
     def times_s(self) -> npt.NDArray[np.float64]:
         """``time_us`` as float seconds since the Unix epoch [s]."""
         return self.time_us.astype(np.float64) / 1e6
+
+
+# ---------------------------------------------------------------------------- API access
+#: Roles of REST API users (the ``api_user.role`` CHECK constraint). What each may do is the
+#: API's business; the store only keeps the name.
+API_ROLES: tuple[str, ...] = ("viewer", "operator", "auditor", "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiUserRecord:
+    """A REST API user. ``created_at`` is UTC; a disabled user's tokens are all refused."""
+
+    id: int
+    name: str
+    role: str
+    created_at: datetime
+    disabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ApiTokenRecord:
+    """An API token's bookkeeping (never the token itself: only its SHA-256 is stored).
+
+    Times are UTC; ``expires_at``/``revoked_at``/``last_used_at`` are ``None`` for never.
+    ``last_used_at`` is updated at most once a minute.
+    """
+
+    id: int
+    user_id: int
+    user_name: str
+    label: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewApiToken:
+    """A freshly created token: ``token`` is the secret, returned this once and never again."""
+
+    token: str
+    record: ApiTokenRecord

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from api import ApiSettings
 from ingest._settings import IngestSettings, TwinSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def settings_env_names() -> set[str]:
-    fields = {*IngestSettings.model_fields, *TwinSettings.model_fields}
+    fields = {*IngestSettings.model_fields, *TwinSettings.model_fields, *ApiSettings.model_fields}
     return {"BEAMTWIN_" + name.upper() for name in fields}
 
 
@@ -180,7 +181,7 @@ def check_beamtwin_environment_names(compose: Compose) -> list[str]:
     for name, service in services(compose).items():
         for key in environment(service):
             if key.startswith("BEAMTWIN_") and key not in known:
-                problems.append(f"{name}: {key} is not a field of IngestSettings or TwinSettings")
+                problems.append(f"{name}: {key} is not a field of a settings class")
     return problems
 
 
@@ -361,6 +362,20 @@ def test_the_ingest_settings_read_the_compose_environment(
     settings = IngestSettings()
     assert settings.kafka_bootstrap == "kafka:9092"
     assert settings.ingest_group_id == env["BEAMTWIN_INGEST_GROUP_ID"]
+    assert settings.database_url is not None
+    assert "@timescaledb:5432/" in settings.database_url.get_secret_value()
+
+
+def test_the_api_settings_read_the_compose_environment(
+    compose: Compose, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = services(compose)["api"]
+    for key, value in environment(service).items():
+        monkeypatch.setenv(key, without_interpolations(value))
+    settings = ApiSettings()
+    # Inside a container the server must bind every interface to be reachable at all.
+    assert settings.api_host == "0.0.0.0"
+    assert [c for _, c in published_ports(service)] == [settings.api_port]
     assert settings.database_url is not None
     assert "@timescaledb:5432/" in settings.database_url.get_secret_value()
 

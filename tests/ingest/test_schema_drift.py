@@ -11,8 +11,10 @@ import jsonschema
 import pytest
 
 from ingest import DEAD_LETTER_CODES, decode_frame, validate_frame
+from ingest._acquisition import AcquisitionEventV1
 from ingest._deadletter import dead_letter_headers
 from ingest._schema import (
+    ACQUISITION_EVENT_FILE,
     DEADLETTER_HEADERS_FILE,
     REGENERATE,
     SCHEMA_DIR,
@@ -25,6 +27,7 @@ from twin import CANONICAL_UNITS
 
 ROOT = Path(__file__).resolve().parents[2]
 WIRE_FORMAT = ROOT / "docs" / "wire-format.md"
+ACQUISITIONS = ROOT / "docs" / "acquisitions.md"
 S = 1_000_000_000
 
 
@@ -145,3 +148,38 @@ def test_documented_canonical_units_are_the_twins() -> None:
     text = WIRE_FORMAT.read_text(encoding="utf-8")
     rows = dict(re.findall(r"^\| `([a-z]+)` \| `([^`]+)` \|", text, re.M))
     assert rows == {q.value: unit for q, unit in CANONICAL_UNITS.items()}
+
+
+def _acquisition_examples() -> list[dict[str, Any]]:
+    blocks = re.findall(r"```json\n(.*?)```", ACQUISITIONS.read_text(encoding="utf-8"), re.S)
+    parsed = [json.loads(block) for block in blocks]
+    return [doc for doc in parsed if doc.get("schema") == "beamtwin.acquisitions.v1"]
+
+
+def test_documented_acquisition_event_is_valid() -> None:
+    examples = _acquisition_examples()
+    assert examples, f"no example event in {ACQUISITIONS.name}"
+    for example in examples:
+        jsonschema.validate(example, committed(ACQUISITION_EVENT_FILE))
+        event = AcquisitionEventV1.model_validate(example)
+        assert event.state["high_tension"].unit == "V"
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.pop("dataset_id"),
+        lambda d: d.update(dataset_id="ds-XYZ"),
+        lambda d: d.update(schema="beamtwin.acquisitions.v2"),
+        lambda d: d["state"].update(new_field=d["state"]["high_tension"]),
+        lambda d: d["state"]["high_tension"].update(quality="fine"),
+        lambda d: d.update(time_source="guess"),
+    ],
+)
+def test_the_acquisition_schema_refuses_what_the_model_refuses(mutate: Any) -> None:
+    example = json.loads(json.dumps(_acquisition_examples()[0]))
+    mutate(example)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(example, committed(ACQUISITION_EVENT_FILE))
+    with pytest.raises(ValueError):
+        AcquisitionEventV1.model_validate(example)

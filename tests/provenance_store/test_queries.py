@@ -127,6 +127,20 @@ def test_few_points_come_back_raw(
     assert len(result.series["stage.x"]) == 0
 
 
+def test_raw_only_refuses_instead_of_bucketing(
+    engine: sa.Engine, channels: dict[str, store.ChannelRecord]
+) -> None:
+    ht = channels["gun.high_tension"]
+    times = T0_US + np.arange(20, dtype=np.int64) * S
+    insert(engine, make_batch(ht.id, times, np.arange(20.0)))
+    window = {"start": T0, "end": T0 + timedelta(seconds=20), "raw_only": True}
+    with engine.connect() as conn:
+        fits = store.query_range(conn=conn, instrument_id=ht.instrument_id, max_points=20, **window)
+        assert fits.bucket is None and len(fits.series["gun.high_tension"]) == 20
+        with pytest.raises(store.TooManySamples, match="more than 19 raw samples"):
+            store.query_range(conn=conn, instrument_id=ht.instrument_id, max_points=19, **window)
+
+
 @pytest.mark.parametrize(
     ("max_points", "bucket", "level"),
     [

@@ -41,13 +41,16 @@ def test_upgrade_builds_every_table_from_an_empty_database(
         "twin_flag",
         "twin_cursor",
         "calibration",
+        "api_user",
+        "api_token",
+        "api_grant",
     }
     eng = store.create_store_engine(empty_database_url)
     try:
-        assert store.current_revision(eng) == store.head_revision() == "0002"
+        assert store.current_revision(eng) == store.head_revision() == "0003"
         store.check_schema(eng)  # does not raise
         store.upgrade_schema(empty_database_url)  # idempotent
-        assert store.current_revision(eng) == "0002"
+        assert store.current_revision(eng) == "0003"
     finally:
         eng.dispose()
 

@@ -1,0 +1,524 @@
+"""The routes under ``/api/v1``: each parses its parameters, calls one store function and
+returns a schema. Domain errors propagate to the handlers in ``api._errors``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+from pydantic import AwareDatetime
+
+import provenance_store as store
+from api import _schemas as schemas
+from api._deps import Admin, ConnDep, InstrumentDep, PrincipalDep, Reader, SettingsDep
+from api._errors import InvalidRequest, TooLarge
+
+router = APIRouter(prefix="/api/v1")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": schemas.ErrorBody, "description": "missing, invalid, expired or revoked token"},
+    403: {"model": schemas.ErrorBody, "description": "the role may not do this"},
+    404: {"model": schemas.ErrorBody, "description": "not found (or not granted)"},
+    422: {"model": schemas.ErrorBody, "description": "invalid parameters"},
+}
+_RANGE_ERRORS = {
+    **_ERRORS,
+    413: {"model": schemas.ErrorBody, "description": "range or result too large"},
+}
+#: Rows of CSV / points of JSON serialized at once when streaming.
+_CHUNK = 5_000
+#: Widest bucket and longest gap threshold accepted, ten years [s] (well inside timedelta).
+_MAX_WIDTH_S = 10 * 366 * 86400.0
+_NAMED_BUCKETS = {"1m": timedelta(minutes=1), "1h": timedelta(hours=1)}
+
+Start = Annotated[
+    AwareDatetime,
+    Query(description="range start, ISO 8601 with a time zone", examples=["2026-03-02T08:00Z"]),
+]
+End = Annotated[
+    AwareDatetime,
+    Query(description="range end (excluded), ISO 8601 with a time zone"),
+]
+Names = Annotated[
+    list[str] | None,
+    Query(description="names, repeated or comma-separated (default: all)"),
+]
+
+
+def _names(values: list[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    for name in names:
+        if len(name) > 128 or not name.isprintable():
+            raise InvalidRequest(f"{name[:40]!r} is not a name: at most 128 printable characters")
+    return names or None
+
+
+def _check_range(start: datetime, end: datetime, max_days: float) -> None:
+    if end <= start:
+        raise InvalidRequest(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
+    if end - start > timedelta(days=max_days):
+        raise TooLarge(
+            f"the range is {(end - start).total_seconds() / 86400:.1f} days; "
+            f"at most {max_days:g} days per request"
+        )
+
+
+def _parse_bucket(text: str) -> timedelta | None:
+    """``auto`` and ``raw`` -> None, ``1m``/``1h`` or seconds -> the width."""
+    if text in ("auto", "raw"):
+        return None
+    if text in _NAMED_BUCKETS:
+        return _NAMED_BUCKETS[text]
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0 or seconds > _MAX_WIDTH_S:
+        raise InvalidRequest(
+            "bucket must be auto, raw, 1m, 1h or a positive number of seconds up to "
+            f"{_MAX_WIDTH_S:g}, not {text!r}"
+        )
+    width = timedelta(seconds=seconds)
+    if width < timedelta(microseconds=1):
+        raise InvalidRequest(f"bucket {text!r} is narrower than one microsecond")
+    return width
+
+
+# ---------------------------------------------------------------------------- who am I
+@router.get("/me", response_model=schemas.Me, responses=_ERRORS, tags=["access"])
+def me(principal: PrincipalDep) -> schemas.Me:
+    """The token's user, role and granted instruments."""
+    return schemas.Me(
+        name=principal.name,
+        role=principal.role,
+        instruments=None if principal.instruments is None else sorted(principal.instruments),
+    )
+
+
+@router.get("/users", response_model=list[schemas.User], responses=_ERRORS, tags=["access"])
+def users(_: Admin, conn: ConnDep) -> list[schemas.User]:
+    """Every API user with their grants (admins only)."""
+    return [
+        schemas.User(
+            name=u.name,
+            role=u.role,
+            created_at=u.created_at,
+            disabled=u.disabled,
+            instruments=store.granted_instruments(conn=conn, user_id=u.id),
+        )
+        for u in store.list_api_users(conn=conn)
+    ]
+
+
+# ---------------------------------------------------------------------------- instruments
+def _instrument(record: store.InstrumentRecord) -> schemas.Instrument:
+    return schemas.Instrument(
+        id=record.id,
+        vendor=record.vendor,
+        model=record.model,
+        serial_number=record.serial_number,
+        control_software_version=record.control_software_version,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+    )
+
+
+@router.get(
+    "/instruments",
+    response_model=list[schemas.Instrument],
+    responses=_ERRORS,
+    tags=["instruments"],
+)
+def instruments(principal: Reader, conn: ConnDep) -> list[schemas.Instrument]:
+    """The instruments granted to the caller (every instrument for admins), by id."""
+    return [_instrument(r) for r in store.list_instruments(conn=conn) if principal.sees(r.id)]
+
+
+@router.get(
+    "/instruments/{instrument_id}",
+    response_model=schemas.Instrument,
+    responses=_ERRORS,
+    tags=["instruments"],
+)
+def instrument(instrument_id: InstrumentDep, conn: ConnDep) -> schemas.Instrument:
+    """One instrument: vendor, model, serial number, control-software version."""
+    return _instrument(store.get_instrument(conn=conn, instrument_id=instrument_id))
+
+
+@router.get(
+    "/instruments/{instrument_id}/channels",
+    response_model=list[schemas.Channel],
+    responses=_ERRORS,
+    tags=["instruments"],
+)
+def channels(instrument_id: InstrumentDep, conn: ConnDep) -> list[schemas.Channel]:
+    """The instrument's sensor channels (current version of each), by name."""
+    return [
+        schemas.Channel(
+            name=c.name,
+            subsystem=c.subsystem,
+            quantity=c.quantity,
+            unit=c.canonical_unit,
+            version=c.version,
+            source_unit=c.source_unit,
+            lower=c.lower,
+            upper=c.upper,
+            calibration=c.calibration,
+            valid_from=c.valid_from,
+        )
+        for c in store.get_channels(conn=conn, instrument_id=instrument_id).values()
+    ]
+
+
+@router.get(
+    "/instruments/{instrument_id}/state",
+    response_model=schemas.State,
+    responses=_ERRORS,
+    tags=["state"],
+)
+def state(
+    instrument_id: InstrumentDep,
+    conn: ConnDep,
+    at: Annotated[
+        AwareDatetime | None,
+        Query(description="the time, ISO 8601 with a time zone (default: now)"),
+    ] = None,
+    channel: Names = None,
+    quantity: Names = None,
+) -> schemas.State:
+    """The instrument as of ``at``: the twin's latest estimates (with std and age) and the last
+    recorded value of each channel (with its age)."""
+    when = datetime.now(UTC) if at is None else at.astimezone(UTC)
+    estimates = store.estimates_as_of(
+        conn=conn, instrument_id=instrument_id, at=when, quantities=_names(quantity)
+    )
+    values = store.as_of(conn=conn, instrument_id=instrument_id, at=when, channels=_names(channel))
+    return schemas.State(
+        instrument_id=instrument_id,
+        at=when,
+        estimates=[
+            schemas.Estimate(
+                quantity=e.quantity,
+                value=e.value,
+                std=e.std,
+                unit=e.unit,
+                time=e.time,
+                age_s=(when - e.time).total_seconds(),
+                calibration_version=e.calibration_version,
+                twin_version=e.twin_version,
+            )
+            for e in estimates
+        ],
+        channels=[
+            schemas.ChannelValue(
+                channel=v.channel,
+                subsystem=v.subsystem,
+                quantity=v.quantity,
+                unit=v.unit,
+                value=v.value,
+                source_time=v.source_time,
+                ingest_time=v.ingest_time,
+                age_s=v.age.total_seconds(),
+            )
+            for v in values
+        ],
+    )
+
+
+# ---------------------------------------------------------------------------- telemetry
+def _iso(time_us: np.ndarray) -> list[str]:
+    return [t + "Z" for t in np.datetime_as_string(time_us.astype("datetime64[us]"), unit="us")]
+
+
+def _iso1(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _json_stream(instrument_id: str, result: store.RangeResult) -> Iterator[bytes]:
+    head = {
+        "instrument_id": instrument_id,
+        "level": result.level,
+        "bucket_s": None if result.bucket is None else result.bucket.total_seconds(),
+        "start": _iso1(result.start),
+        "end": _iso1(result.end),
+    }
+    yield orjson.dumps(head)[:-1] + b',"series":['
+    for k, series in enumerate(result.series.values()):
+        prefix = b"," if k else b""
+        yield prefix + orjson.dumps({"channel": series.channel, "unit": series.unit})[:-1]
+        yield b',"points":['
+        for lo in range(0, len(series), _CHUNK):
+            sl = slice(lo, lo + _CHUNK)
+            points = [
+                {"time": t, "mean": m, "min": a, "max": b, "n": n, "stddev": s}
+                for t, m, a, b, n, s in zip(
+                    _iso(series.time_us[sl]),
+                    series.mean[sl].tolist(),
+                    series.min[sl].tolist(),
+                    series.max[sl].tolist(),
+                    series.n[sl].tolist(),
+                    series.stddev[sl].tolist(),  # NaN -> null (orjson)
+                    strict=True,
+                )
+            ]
+            yield (b"," if lo else b"") + orjson.dumps(points)[1:-1]
+        yield b"]}"
+    yield b"]}"
+
+
+_CSV_HEADER = "channel,unit,time,mean,min,max,n,stddev\n"
+
+
+def _csv_field(text: str) -> str:
+    if any(c in text for c in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _csv_stream(result: store.RangeResult) -> Iterator[bytes]:
+    yield _CSV_HEADER.encode()
+    for series in result.series.values():
+        lead = f"{_csv_field(series.channel)},{_csv_field(series.unit)},"
+        for lo in range(0, len(series), _CHUNK):
+            sl = slice(lo, lo + _CHUNK)
+            lines = [
+                f"{lead}{t},{m!r},{a!r},{b!r},{n},{'' if math.isnan(s) else repr(s)}\n"
+                for t, m, a, b, n, s in zip(
+                    _iso(series.time_us[sl]),
+                    series.mean[sl].tolist(),
+                    series.min[sl].tolist(),
+                    series.max[sl].tolist(),
+                    series.n[sl].tolist(),
+                    series.stddev[sl].tolist(),
+                    strict=True,
+                )
+            ]
+            yield "".join(lines).encode()
+
+
+@router.get(
+    "/instruments/{instrument_id}/telemetry",
+    response_model=schemas.Telemetry,
+    responses={
+        **_RANGE_ERRORS,
+        200: {
+            "description": "the series, as JSON or as CSV (one row per point)",
+            "content": {
+                "text/csv": {
+                    "schema": {"type": "string"},
+                    "example": _CSV_HEADER
+                    + "gun.high_tension,V,2026-03-02T08:00:00.000000Z,200000.1,199999.8,"
+                    "200000.4,6000,0.12\n",
+                }
+            },
+        },
+    },
+    tags=["telemetry"],
+)
+def telemetry(
+    instrument_id: InstrumentDep,
+    conn: ConnDep,
+    settings: SettingsDep,
+    start: Start,
+    end: End,
+    channels: Names = None,
+    bucket: Annotated[
+        str,
+        Query(
+            description="auto (raw samples when few enough, else buckets fitting max_points), "
+            "raw, 1m, 1h, or a width in seconds",
+            examples=["auto", "raw", "1m", "1h", "0.5"],
+        ),
+    ] = "auto",
+    max_points: Annotated[
+        int | None,
+        Query(ge=2, description="most points per channel for bucket=auto (default: server's)"),
+    ] = None,
+    format: Annotated[str, Query(pattern="^(json|csv)$", description="json or csv")] = "json",
+) -> StreamingResponse:
+    """Telemetry of ``[start, end)`` per channel, raw or in time buckets aligned to
+    2000-01-01T00:00Z (buckets of whole minutes / hours come from the rollups). Streamed."""
+    _check_range(start, end, settings.api_max_range_days)
+    width = _parse_bucket(bucket)
+    raw = bucket == "raw"
+    limit = settings.api_max_points
+    names = _names(channels)
+    if width is None:
+        points = limit if raw else min(max_points or settings.api_default_points, limit)
+        if max_points is not None and max_points > limit:
+            raise TooLarge(f"max_points is at most {limit}")
+        try:
+            result = store.query_range(
+                conn=conn,
+                instrument_id=instrument_id,
+                start=start,
+                end=end,
+                channels=names,
+                max_points=points,
+                raw_only=raw,
+            )
+        except store.TooManySamples as exc:
+            raise TooLarge(
+                f"a channel has more than {exc.max_points} raw samples in the range; "
+                "ask for a shorter range or a bucket (auto, 1m, 1h, seconds)"
+            ) from exc
+    else:
+        buckets = (end - start) / width
+        if buckets > limit:
+            raise TooLarge(
+                f"{buckets:.0f} buckets of {width.total_seconds():g} s per channel; at most "
+                f"{limit}: ask for a wider bucket or a shorter range"
+            )
+        if width % timedelta(minutes=1) and end - start > timedelta(
+            days=settings.api_max_raw_range_days
+        ):
+            raise TooLarge(
+                f"buckets of {width.total_seconds():g} s are computed from raw samples; over "
+                f"more than {settings.api_max_raw_range_days:g} days ask for whole minutes "
+                "(1m, 1h, 300, ...), which come from the rollups"
+            )
+        result = store.query_range(
+            conn=conn,
+            instrument_id=instrument_id,
+            start=start,
+            end=end,
+            channels=names,
+            bucket=width,
+        )
+    if format == "csv":
+        return StreamingResponse(
+            _csv_stream(result),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="{instrument_id}-telemetry.csv"'
+            },
+        )
+    return StreamingResponse(_json_stream(instrument_id, result), media_type="application/json")
+
+
+# ---------------------------------------------------------------------------- flags etc.
+@router.get(
+    "/instruments/{instrument_id}/flags",
+    response_model=list[schemas.Flag],
+    responses=_RANGE_ERRORS,
+    tags=["state"],
+)
+def flags(
+    instrument_id: InstrumentDep,
+    conn: ConnDep,
+    settings: SettingsDep,
+    start: Annotated[AwareDatetime | None, Query(description="ISO 8601 with a time zone")] = None,
+    end: Annotated[AwareDatetime | None, Query(description="ISO 8601, excluded")] = None,
+    kind: Annotated[
+        list[str] | None, Query(description=f"one of {', '.join(store.FLAG_KINDS)}")
+    ] = None,
+    severity: Annotated[
+        list[str] | None, Query(description=f"one of {', '.join(store.SEVERITIES)}")
+    ] = None,
+    channel: Names = None,
+) -> list[schemas.Flag]:
+    """What the twin noticed (disagreements, drift, stuck sensors, dropouts, ...), by time."""
+    if start is not None and end is not None:
+        _check_range(start, end, settings.api_max_range_days)
+    limit = settings.api_max_flags
+    records = store.query_flags(
+        conn=conn,
+        instrument_id=instrument_id,
+        start=start,
+        end=end,
+        kinds=_names(kind),
+        severities=_names(severity),
+        channels=_names(channel),
+        limit=limit + 1,
+    )
+    if len(records) > limit:
+        raise TooLarge(f"more than {limit} flags match; narrow the range or filter")
+    return [
+        schemas.Flag(
+            id=f.id,
+            kind=f.kind,
+            quantity=f.quantity,
+            channel=f.channel,
+            time=f.time,
+            end_time=f.end_time,
+            expected=f.expected,
+            observed=f.observed,
+            residual=f.residual,
+            tolerance=f.tolerance,
+            severity=f.severity,
+            twin_version=f.twin_version,
+            calibration_version=f.calibration_version,
+            detail=f.detail,
+            created_at=f.created_at,
+        )
+        for f in records
+    ]
+
+
+@router.get(
+    "/instruments/{instrument_id}/calibrations",
+    response_model=list[schemas.Calibration],
+    responses=_ERRORS,
+    tags=["state"],
+)
+def calibrations(instrument_id: InstrumentDep, conn: ConnDep) -> list[schemas.Calibration]:
+    """Every calibration version of the instrument, by the time it came into force."""
+    return [
+        schemas.Calibration(
+            version=c.version, valid_from=c.valid_from, body=c.body, created_at=c.created_at
+        )
+        for c in store.list_calibrations(conn=conn, instrument_id=instrument_id)
+    ]
+
+
+@router.get(
+    "/instruments/{instrument_id}/gaps",
+    response_model=list[schemas.Gap],
+    responses=_RANGE_ERRORS,
+    tags=["telemetry"],
+)
+def gaps(
+    instrument_id: InstrumentDep,
+    conn: ConnDep,
+    settings: SettingsDep,
+    start: Start,
+    end: End,
+    channel: Names = None,
+    min_gap_s: Annotated[
+        float,
+        Query(
+            gt=0,
+            le=_MAX_WIDTH_S,
+            description="report stretches without a sample longer than this [s]",
+        ),
+    ] = 60.0,
+) -> list[schemas.Gap]:
+    """Stretches of ``[start, end]`` longer than ``min_gap_s`` without a sample, per channel."""
+    _check_range(start, end, settings.api_max_raw_range_days)
+    if not math.isfinite(min_gap_s):
+        raise InvalidRequest("min_gap_s must be a finite number of seconds")
+    found = store.find_gaps(
+        conn=conn,
+        instrument_id=instrument_id,
+        start=start,
+        end=end,
+        threshold=timedelta(seconds=min_gap_s),
+        channels=_names(channel),
+    )
+    return [
+        schemas.Gap(
+            channel=g.channel,
+            start=g.start,
+            end=g.end,
+            duration_s=g.duration.total_seconds(),
+        )
+        for g in found
+    ]

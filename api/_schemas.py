@@ -1,0 +1,333 @@
+"""Response bodies of the REST API (pydantic), with examples for the OpenAPI document."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_T = "2026-03-02T08:00:00Z"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ErrorBody(_Model):
+    """Every error response: a stable code and a message for people."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"error": "instrument_not_found", "detail": "instrument 'x' not found"}]
+        }
+    )
+    error: str = Field(description="stable snake_case error code")
+    detail: str = Field(description="what went wrong, for people")
+
+
+class Health(_Model):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "ready", "schema_revision": "0003"}]}
+    )
+    status: Literal["ready"] = "ready"
+    schema_revision: str
+
+
+class Me(_Model):
+    """Who the token belongs to and what it may see."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"name": "alice", "role": "viewer", "instruments": ["nion-ustem-01"]}]
+        }
+    )
+    name: str
+    role: Literal["viewer", "operator", "auditor", "admin"]
+    instruments: list[str] | None = Field(
+        description="granted instrument ids; null for admins, who see every instrument"
+    )
+
+
+class User(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "alice",
+                    "role": "viewer",
+                    "created_at": _T,
+                    "disabled": False,
+                    "instruments": ["nion-ustem-01"],
+                }
+            ]
+        }
+    )
+    name: str
+    role: Literal["viewer", "operator", "auditor", "admin"]
+    created_at: datetime
+    disabled: bool
+    instruments: list[str]
+
+
+class Instrument(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "nion-ustem-01",
+                    "vendor": "Nion",
+                    "model": "UltraSTEM 100",
+                    "serial_number": "US-0042",
+                    "control_software_version": "Swift 16.9",
+                    "created_at": _T,
+                    "updated_at": _T,
+                }
+            ]
+        }
+    )
+    id: str = Field(description="persistent instrument id")
+    vendor: str | None
+    model: str | None
+    serial_number: str | None
+    control_software_version: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class Channel(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "gun.high_tension",
+                    "subsystem": "gun",
+                    "quantity": "voltage",
+                    "unit": "V",
+                    "version": 1,
+                    "source_unit": "kV",
+                    "lower": 0.0,
+                    "upper": 350000.0,
+                    "calibration": None,
+                    "valid_from": _T,
+                }
+            ]
+        }
+    )
+    name: str
+    subsystem: str
+    quantity: str
+    unit: str = Field(description="canonical unit of stored values (SI)")
+    version: int = Field(description="current version (source unit, limits, calibration)")
+    source_unit: str = Field(description="unit the instrument reports in")
+    lower: float | None = Field(description="plausible-value lower limit [unit]")
+    upper: float | None = Field(description="plausible-value upper limit [unit]")
+    calibration: dict[str, Any] | None
+    valid_from: datetime
+
+
+class Estimate(_Model):
+    quantity: str = Field(description="twin state quantity (defocus, energy, ...)")
+    value: float = Field(description="estimate [unit]")
+    std: float | None = Field(description="standard deviation [unit], null when unknown")
+    unit: str = Field(description="unit in the twin's conventions (Å, eV, mrad, ...)")
+    time: datetime = Field(description="when the twin made the estimate")
+    age_s: float = Field(description="at - time [s]")
+    calibration_version: str
+    twin_version: str
+
+
+class ChannelValue(_Model):
+    channel: str
+    subsystem: str
+    quantity: str
+    unit: str
+    value: float = Field(description="last recorded value [unit]")
+    source_time: datetime = Field(description="the instrument's time of the sample")
+    ingest_time: datetime = Field(description="when the sample was received")
+    age_s: float = Field(description="at - source_time [s]")
+
+
+class State(_Model):
+    """The instrument at one time: the twin's estimates and the last recorded sensor values."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "instrument_id": "nion-ustem-01",
+                    "at": "2026-03-02T08:10:00Z",
+                    "estimates": [
+                        {
+                            "quantity": "defocus",
+                            "value": 52.1,
+                            "std": 0.8,
+                            "unit": "Å",
+                            "time": "2026-03-02T08:09:59.9Z",
+                            "age_s": 0.1,
+                            "calibration_version": "cal-2026-03",
+                            "twin_version": "0.1.0",
+                        }
+                    ],
+                    "channels": [
+                        {
+                            "channel": "gun.high_tension",
+                            "subsystem": "gun",
+                            "quantity": "voltage",
+                            "unit": "V",
+                            "value": 200000.0,
+                            "source_time": "2026-03-02T08:09:59.99Z",
+                            "ingest_time": "2026-03-02T08:10:00.01Z",
+                            "age_s": 0.01,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    instrument_id: str
+    at: datetime
+    estimates: list[Estimate]
+    channels: list[ChannelValue]
+
+
+class TelemetryPoint(_Model):
+    """A raw sample (``n`` = 1, mean = min = max = the value, stddev null) or a bucket."""
+
+    time: datetime = Field(description="sample time, or bucket start")
+    mean: float
+    min: float
+    max: float
+    n: int = Field(description="samples in the point")
+    stddev: float | None = Field(description="sample standard deviation, null when n < 2")
+
+
+class TelemetrySeries(_Model):
+    channel: str
+    unit: str
+    points: list[TelemetryPoint]
+
+
+class Telemetry(_Model):
+    """Telemetry of several channels over ``[start, end)``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "instrument_id": "nion-ustem-01",
+                    "level": "1m",
+                    "bucket_s": 60.0,
+                    "start": _T,
+                    "end": "2026-03-02T09:00:00Z",
+                    "series": [
+                        {
+                            "channel": "gun.high_tension",
+                            "unit": "V",
+                            "points": [
+                                {
+                                    "time": _T,
+                                    "mean": 200000.1,
+                                    "min": 199999.8,
+                                    "max": 200000.4,
+                                    "n": 6000,
+                                    "stddev": 0.12,
+                                }
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    instrument_id: str
+    level: Literal["raw", "1m", "1h"] = Field(
+        description="raw samples, or buckets computed from raw samples / 1 m / 1 h rollups"
+    )
+    bucket_s: float | None = Field(description="bucket width [s], null for raw samples")
+    start: datetime = Field(description="start of the range covered (bucket-aligned)")
+    end: datetime = Field(description="end of the range covered, excluded")
+    series: list[TelemetrySeries]
+
+
+class Flag(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 17,
+                    "kind": "drift",
+                    "quantity": "defocus",
+                    "channel": "objective.lens_current",
+                    "time": _T,
+                    "end_time": None,
+                    "expected": 52.0,
+                    "observed": 61.3,
+                    "residual": 9.3,
+                    "tolerance": 4.0,
+                    "severity": "warning",
+                    "twin_version": "0.1.0",
+                    "calibration_version": "cal-2026-03",
+                    "detail": {"statistic": "cusum"},
+                    "created_at": _T,
+                }
+            ]
+        }
+    )
+    id: int
+    kind: str
+    quantity: str | None
+    channel: str | None
+    time: datetime
+    end_time: datetime | None
+    expected: float | None
+    observed: float | None
+    residual: float | None
+    tolerance: float | None
+    severity: str
+    twin_version: str
+    calibration_version: str
+    detail: dict[str, Any]
+    created_at: datetime
+
+
+class Calibration(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "version": "cal-2026-03",
+                    "valid_from": _T,
+                    "body": {"objective_defocus_per_amp": 1.2e4},
+                    "created_at": _T,
+                }
+            ]
+        }
+    )
+    version: str
+    valid_from: datetime = Field(description="in force from here until the next version")
+    body: dict[str, Any]
+    created_at: datetime
+
+
+class Gap(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "channel": "holder.temperature",
+                    "start": _T,
+                    "end": "2026-03-02T08:05:00Z",
+                    "duration_s": 300.0,
+                }
+            ]
+        }
+    )
+    channel: str
+    start: datetime
+    end: datetime
+    duration_s: float

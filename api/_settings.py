@@ -1,0 +1,35 @@
+"""Settings of the REST API deployable, read once from ``BEAMTWIN_*`` variables."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseSettings):
+    """Configuration of the REST API server (``beamtwin serve``).
+
+    Limits keep one request from reading unbounded data: a telemetry range is at most
+    ``api_max_range_days`` long and returns at most ``api_max_points`` points per channel; gap
+    searches and buckets that are not whole minutes read every raw sample in the range, so
+    their range is capped by ``api_max_raw_range_days``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BEAMTWIN_", extra="ignore")
+
+    database_url: SecretStr | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    #: Longest time range of one telemetry, flags or estimates request [days].
+    api_max_range_days: float = Field(default=400.0, gt=0)
+    #: Longest range of a request that reads every raw sample in it: a gap search, or buckets
+    #: that are not whole minutes (those are computed from raw samples, not rollups) [days].
+    api_max_raw_range_days: float = Field(default=31.0, gt=0)
+    #: Most points per channel one telemetry request returns.
+    api_max_points: int = Field(default=100_000, ge=2)
+    #: Points per channel when ``bucket=auto`` and the client does not ask for a number.
+    api_default_points: int = Field(default=2000, ge=2)
+    #: Most flags one request returns.
+    api_max_flags: int = Field(default=10_000, ge=1)
+    #: Serve ``/metrics`` without a token (it holds no instrument ids or data).
+    api_metrics_public: bool = True
