@@ -408,16 +408,19 @@ def _robust_noise(y: np.ndarray) -> tuple[float, float, float] | None:
     if nonzero.size == 0:
         return 0.0, 0.0, 1.0
     quantum = float(nonzero.min())
+    # The typical step (not the smallest: a significant-digit read-out near a decade has a
+    # ten times finer step just below it).
+    step = float(np.median(nonzero))
     # A trimmed variance (a MAD alone is biased on coarsely quantized readings).
     mad = 1.4826 * float(np.median(np.abs(d - np.median(d))))
-    inliers = d[np.abs(d - np.median(d)) <= 6.0 * max(mad, quantum)]
+    inliers = d[np.abs(d - np.median(d)) <= 6.0 * max(mad, step)]
     # Upper 3-sigma bound of the observed repeat rate: a stuck test calibrated on it stays
     # quiet on a coarsely quantized channel.
     p = float(np.mean(d == 0))
     p_upper = min(0.999, p + 3.0 * math.sqrt(max(p * (1 - p), 1.0 / d.size) / d.size))
     # A read-out that mostly repeats (step above the noise) toggles between steps: its
     # read-out error is up to half a step, not the uniform q²/12 of a fine quantizer.
-    floor = quantum**2 / 4.0 if mad == 0 else quantum**2 / 12.0
+    floor = step**2 / 4.0 if mad == 0 else quantum**2 / 12.0
     return max(float(np.var(inliers)) / 2.0, floor), quantum, p_upper
 
 
