@@ -638,8 +638,9 @@ class Tracker:
             noise = state.noise[self.config.channels[i]]
             state.setting[i] = noise.measurement_variance == 0.0
             state.mean[i] = (float(y[finite][0]), 0.0)
-            var0 = max(noise.measurement_variance, 1e-300)
-            state.cov[i] = np.diag([var0, var0])
+            var0 = noise.measurement_variance
+            # A set value read back is exact; a measured one starts within its noise.
+            state.cov[i] = np.diag([var0, var0]) if var0 > 0 else np.zeros((2, 2))
             state.time[i] = float(t[finite][0])
             state.last_value[i] = math.nan
 
@@ -1022,6 +1023,7 @@ class Tracker:
         flags: list[Flag],
     ) -> None:
         gap = self.config.max_gap_s
+        found: list[Flag] = []
         for i in range(len(self.config.channels)):
             t, y = per_channel[i]
             seen = t[np.isfinite(y)]
@@ -1033,13 +1035,46 @@ class Tracker:
                 if b - a > gap:
                     # A dropout already reported as ongoing is reported again, closed: same
                     # start (the store's key), now with its end.
-                    flags.append(self._dropout_flag(state, i, a, b))
+                    found.append(self._dropout_flag(state, i, a, b))
                 state.in_dropout[i] = False
             last = float(points[-1])
             if end_rel - last > gap and not state.in_dropout[i]:
-                flags.append(self._dropout_flag(state, i, last, None))
+                found.append(self._dropout_flag(state, i, last, None))
                 state.in_dropout[i] = True
             state.last_seen[i] = last
+        flags.extend(self._whole_instrument(state, found))
+
+    def _whole_instrument(self, state: TrackerState, found: list[Flag]) -> list[Flag]:
+        """One flag for the instrument (channel ``*``) instead of one per channel when (nearly)
+        every channel fell silent, or came back, together: the publisher or the link stopped."""
+        known = int(np.count_nonzero(~np.isnan(state.last_seen)))
+        if len(found) < 2 or len(found) < 0.9 * known:
+            return found
+        gap = self.config.max_gap_s
+        starts = [f.time_s for f in found]
+        ends = [f.end_s for f in found]
+        closed = [e for e in ends if e is not None]
+        if max(starts) - min(starts) > gap or 0 < len(closed) < len(ends):
+            return found
+        if closed and max(closed) - min(closed) > gap:
+            return found
+        first = found[0]
+        end_s = min(closed) if closed else None
+        return [
+            dataclasses.replace(
+                first,
+                quantity="telemetry",
+                channel="*",
+                time_s=min(starts),
+                end_s=end_s,
+                detail={
+                    "gap_s": None if end_s is None else end_s - min(starts),
+                    "ongoing": end_s is None,
+                    "channels": len(found),
+                    "scope": "instrument",
+                },
+            )
+        ]
 
     def _dropout_flag(self, state: TrackerState, i: int, a: float, b: float | None) -> Flag:
         return self._flag(

@@ -198,3 +198,17 @@ def test_bad_input_is_refused_with_a_clear_error() -> None:
         default_tracker_config(CAL, channels=["a.b"], rate_hz=0.0)
     with pytest.raises(TrackerError, match="version"):
         TrackerState.from_json({"version": 99})
+
+
+def test_a_whole_instrument_falling_silent_is_one_flag_and_set_values_are_exact() -> None:
+    block = _block(0, 180)
+    cut = {n: (t[t < S0 + 120], y[t < S0 + 120]) for n, (t, y) in _samples(block).items()}
+    tracker = Tracker(default_tracker_config(CAL, channels=block.channel_names))
+    _, estimates, flags = _run(tracker, cut, _windows(150))
+    dropouts = [f for f in flags if f.kind == "dropout"]
+    assert len(dropouts) == 1
+    assert dropouts[0].channel == "*" and dropouts[0].quantity == "telemetry"
+    assert dropouts[0].detail["channels"] == len(block.channel_names)
+    assert dropouts[0].end_s is None and dropouts[0].time_s == pytest.approx(S0 + 120, abs=0.2)
+    dwell = [e for e in estimates if e.quantity == "dwell_time"]
+    assert dwell and all(e.std == 0.0 and e.value == pytest.approx(2e-6) for e in dwell)
