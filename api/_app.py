@@ -35,6 +35,21 @@ class ApiConfigError(ValueError):
     """The settings cannot make an app (no database URL)."""
 
 
+def _audit_signer(settings: ApiSettings) -> store.AuditSigner:
+    if settings.audit_signing_key is None:
+        log.warning(
+            "BEAMTWIN_AUDIT_SIGNING_KEY is not set: audit checkpoints are signed with an "
+            "ephemeral key of this process (make one with `beamtwin audit keygen`)"
+        )
+        return store.AuditSigner.generate(settings.audit_origin)
+    try:
+        return store.AuditSigner.from_seed_b64(
+            settings.audit_signing_key.get_secret_value(), settings.audit_origin
+        )
+    except store.StoreError as exc:
+        raise ApiConfigError(f"BEAMTWIN_AUDIT_SIGNING_KEY: {exc}") from exc
+
+
 def create_app(settings: ApiSettings | None = None, *, engine: sa.Engine | None = None) -> FastAPI:
     """The REST API app.
 
@@ -47,9 +62,11 @@ def create_app(settings: ApiSettings | None = None, *, engine: sa.Engine | None 
     schema is not at this code's revision.
 
     Raises:
-        ApiConfigError: neither ``engine`` nor ``settings.database_url`` is given.
+        ApiConfigError: neither ``engine`` nor ``settings.database_url`` is given, or the
+            audit signing key is not a base64 32-byte seed.
     """
     settings = ApiSettings() if settings is None else settings
+    signer = _audit_signer(settings)
     owned = engine is None
     if engine is None:
         if settings.database_url is None:
@@ -80,6 +97,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: sa.Engine | None 
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.audit_signer = signer
     metrics = ApiMetrics(engine)
     metrics.install(app)
     install_error_handlers(app)

@@ -17,8 +17,8 @@ from api._errors import Forbidden, NotAuthenticated
 from api._settings import ApiSettings
 
 Capability = Literal["read", "operate", "audit", "admin"]
-#: What each role may do. Operators will run virtual experiments and auditors audit reports
-#: (later routes); every role reads the instruments granted to it; admins see everything and
+#: What each role may do. Operators will run virtual experiments (later routes), auditors read
+#: the audit log; every role reads the instruments granted to it; admins see everything and
 #: manage users.
 ROLE_CAPABILITIES: dict[str, frozenset[Capability]] = {
     "viewer": frozenset({"read"}),
@@ -70,8 +70,23 @@ def get_connection(engine: Annotated[sa.Engine, Depends(get_engine)]) -> Iterato
         yield conn
 
 
+def get_write_connection(
+    engine: Annotated[sa.Engine, Depends(get_engine)],
+) -> Iterator[sa.Connection]:
+    """A connection whose transaction commits when the route returns (rolls back on error)."""
+    with engine.begin() as conn:
+        yield conn
+
+
+def get_audit_signer(request: Request) -> store.AuditSigner:
+    signer: store.AuditSigner = request.app.state.audit_signer
+    return signer
+
+
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 ConnDep = Annotated[sa.Connection, Depends(get_connection)]
+WriteConnDep = Annotated[sa.Connection, Depends(get_write_connection)]
+SignerDep = Annotated[store.AuditSigner, Depends(get_audit_signer)]
 
 
 def get_principal(
@@ -110,6 +125,7 @@ def require(capability: Capability) -> Callable[[Principal], Principal]:
 
 Reader = Annotated[Principal, Depends(require("read"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
+Auditor = Annotated[Principal, Depends(require("audit"))]
 
 
 def granted_instrument(

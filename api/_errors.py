@@ -93,6 +93,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def channel_not_found(_: Request, exc: store.ChannelNotFound) -> JSONResponse:
         return _response(404, "channel_not_found", str(exc))
 
+    @app.exception_handler(store.AuditRangeError)
+    async def audit_range(_: Request, exc: store.AuditRangeError) -> JSONResponse:
+        # A proof about entries or a tree size the log does not have (yet).
+        return _response(422, "invalid_request", str(exc))
+
     @app.exception_handler(store.SchemaOutdatedError)
     async def schema_outdated(_: Request, exc: store.SchemaOutdatedError) -> JSONResponse:
         return _response(503, "schema_outdated", str(exc))

@@ -3,6 +3,7 @@ returns a schema. Domain errors propagate to the handlers in ``api._errors``."""
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,17 @@ from pydantic import AwareDatetime
 
 import provenance_store as store
 from api import _schemas as schemas
-from api._deps import Admin, ConnDep, InstrumentDep, PrincipalDep, Reader, SettingsDep
+from api._deps import (
+    Admin,
+    Auditor,
+    ConnDep,
+    InstrumentDep,
+    PrincipalDep,
+    Reader,
+    SettingsDep,
+    SignerDep,
+    WriteConnDep,
+)
 from api._errors import InvalidRequest, TooLarge
 
 router = APIRouter(prefix="/api/v1")
@@ -522,3 +533,78 @@ def gaps(
         )
         for g in found
     ]
+
+
+# ---------------------------------------------------------------------------- audit log
+#: Largest sequence number / tree size a request may name (a bigint, with room to spare).
+_MAX_SEQ = 2**62
+Seq = Annotated[int, Query(ge=0, le=_MAX_SEQ, description="entry sequence number, from 0")]
+TreeSize = Annotated[int, Query(ge=0, le=_MAX_SEQ, description="number of entries in the tree")]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@router.get(
+    "/audit/checkpoint",
+    response_model=schemas.AuditCheckpoint,
+    responses=_ERRORS,
+    tags=["audit"],
+)
+def audit_checkpoint(_: Auditor, conn: WriteConnDep, signer: SignerDep) -> schemas.AuditCheckpoint:
+    """The newest signed checkpoint of the audit log; a new one is signed first when the log
+    grew since the newest."""
+    return schemas.AuditCheckpoint(**store.latest_checkpoint(conn=conn, signer=signer).to_json())
+
+
+@router.get(
+    "/audit/entries",
+    response_model=list[schemas.AuditEntry],
+    responses=_ERRORS,
+    tags=["audit"],
+)
+def audit_entries(
+    _: Auditor,
+    conn: ConnDep,
+    start_seq: Annotated[int, Query(ge=0, le=_MAX_SEQ, description="first entry")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="most entries to return")] = 100,
+) -> list[schemas.AuditEntry]:
+    """Entries of the audit log from ``start_seq`` on, by sequence number."""
+    return [
+        schemas.AuditEntry(**e.to_json())
+        for e in store.audit_entries(conn=conn, start_seq=start_seq, limit=limit)
+    ]
+
+
+@router.get(
+    "/audit/proof/inclusion",
+    response_model=schemas.AuditInclusionProof,
+    responses=_ERRORS,
+    tags=["audit"],
+)
+def audit_inclusion(
+    _: Auditor, conn: ConnDep, seq: Seq, tree_size: TreeSize
+) -> schemas.AuditInclusionProof:
+    """The RFC 6962 audit path of entry ``seq`` in the tree of the first ``tree_size``
+    entries (422 when the log is smaller)."""
+    path = store.audit_inclusion_proof(conn=conn, seq=seq, tree_size=tree_size)
+    entry = store.audit_entries(conn=conn, start_seq=seq, limit=1)[0]
+    return schemas.AuditInclusionProof(
+        seq=seq, tree_size=tree_size, leaf_hash=entry.leaf_hash.hex(), path=[_b64(p) for p in path]
+    )
+
+
+@router.get(
+    "/audit/proof/consistency",
+    response_model=schemas.AuditConsistencyProof,
+    responses=_ERRORS,
+    tags=["audit"],
+)
+def audit_consistency(
+    _: Auditor, conn: ConnDep, first: TreeSize, second: TreeSize
+) -> schemas.AuditConsistencyProof:
+    """The RFC 6962 consistency proof that the tree of ``first`` entries is a prefix of the
+    tree of ``second`` entries (422 when the log is smaller than ``second``)."""
+    path = store.audit_consistency_proof(conn=conn, first=first, second=second)
+    return schemas.AuditConsistencyProof(first=first, second=second, path=[_b64(p) for p in path])

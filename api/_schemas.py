@@ -32,7 +32,7 @@ class Health(_Model):
 
 class Ready(_Model):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"status": "ready", "schema_revision": "0003"}]}
+        json_schema_extra={"examples": [{"status": "ready", "schema_revision": "0004"}]}
     )
     status: Literal["ready"] = "ready"
     schema_revision: str
@@ -331,3 +331,63 @@ class Gap(_Model):
     start: datetime
     end: datetime
     duration_s: float
+
+
+class AuditCheckpoint(_Model):
+    """A signed statement of the audit log's Merkle tree: its size and root hash."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "origin": "beamtwin/audit",
+                    "tree_size": 0,
+                    "root_hash": "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+                    "public_key": "O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik=",
+                    "signature": "...",
+                    "checkpoint": (
+                        "beamtwin/audit\n0\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n"
+                    ),
+                    "created_at": _T,
+                }
+            ]
+        }
+    )
+    origin: str = Field(description="names the log (first line of the checkpoint)")
+    tree_size: int = Field(description="entries covered: seq 0 .. tree_size - 1")
+    root_hash: str = Field(description="RFC 6962 Merkle tree hash, standard base64")
+    public_key: str = Field(description="Ed25519 public key of the signer, base64 raw 32 bytes")
+    signature: str = Field(description="Ed25519 signature of `checkpoint`, base64")
+    checkpoint: str = Field(description="the signed text: origin, size, root, one per line")
+    created_at: datetime | None = Field(description="when the checkpoint was stored")
+
+
+class AuditEntry(_Model):
+    """One audit log entry; `leaf_hash` = SHA-256(0x00 || canonical JSON of the other fields)."""
+
+    seq: int = Field(description="position in the log and leaf index in the tree, from 0")
+    time: datetime = Field(description="when the action was committed")
+    actor: str = Field(description="who acted: an API user or cli:<os user>")
+    action: str = Field(description="user.add, grant.add, token.revoke, calibration.store, ...")
+    subject: str = Field(description="what was acted on: user:alice, grant:alice/stem-01, ...")
+    before: Any = Field(description="the subject's state before, null when it did not exist")
+    after: Any = Field(description="the subject's state after, null when it was removed")
+    reason: str | None = Field(description="why, as given by the actor")
+    leaf_hash: str = Field(description="the stored leaf hash, hex")
+
+
+class AuditInclusionProof(_Model):
+    """RFC 6962 audit path of entry `seq` in the tree of `tree_size` entries."""
+
+    seq: int
+    tree_size: int
+    leaf_hash: str = Field(description="the entry's stored leaf hash, hex")
+    path: list[str] = Field(description="sibling hashes from the leaf up, base64")
+
+
+class AuditConsistencyProof(_Model):
+    """RFC 6962 consistency proof between the trees of sizes `first` and `second`."""
+
+    first: int
+    second: int
+    path: list[str] = Field(description="RFC 6962 PROOF(first, D[second]) hashes, base64")

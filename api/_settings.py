@@ -33,3 +33,11 @@ class ApiSettings(BaseSettings):
     api_max_flags: int = Field(default=10_000, ge=1)
     #: Serve ``/metrics`` without a token (it holds no instrument ids or data).
     api_metrics_public: bool = True
+    #: Ed25519 key that signs audit checkpoints: a base64 raw 32-byte seed (``beamtwin audit
+    #: keygen``). Unset: an ephemeral key per process (its checkpoints prove nothing later).
+    audit_signing_key: SecretStr | None = None
+    #: Base64 raw 32-byte Ed25519 public key that checkpoints must verify with
+    #: (``beamtwin audit verify``); default: the signing key's.
+    audit_public_key: str | None = None
+    #: The origin line of audit checkpoints (names the log).
+    audit_origin: str = Field(default="beamtwin/audit", min_length=1, pattern=r"^[^\n]+$")

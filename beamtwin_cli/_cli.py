@@ -126,15 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     uadd = users_sub.add_parser("add", help="add a user")
     uadd.add_argument("name")
     uadd.add_argument("--role", required=True, choices=["viewer", "operator", "auditor", "admin"])
+    uadd.add_argument("--reason", default=None, help="why (kept in the audit log)")
     uadd.set_defaults(func="users_add")
     users_sub.add_parser("list", help="list users and their grants").set_defaults(func="users_list")
     ugrant = users_sub.add_parser("grant", help="let a user see an instrument")
     ugrant.add_argument("name")
     ugrant.add_argument("instrument_id")
+    ugrant.add_argument("--reason", default=None, help="why (kept in the audit log)")
     ugrant.set_defaults(func="users_grant")
     urevoke = users_sub.add_parser("revoke", help="withdraw a user's grant of an instrument")
     urevoke.add_argument("name")
     urevoke.add_argument("instrument_id")
+    urevoke.add_argument("--reason", default=None, help="why (kept in the audit log)")
     urevoke.set_defaults(func="users_revoke")
 
     tokens = sub.add_parser("tokens", help="REST API bearer tokens")
@@ -147,13 +150,58 @@ def build_parser() -> argparse.ArgumentParser:
     tcreate.add_argument(
         "--expires-days", type=float, default=None, help="expire after DAYS (default: never)"
     )
+    tcreate.add_argument("--reason", default=None, help="why (kept in the audit log)")
     tcreate.set_defaults(func="tokens_create")
     tlist = tokens_sub.add_parser("list", help="list a user's tokens (never the secrets)")
     tlist.add_argument("name")
     tlist.set_defaults(func="tokens_list")
     trevoke = tokens_sub.add_parser("revoke", help="revoke a token by its id")
     trevoke.add_argument("token_id", type=int)
+    trevoke.add_argument("--reason", default=None, help="why (kept in the audit log)")
     trevoke.set_defaults(func="tokens_revoke")
+
+    audit = sub.add_parser(
+        "audit",
+        help="the tamper-evident audit log: keys, checkpoints, export, verification",
+        description=(
+            "See docs/audit.md. Keys: BEAMTWIN_AUDIT_SIGNING_KEY, BEAMTWIN_AUDIT_PUBLIC_KEY."
+        ),
+    )
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    audit_sub.add_parser(
+        "keygen", help="print a new Ed25519 key pair for signing checkpoints"
+    ).set_defaults(func="audit_keygen")
+    acp = audit_sub.add_parser(
+        "checkpoint",
+        help="sign a checkpoint of the log as it is now (BEAMTWIN_AUDIT_SIGNING_KEY) and print "
+        "it as JSON, for publishing",
+    )
+    acp.add_argument("--output", default=None, metavar="FILE", help="write it here too")
+    acp.set_defaults(func="audit_checkpoint")
+    aexp = audit_sub.add_parser(
+        "export", help="write the log and its checkpoints as JSON lines (offline verification)"
+    )
+    aexp.add_argument("file", metavar="FILE")
+    aexp.set_defaults(func="audit_export")
+    aver = audit_sub.add_parser(
+        "verify",
+        help="recompute every leaf hash and the tree, check the checkpoints; exit 1 on a finding",
+        description=(
+            "Recompute every entry's leaf hash and the Merkle tree, check each stored "
+            "checkpoint's signature and root and the consistency between them, and a published "
+            "checkpoint (--checkpoint). Reads the database (BEAMTWIN_DATABASE_URL), or an "
+            "export (--export) without one. Each finding is printed; exit status 1 if any."
+        ),
+    )
+    aver.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a published checkpoint (JSON of `beamtwin audit checkpoint` or the API); repeatable",
+    )
+    aver.add_argument("--export", default=None, metavar="FILE", help="verify this export")
+    aver.set_defaults(func="audit_verify")
 
     pv = sub.add_parser(
         "publish-virtual", help="publish a virtual microscope's telemetry to the broker"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import getpass
+import json
 import signal
 import sys
 import threading
@@ -26,6 +29,8 @@ from ingest._worker import IngestStats, IngestWorker
 
 if TYPE_CHECKING:
     import uvicorn
+
+    from api import ApiSettings
 
 
 class CommandError(Exception):
@@ -163,13 +168,23 @@ def _store(args: argparse.Namespace) -> Iterator[sa.Connection]:
         engine.dispose()
 
 
+def _actor() -> str:
+    """Who runs the command, for the audit log: ``cli:<OS user>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name for this uid (some containers)
+        return "cli:unknown"
+
+
 def _when(value: datetime | None) -> str:
     return "-" if value is None else value.isoformat(timespec="seconds")
 
 
 def users_add(args: argparse.Namespace) -> int:
     with _store(args) as conn:
-        user = store.add_api_user(conn=conn, name=args.name, role=args.role)
+        user = store.add_api_user(
+            conn=conn, name=args.name, role=args.role, actor=_actor(), reason=args.reason
+        )
     print(f"added {user.role} {user.name}; make a token: `beamtwin tokens create {user.name}`")
     return 0
 
@@ -189,14 +204,26 @@ def users_list(args: argparse.Namespace) -> int:
 
 def users_grant(args: argparse.Namespace) -> int:
     with _store(args) as conn:
-        store.grant_instrument(conn=conn, name=args.name, instrument_id=args.instrument_id)
+        store.grant_instrument(
+            conn=conn,
+            name=args.name,
+            instrument_id=args.instrument_id,
+            actor=_actor(),
+            reason=args.reason,
+        )
     print(f"{args.name} may now see {args.instrument_id}")
     return 0
 
 
 def users_revoke(args: argparse.Namespace) -> int:
     with _store(args) as conn:
-        had = store.revoke_instrument(conn=conn, name=args.name, instrument_id=args.instrument_id)
+        had = store.revoke_instrument(
+            conn=conn,
+            name=args.name,
+            instrument_id=args.instrument_id,
+            actor=_actor(),
+            reason=args.reason,
+        )
     print(
         f"{args.name} may no longer see {args.instrument_id}"
         if had
@@ -213,7 +240,12 @@ def tokens_create(args: argparse.Namespace) -> int:
         expires = datetime.now(UTC) + timedelta(days=args.expires_days)
     with _store(args) as conn:
         new = store.create_api_token(
-            conn=conn, name=args.name, label=args.label, expires_at=expires
+            conn=conn,
+            name=args.name,
+            label=args.label,
+            expires_at=expires,
+            actor=_actor(),
+            reason=args.reason,
         )
     print(new.token)
     print(
@@ -238,8 +270,147 @@ def tokens_list(args: argparse.Namespace) -> int:
 
 def tokens_revoke(args: argparse.Namespace) -> int:
     with _store(args) as conn:
-        token = store.revoke_api_token(conn=conn, token_id=args.token_id)
+        token = store.revoke_api_token(
+            conn=conn, token_id=args.token_id, actor=_actor(), reason=args.reason
+        )
     print(f"revoked token {token.id} of {token.user_name}")
+    return 0
+
+
+# ---------------------------------------------------------------------- audit log
+def _audit_settings() -> ApiSettings:
+    from api import ApiSettings
+
+    return ApiSettings()
+
+
+def _signer(settings: ApiSettings) -> store.AuditSigner | None:
+    if settings.audit_signing_key is None:
+        return None
+    try:
+        return store.AuditSigner.from_seed_b64(
+            settings.audit_signing_key.get_secret_value(), settings.audit_origin
+        )
+    except store.StoreError as exc:
+        raise CommandError(f"BEAMTWIN_AUDIT_SIGNING_KEY: {exc}") from exc
+
+
+def _trusted_public_key(settings: ApiSettings) -> bytes | None:
+    if settings.audit_public_key:
+        try:
+            key = base64.b64decode(settings.audit_public_key, validate=True)
+        except ValueError as exc:
+            raise CommandError("BEAMTWIN_AUDIT_PUBLIC_KEY is not base64") from exc
+        if len(key) != 32:
+            raise CommandError("BEAMTWIN_AUDIT_PUBLIC_KEY must be 32 bytes (base64)")
+        return key
+    signer = _signer(settings)
+    return None if signer is None else signer.public_key
+
+
+def audit_keygen(args: argparse.Namespace) -> int:
+    signer = store.AuditSigner.generate()
+    print(f"BEAMTWIN_AUDIT_SIGNING_KEY={signer.seed_b64()}")
+    print(f"BEAMTWIN_AUDIT_PUBLIC_KEY={base64.b64encode(signer.public_key).decode()}")
+    print(
+        "keep the signing key secret (the API signs checkpoints with it); publish the public "
+        "key to whoever verifies the log",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def audit_checkpoint(args: argparse.Namespace) -> int:
+    settings = _audit_settings()
+    signer = _signer(settings)
+    if signer is None:
+        raise CommandError(
+            "no signing key: set BEAMTWIN_AUDIT_SIGNING_KEY (make one with `beamtwin audit keygen`)"
+        )
+    with _store(args) as conn:
+        cp = store.latest_checkpoint(conn=conn, signer=signer)
+    text = json.dumps(cp.to_json(), indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
+def audit_export(args: argparse.Namespace) -> int:
+    with _store(args) as conn:
+        entries = store.all_audit_entries(conn=conn)
+        checkpoints = store.list_checkpoints(conn=conn)
+    with open(args.file, "w", encoding="utf-8") as out:
+        for entry in entries:
+            out.write(json.dumps(entry.to_json(), ensure_ascii=False, sort_keys=True) + "\n")
+        for cp in checkpoints:
+            out.write(json.dumps({"checkpoint": cp.to_json()}, sort_keys=True) + "\n")
+    print(f"exported {len(entries)} entries and {len(checkpoints)} checkpoints to {args.file}")
+    return 0
+
+
+def _read_export(path: str) -> tuple[list[store.AuditEntry], list[store.Checkpoint]]:
+    entries: list[store.AuditEntry] = []
+    checkpoints: list[store.Checkpoint] = []
+    try:
+        with open(path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    if "checkpoint" in obj and "seq" not in obj:
+                        checkpoints.append(store.Checkpoint.from_json(obj["checkpoint"]))
+                    else:
+                        entries.append(store.AuditEntry.from_json(obj))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise CommandError(f"{path}:{number}: not an audit export line: {exc}") from exc
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc}") from exc
+    return entries, checkpoints
+
+
+def _read_checkpoint(path: str) -> store.Checkpoint:
+    try:
+        return store.Checkpoint.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CommandError(f"{path} is not a checkpoint (JSON): {exc}") from exc
+
+
+def audit_verify(args: argparse.Namespace) -> int:
+    settings = _audit_settings()
+    key = _trusted_public_key(settings)
+    published = [_read_checkpoint(p) for p in args.checkpoint]
+    if args.export:
+        entries, checkpoints = _read_export(args.export)
+        source = args.export
+    else:
+        with _store(args) as conn:
+            entries = store.all_audit_entries(conn=conn)
+            checkpoints = store.list_checkpoints(conn=conn)
+        source = "the database"
+    findings = store.verify_audit_log(entries, checkpoints, public_key=key, published=published)
+    for finding in findings:
+        print(finding)
+    if key is None:
+        print(
+            "note: no trusted public key (BEAMTWIN_AUDIT_PUBLIC_KEY): signatures were checked "
+            "with the key stored beside each checkpoint, which proves nothing about who signed",
+            file=sys.stderr,
+        )
+    if not checkpoints and not published:
+        print(
+            "note: no checkpoint: only the entries' own hashes and sequence were checked",
+            file=sys.stderr,
+        )
+    summary = (
+        f"{len(entries)} entries, {len(checkpoints)} stored and {len(published)} published "
+        f"checkpoints from {source}"
+    )
+    if findings:
+        print(f"audit log NOT verified: {len(findings)} finding(s); {summary}", file=sys.stderr)
+        return 1
+    print(f"audit log verified: {summary}")
     return 0
 
 
@@ -634,6 +805,7 @@ def demo(args: argparse.Namespace) -> int:
                 version=calibration.version,
                 valid_from=datetime(2000, 1, 1, tzinfo=UTC),
                 body=calibration.to_dict(),
+                actor="demo",
             )
         api = _start_demo_api(engine, url, args.api_port)
         try:
@@ -670,8 +842,10 @@ def _start_demo_api(engine: sa.Engine, url: str, port: int) -> uvicorn.Server | 
         try:
             store.get_api_user(conn=conn, name="demo-admin")
         except store.ApiUserNotFound:
-            store.add_api_user(conn=conn, name="demo-admin", role="admin")
-        token = store.create_api_token(conn=conn, name="demo-admin", label="beamtwin demo")
+            store.add_api_user(conn=conn, name="demo-admin", role="admin", actor="demo")
+        token = store.create_api_token(
+            conn=conn, name="demo-admin", label="beamtwin demo", actor="demo"
+        )
     app = create_app(ApiSettings(database_url=SecretStr(url)))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, name="rest-api", daemon=True).start()

@@ -10,6 +10,10 @@ the transaction::
     with engine.begin() as conn:
         register_instrument(conn=conn, instrument=InstrumentIn(id="nion-ustem-01"))
 
+Every administrative write (users, grants, tokens, calibrations) is appended to a
+tamper-evident audit log in the same transaction (``append_audit``); an RFC 6962 Merkle tree
+over it and Ed25519-signed checkpoints make changes detectable (``verify_audit_log``).
+
 REST API users, hashed bearer tokens and per-instrument grants live here too
 (``add_api_user``, ``create_api_token``, ``authenticate_api_token``, ``grant_instrument``).
 
@@ -34,6 +38,23 @@ from provenance_store._api_access import (
     revoke_api_token,
     revoke_instrument,
     set_api_user_disabled,
+)
+from provenance_store._audit import (
+    AuditEntry,
+    AuditRangeError,
+    AuditSigner,
+    Checkpoint,
+    all_audit_entries,
+    append_audit,
+    audit_consistency_proof,
+    audit_entries,
+    audit_inclusion_proof,
+    audit_size,
+    canonical_json,
+    checkpoint_text,
+    latest_checkpoint,
+    list_checkpoints,
+    verify_audit_log,
 )
 from provenance_store._calibrations import (
     calibration_in_force,
@@ -124,6 +145,9 @@ __all__ = [
     "ApiUserConflict",
     "ApiUserNotFound",
     "ApiUserRecord",
+    "AuditEntry",
+    "AuditRangeError",
+    "AuditSigner",
     "CalibrationConflict",
     "CalibrationRecord",
     "ChannelConflict",
@@ -131,6 +155,7 @@ __all__ = [
     "ChannelNotFound",
     "ChannelRecord",
     "ChannelSamples",
+    "Checkpoint",
     "CursorConflict",
     "EstimateRecord",
     "FlagIn",
@@ -152,10 +177,18 @@ __all__ = [
     "TooManySamples",
     "TwinCursor",
     "add_api_user",
+    "all_audit_entries",
+    "append_audit",
     "as_of",
+    "audit_consistency_proof",
+    "audit_entries",
+    "audit_inclusion_proof",
+    "audit_size",
     "authenticate_api_token",
     "calibration_in_force",
+    "canonical_json",
     "check_schema",
+    "checkpoint_text",
     "choose_bucket",
     "count_samples",
     "create_api_token",
@@ -178,9 +211,11 @@ __all__ = [
     "insert_estimates",
     "insert_flags",
     "insert_samples",
+    "latest_checkpoint",
     "list_api_tokens",
     "list_api_users",
     "list_calibrations",
+    "list_checkpoints",
     "list_instruments",
     "normalize_url",
     "query_estimates",
@@ -194,4 +229,5 @@ __all__ = [
     "set_api_user_disabled",
     "store_calibration",
     "upgrade_schema",
+    "verify_audit_log",
 ]

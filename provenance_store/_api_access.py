@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from provenance_store._audit import append_audit
 from provenance_store._errors import (
     ApiTokenNotFound,
     ApiUserConflict,
@@ -45,7 +47,7 @@ _SET_DISABLED = sa.text(
 )
 _GRANT = sa.text(
     "INSERT INTO api_grant (user_id, instrument_id) VALUES (:user_id, :instrument_id) "
-    "ON CONFLICT DO NOTHING"
+    "ON CONFLICT DO NOTHING RETURNING user_id"
 )
 _REVOKE_GRANT = sa.text(
     "DELETE FROM api_grant WHERE user_id = :user_id AND instrument_id = :instrument_id"
@@ -62,7 +64,12 @@ _TOKENS = f"SELECT {_TOKEN_COLUMNS} FROM api_token t JOIN api_user u ON u.id = t
 _LIST_TOKENS = sa.text(_TOKENS + "WHERE u.name = :name ORDER BY t.id")
 _GET_TOKEN = sa.text(_TOKENS + "WHERE t.id = :id")
 _REVOKE_TOKEN = sa.text(
-    "UPDATE api_token SET revoked_at = coalesce(revoked_at, now()) WHERE id = :id RETURNING id"
+    """
+    UPDATE api_token t SET revoked_at = coalesce(t.revoked_at, now())
+    FROM (SELECT id, revoked_at FROM api_token WHERE id = :id FOR UPDATE) old
+    WHERE t.id = old.id
+    RETURNING old.revoked_at IS NULL AS newly_revoked
+    """
 )
 # A valid token: known hash, not revoked, not expired, its user not disabled.
 _AUTHENTICATE = sa.text(
@@ -109,8 +116,29 @@ def _token(row: Any) -> ApiTokenRecord:
     )
 
 
-def add_api_user(*, conn: sa.Connection, name: str, role: str) -> ApiUserRecord:
-    """Add a REST API user with a role of ``API_ROLES``.
+def _user_state(user: ApiUserRecord) -> dict[str, Any]:
+    return {"name": user.name, "role": user.role, "disabled": user.disabled}
+
+
+def _token_state(token: ApiTokenRecord) -> dict[str, Any]:
+    return {
+        "user": token.user_name,
+        "label": token.label,
+        "expires_at": token.expires_at,
+        "revoked_at": token.revoked_at,
+    }
+
+
+def add_api_user(
+    *,
+    conn: sa.Connection,
+    name: str,
+    role: str,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> ApiUserRecord:
+    """Add a REST API user with a role of ``API_ROLES`` (audited as ``user.add`` by
+    ``actor``, with an optional ``reason``).
 
     Raises:
         ApiUserConflict: the name is taken.
@@ -123,7 +151,16 @@ def add_api_user(*, conn: sa.Connection, name: str, role: str) -> ApiUserRecord:
     row = conn.execute(_ADD_USER, {"name": name, "role": role}).first()
     if row is None:
         raise ApiUserConflict(f"an API user named {name!r} exists already")
-    return _user(row)
+    user = _user(row)
+    append_audit(
+        conn=conn,
+        actor=actor,
+        action="user.add",
+        subject=f"user:{name}",
+        after=_user_state(user),
+        reason=reason,
+    )
+    return user
 
 
 def get_api_user(*, conn: sa.Connection, name: str) -> ApiUserRecord:
@@ -143,20 +180,48 @@ def list_api_users(*, conn: sa.Connection) -> list[ApiUserRecord]:
     return [_user(row) for row in conn.execute(_LIST_USERS)]
 
 
-def set_api_user_disabled(*, conn: sa.Connection, name: str, disabled: bool) -> ApiUserRecord:
-    """Disable (every token refused) or enable an API user.
+def set_api_user_disabled(
+    *,
+    conn: sa.Connection,
+    name: str,
+    disabled: bool,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> ApiUserRecord:
+    """Disable (every token refused) or enable an API user (audited as ``user.disable`` /
+    ``user.enable`` when it changes something).
 
     Raises:
         ApiUserNotFound: no such user.
     """
+    before = get_api_user(conn=conn, name=name)
     row = conn.execute(_SET_DISABLED, {"name": name, "disabled": disabled}).first()
     if row is None:
         raise ApiUserNotFound(name)
-    return _user(row)
+    user = _user(row)
+    if before.disabled != user.disabled:
+        append_audit(
+            conn=conn,
+            actor=actor,
+            action="user.disable" if disabled else "user.enable",
+            subject=f"user:{name}",
+            before=_user_state(before),
+            after=_user_state(user),
+            reason=reason,
+        )
+    return user
 
 
-def grant_instrument(*, conn: sa.Connection, name: str, instrument_id: str) -> None:
-    """Let user ``name`` see instrument ``instrument_id``; idempotent.
+def grant_instrument(
+    *,
+    conn: sa.Connection,
+    name: str,
+    instrument_id: str,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> None:
+    """Let user ``name`` see instrument ``instrument_id``; idempotent (a new grant is
+    audited as ``grant.add``).
 
     Raises:
         ApiUserNotFound, InstrumentNotFound: no such user or instrument.
@@ -164,17 +229,42 @@ def grant_instrument(*, conn: sa.Connection, name: str, instrument_id: str) -> N
     user = get_api_user(conn=conn, name=name)
     if not instrument_exists(conn, instrument_id):
         raise InstrumentNotFound(instrument_id)
-    conn.execute(_GRANT, {"user_id": user.id, "instrument_id": instrument_id})
+    if conn.execute(_GRANT, {"user_id": user.id, "instrument_id": instrument_id}).first():
+        append_audit(
+            conn=conn,
+            actor=actor,
+            action="grant.add",
+            subject=f"grant:{name}/{instrument_id}",
+            after={"user": name, "instrument": instrument_id},
+            reason=reason,
+        )
 
 
-def revoke_instrument(*, conn: sa.Connection, name: str, instrument_id: str) -> bool:
-    """Withdraw user ``name``'s grant of ``instrument_id``; whether there was one.
+def revoke_instrument(
+    *,
+    conn: sa.Connection,
+    name: str,
+    instrument_id: str,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> bool:
+    """Withdraw user ``name``'s grant of ``instrument_id``; whether there was one (then
+    audited as ``grant.revoke``).
 
     Raises:
         ApiUserNotFound: no such user.
     """
     user = get_api_user(conn=conn, name=name)
     result = conn.execute(_REVOKE_GRANT, {"user_id": user.id, "instrument_id": instrument_id})
+    if result.rowcount:
+        append_audit(
+            conn=conn,
+            actor=actor,
+            action="grant.revoke",
+            subject=f"grant:{name}/{instrument_id}",
+            before={"user": name, "instrument": instrument_id},
+            reason=reason,
+        )
     return bool(result.rowcount)
 
 
@@ -189,8 +279,11 @@ def create_api_token(
     name: str,
     label: str | None = None,
     expires_at: datetime | None = None,
+    actor: str | None = None,
+    reason: str | None = None,
 ) -> NewApiToken:
-    """A new bearer token for user ``name``; the secret is in the result and nowhere else.
+    """A new bearer token for user ``name``; the secret is in the result and nowhere else
+    (audited as ``token.create``, without the secret or its hash).
 
     Raises:
         ApiUserNotFound: no such user.
@@ -209,7 +302,16 @@ def create_api_token(
             "expires_at": expires_at,
         },
     ).scalar_one()
-    return NewApiToken(token=token, record=_token(conn.execute(_GET_TOKEN, {"id": token_id}).one()))
+    record = _token(conn.execute(_GET_TOKEN, {"id": token_id}).one())
+    append_audit(
+        conn=conn,
+        actor=actor,
+        action="token.create",
+        subject=f"token:{token_id}",
+        after=_token_state(record),
+        reason=reason,
+    )
+    return NewApiToken(token=token, record=record)
 
 
 def list_api_tokens(*, conn: sa.Connection, name: str) -> list[ApiTokenRecord]:
@@ -224,15 +326,34 @@ def list_api_tokens(*, conn: sa.Connection, name: str) -> list[ApiTokenRecord]:
     return [_token(row) for row in rows]
 
 
-def revoke_api_token(*, conn: sa.Connection, token_id: int) -> ApiTokenRecord:
-    """Revoke a token (from now on it is refused); revoking it again changes nothing.
+def revoke_api_token(
+    *,
+    conn: sa.Connection,
+    token_id: int,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> ApiTokenRecord:
+    """Revoke a token (from now on it is refused; audited as ``token.revoke``); revoking it
+    again changes nothing.
 
     Raises:
         ApiTokenNotFound: no such token.
     """
-    if conn.execute(_REVOKE_TOKEN, {"id": token_id}).first() is None:
+    row = conn.execute(_REVOKE_TOKEN, {"id": token_id}).first()
+    if row is None:
         raise ApiTokenNotFound(token_id)
-    return _token(conn.execute(_GET_TOKEN, {"id": token_id}).one())
+    record = _token(conn.execute(_GET_TOKEN, {"id": token_id}).one())
+    if row.newly_revoked:
+        append_audit(
+            conn=conn,
+            actor=actor,
+            action="token.revoke",
+            subject=f"token:{token_id}",
+            before=_token_state(replace(record, revoked_at=None)),
+            after=_token_state(record),
+            reason=reason,
+        )
+    return record
 
 
 def authenticate_api_token(*, conn: sa.Connection, token: str) -> tuple[ApiUserRecord, int] | None:

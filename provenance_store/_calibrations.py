@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from provenance_store._audit import append_audit
 from provenance_store._errors import CalibrationConflict, InstrumentNotFound, StoreError
 from provenance_store._instruments import instrument_exists
 from provenance_store._records import CalibrationRecord
@@ -23,6 +24,7 @@ _INSERT = sa.text(
     INSERT INTO calibration (instrument_id, version, valid_from, body)
     VALUES (:i, :version, :valid_from, CAST(:body AS jsonb))
     ON CONFLICT (instrument_id, version) DO NOTHING
+    RETURNING version
     """
 )
 _GET = sa.text(
@@ -62,9 +64,12 @@ def store_calibration(
     version: str,
     valid_from: datetime,
     body: dict[str, Any],
+    actor: str | None = None,
+    reason: str | None = None,
 ) -> CalibrationRecord:
     """Store a calibration version of an instrument, in force from ``valid_from`` (UTC) until
-    the next version's ``valid_from``; idempotent.
+    the next version's ``valid_from``; idempotent. A new version is audited as
+    ``calibration.store`` by ``actor`` (with an optional ``reason``).
 
     Storing the same version again with the same body and ``valid_from`` changes nothing (the
     bodies are compared as JSON values, so key order does not matter).
@@ -88,13 +93,22 @@ def store_calibration(
     if not instrument_exists(conn, instrument_id):
         raise InstrumentNotFound(instrument_id)
     params = {"i": instrument_id, "version": version, "valid_from": valid_from, "body": text}
-    conn.execute(_INSERT, params)
+    new = conn.execute(_INSERT, params).first() is not None
     row = conn.execute(_GET, params).one()
     if not row.same_body or as_utc(row.valid_from) != valid_from:
         raise CalibrationConflict(
             f"calibration {version!r} of {instrument_id!r} is already stored with another "
             f"{'body' if not row.same_body else 'valid_from'} (valid from "
             f"{as_utc(row.valid_from).isoformat()}); store the change as a new version"
+        )
+    if new:
+        append_audit(
+            conn=conn,
+            actor=actor,
+            action="calibration.store",
+            subject=f"calibration:{instrument_id}/{version}",
+            after={"valid_from": valid_from, "body": body},
+            reason=reason,
         )
     return _record(row)
 

@@ -25,6 +25,10 @@ GLOBAL_ROUTES = {
     "/api/v1/me": set(ROLES),
     "/api/v1/instruments": set(ROLES),
     "/api/v1/users": {"admin"},
+    "/api/v1/audit/checkpoint": {"auditor", "admin"},
+    "/api/v1/audit/entries?start_seq=0&limit=5": {"auditor", "admin"},
+    "/api/v1/audit/proof/inclusion?seq=0&tree_size=1": {"auditor", "admin"},
+    "/api/v1/audit/proof/consistency?first=1&second=2": {"auditor", "admin"},
 }
 ALL_ROUTES = (*INSTRUMENT_ROUTES, *GLOBAL_ROUTES)
 

@@ -44,13 +44,15 @@ def test_upgrade_builds_every_table_from_an_empty_database(
         "api_user",
         "api_token",
         "api_grant",
+        "audit_log",
+        "audit_checkpoint",
     }
     eng = store.create_store_engine(empty_database_url)
     try:
-        assert store.current_revision(eng) == store.head_revision() == "0003"
+        assert store.current_revision(eng) == store.head_revision() == "0004"
         store.check_schema(eng)  # does not raise
         store.upgrade_schema(empty_database_url)  # idempotent
-        assert store.current_revision(eng) == "0003"
+        assert store.current_revision(eng) == "0004"
     finally:
         eng.dispose()
 
