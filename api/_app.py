@@ -12,9 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import provenance_store as store
 from api import _schemas as schemas
+from api._datasets import router as datasets_router
 from api._deps import get_principal
 from api._errors import install_error_handlers
 from api._metrics import ApiMetrics
+from api._report_routes import router as report_router
 from api._routes import router
 from api._settings import ApiSettings
 
@@ -74,7 +76,13 @@ def create_app(settings: ApiSettings | None = None, *, engine: sa.Engine | None 
                 "the API needs a database: set BEAMTWIN_DATABASE_URL "
                 "(e.g. postgresql+psycopg://user@host:5432/beamtwin)"
             )
-        engine = store.create_store_engine(settings.database_url.get_secret_value())
+        # Room for every admitted request (api._deps.connection_slots), and a few more for
+        # probes, metrics and the state streams' reads.
+        engine = store.create_store_engine(
+            settings.database_url.get_secret_value(),
+            pool_size=settings.api_db_read_connections + settings.api_db_write_connections,
+            max_overflow=5,
+        )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -102,6 +110,8 @@ def create_app(settings: ApiSettings | None = None, *, engine: sa.Engine | None 
     metrics.install(app)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(datasets_router)
+    app.include_router(report_router)
 
     @app.get("/healthz", response_model=schemas.Health, tags=["operations"])
     def healthz() -> schemas.Health:

@@ -3,14 +3,16 @@ role checks and instrument grants."""
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import sqlalchemy as sa
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 import provenance_store as store
 from api._errors import Forbidden, NotAuthenticated
@@ -54,68 +56,128 @@ class Principal:
         return self.instruments is None or instrument_id in self.instruments
 
 
-def get_settings(request: Request) -> ApiSettings:
+# Dependencies that only read the app's state or check what is already known are ``async``:
+# FastAPI runs a plain ``def`` dependency in the thread pool, a hop that costs more than the
+# work itself here.
+async def get_settings(request: Request) -> ApiSettings:
     settings: ApiSettings = request.app.state.settings
     return settings
 
 
-def get_engine(request: Request) -> sa.Engine:
+async def get_engine(request: Request) -> sa.Engine:
     engine: sa.Engine = request.app.state.engine
     return engine
 
 
-def get_connection(engine: Annotated[sa.Engine, Depends(get_engine)]) -> Iterator[sa.Connection]:
-    """A read connection for the request (routes only read; the transaction is rolled back)."""
-    with engine.connect() as conn:
-        yield conn
+def connection_slots(request: Request, kind: Literal["read", "write"]) -> asyncio.Semaphore:
+    """The app's admission to its connection pool: at most ``api_db_read_connections`` read
+    and ``api_db_write_connections`` write connections at once (the pool holds both).
+
+    A request holds its connection across several thread-pool calls (dependencies, route,
+    commit). Without admission, requests beyond the pool's size would block thread-pool
+    threads waiting for a connection while the requests holding connections wait for a
+    thread: a deadlock until the pool's timeout. Admitted requests never wait for the pool;
+    the others wait here, on the event loop, holding nothing.
+    """
+    state = request.app.state
+    name = f"db_{kind}_slots"
+    slots: asyncio.Semaphore | None = getattr(state, name, None)
+    if slots is None:
+        settings: ApiSettings = state.settings
+        size = (
+            settings.api_db_read_connections
+            if kind == "read"
+            else settings.api_db_write_connections
+        )
+        slots = asyncio.Semaphore(size)
+        setattr(state, name, slots)
+    return slots
 
 
-def get_write_connection(
-    engine: Annotated[sa.Engine, Depends(get_engine)],
-) -> Iterator[sa.Connection]:
+def _commit_and_close(conn: sa.Connection) -> None:
+    try:
+        conn.commit()
+    finally:
+        conn.close()
+
+
+async def get_connection(
+    request: Request, engine: Annotated[sa.Engine, Depends(get_engine)]
+) -> AsyncIterator[sa.Connection]:
+    """A read connection for the request.
+
+    Routes on it only read; the one write is the token's last use that ``get_principal`` notes
+    (at most once a minute), which the commit at the end keeps. Committing costs the round trip
+    that the rollback on return to the pool would; after an error everything is rolled back.
+    """
+    async with connection_slots(request, "read"):
+        conn = await run_in_threadpool(engine.connect)
+        try:
+            yield conn
+        except BaseException:
+            await run_in_threadpool(conn.close)  # rolls back
+            raise
+        await run_in_threadpool(_commit_and_close, conn)
+
+
+async def get_write_connection(
+    request: Request, engine: Annotated[sa.Engine, Depends(get_engine)]
+) -> AsyncIterator[sa.Connection]:
     """A connection whose transaction commits when the route returns (rolls back on error)."""
-    with engine.begin() as conn:
-        yield conn
+    async with connection_slots(request, "write"):
+        conn = await run_in_threadpool(engine.connect)
+        try:
+            yield conn
+        except BaseException:
+            await run_in_threadpool(conn.close)  # rolls back
+            raise
+        await run_in_threadpool(_commit_and_close, conn)
 
 
-def get_audit_signer(request: Request) -> store.AuditSigner:
+async def get_audit_signer(request: Request) -> store.AuditSigner:
     signer: store.AuditSigner = request.app.state.audit_signer
     return signer
 
 
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
-ConnDep = Annotated[sa.Connection, Depends(get_connection)]
-WriteConnDep = Annotated[sa.Connection, Depends(get_write_connection)]
+# ``scope="function"``: the connection goes back to the pool (and a write commits) when the
+# route returns, before the response is sent: a streamed answer or a state stream holds no
+# connection, and a client never sees success for a write that did not commit.
+ConnDep = Annotated[sa.Connection, Depends(get_connection, scope="function")]
+WriteConnDep = Annotated[sa.Connection, Depends(get_write_connection, scope="function")]
 SignerDep = Annotated[store.AuditSigner, Depends(get_audit_signer)]
 
 
 def get_principal(
-    engine: Annotated[sa.Engine, Depends(get_engine)],
+    conn: ConnDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The caller of a bearer token; 401 when it is missing, unknown, revoked or expired."""
+    """The caller of a bearer token; 401 when it is missing, unknown, revoked or expired.
+
+    The token is looked up on the request's read connection: one pool checkout per request,
+    and no transaction of its own.
+    """
     if credentials is None:
         raise NotAuthenticated("an API token is required (Authorization: Bearer TOKEN)")
-    with engine.begin() as conn:
-        found = store.authenticate_api_token(conn=conn, token=credentials.credentials)
-        if found is None:
-            raise NotAuthenticated("the API token is invalid, expired or revoked")
-        user, _token_id = found
-        granted = (
-            None
-            if user.role == "admin"
-            else frozenset(store.granted_instruments(conn=conn, user_id=user.id))
-        )
+    found = store.authenticate_api_token(conn=conn, token=credentials.credentials)
+    if found is None:
+        raise NotAuthenticated("the API token is invalid, expired or revoked")
+    user, _token_id = found
+    granted = (
+        None
+        if user.role == "admin"
+        else frozenset(store.granted_instruments(conn=conn, user_id=user.id))
+    )
     return Principal(user_id=user.id, name=user.name, role=user.role, instruments=granted)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def require(capability: Capability) -> Callable[[Principal], Principal]:
+def require(capability: Capability) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that lets through only callers whose role has ``capability`` (else 403)."""
 
-    def check(principal: PrincipalDep) -> Principal:
+    async def check(principal: PrincipalDep) -> Principal:
         if not principal.can(capability):
             raise Forbidden(f"role {principal.role!r} may not do this (needs {capability!r})")
         return principal
@@ -128,7 +190,7 @@ Admin = Annotated[Principal, Depends(require("admin"))]
 Auditor = Annotated[Principal, Depends(require("audit"))]
 
 
-def granted_instrument(
+async def granted_instrument(
     principal: Reader,
     instrument_id: Annotated[
         str, Path(description="persistent instrument id", examples=["nion-ustem-01"])

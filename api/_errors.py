@@ -63,6 +63,13 @@ class TooLarge(ApiError):
     code = "too_large"
 
 
+class SnapshotNotFound(ApiError):
+    """The dataset has no verified snapshot (yet), or not the version asked for."""
+
+    status = 404
+    code = "snapshot_not_found"
+
+
 def _body(code: str, detail: str) -> dict[str, str]:
     return {"error": code, "detail": detail}
 
@@ -88,6 +95,21 @@ def install_error_handlers(app: FastAPI) -> None:
     async def instrument_not_found(_: Request, exc: store.InstrumentNotFound) -> JSONResponse:
         # The same answer whether the instrument does not exist or is not granted.
         return _response(404, "instrument_not_found", f"instrument {exc.instrument_id!r} not found")
+
+    @app.exception_handler(store.DatasetNotFound)
+    async def dataset_not_found(_: Request, exc: store.DatasetNotFound) -> JSONResponse:
+        # The same answer whether the dataset does not exist or its instrument is not granted.
+        return _response(404, "dataset_not_found", f"dataset {exc.dataset_id!r} not found")
+
+    @app.exception_handler(store.InvalidRecord)
+    async def invalid_record(_: Request, exc: store.InvalidRecord) -> JSONResponse:
+        # A record the store refuses (a correction without a reason, an unknown verdict).
+        return _response(422, "invalid_request", str(exc))
+
+    @app.exception_handler(store.SnapshotConflict)
+    async def snapshot_conflict(_: Request, exc: store.SnapshotConflict) -> JSONResponse:
+        # Another correction (or a re-verification) stored a version since this one was read.
+        return _response(409, "snapshot_conflict", str(exc))
 
     @app.exception_handler(store.ChannelNotFound)
     async def channel_not_found(_: Request, exc: store.ChannelNotFound) -> JSONResponse:

@@ -391,3 +391,218 @@ class AuditConsistencyProof(_Model):
     first: int
     second: int
     path: list[str] = Field(description="RFC 6962 PROOF(first, D[second]) hashes, base64")
+
+
+# ---------------------------------------------------------------------------- datasets
+_DS = "ds-0123456789abcdef0123456789abcdef"
+_SNAPSHOT_SUMMARY_EXAMPLE: dict[str, Any] = {
+    "version": 2,
+    "created_at": "2026-03-02T08:15:00Z",
+    "actor": "alice",
+    "reason": "HT read from the wrong Velox tag",
+    "overall": "disagrees",
+    "verdict_counts": {"consistent": 11, "disagrees": 1},
+    "body_sha256": "9f2c...e1",
+    "twin_version": "0.1.0",
+    "calibration_version": "cal-2026-03",
+    "telemetry_complete": True,
+}
+_DATASET_EXAMPLE: dict[str, Any] = {
+    "id": _DS,
+    "instrument_id": "nion-ustem-01",
+    "start_time": "2026-03-02T08:10:00Z",
+    "end_time": "2026-03-02T08:10:30Z",
+    "time_source": "file_metadata",
+    "file": {
+        "uri": "file:///data/2026-03-02/scan_0001.emd",
+        "name": "scan_0001.emd",
+        "sha256": "5d41...7c",
+        "size_bytes": 52428800,
+        "format": "velox_emd",
+    },
+    "operator": "alice",
+    "proposal": "P-2026-017",
+    "source": "register",
+    "record_sha256": "a1b2...ff",
+    "registered_at": "2026-03-02T08:11:00Z",
+    "received_at": "2026-03-02T08:11:01Z",
+    "current": _SNAPSHOT_SUMMARY_EXAMPLE,
+}
+
+
+class DatasetFile(_Model):
+    uri: str = Field(description="where the file lies")
+    name: str
+    sha256: str = Field(description="SHA-256 of the file's bytes, hex")
+    size_bytes: int
+    format: str
+
+
+class SnapshotSummary(_Model):
+    """A verified snapshot without its body: version, who made it and why, verdicts."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_SNAPSHOT_SUMMARY_EXAMPLE]})
+    version: int = Field(description="1, 2, ...; the highest is the current snapshot")
+    created_at: datetime
+    actor: str = Field(description="who made this version: the snapshot worker or a person")
+    reason: str = Field(description="why this version was made")
+    overall: str = Field(
+        description="worst verdict of the fields: disagrees > stale > placeholder > missing > "
+        "unverifiable > consistent"
+    )
+    verdict_counts: dict[str, int] = Field(description="number of fields per verdict")
+    body_sha256: str = Field(description="SHA-256 of the body's canonical JSON, hex")
+    twin_version: str
+    calibration_version: str
+    telemetry_complete: bool = Field(
+        description="the instrument's telemetry covered the acquisition when this was made"
+    )
+
+
+class Snapshot(SnapshotSummary):
+    """A verified snapshot with its body: state of the instrument during the acquisition,
+    channel statistics and gaps, and a verdict per metadata field of the file."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "dataset_id": _DS,
+                    **_SNAPSHOT_SUMMARY_EXAMPLE,
+                    "body": {
+                        "schema": "beamtwin.snapshot.v1",
+                        "dataset_id": _DS,
+                        "instrument_id": "nion-ustem-01",
+                        "window": {"start": "2026-03-02T08:10:00Z", "end": "2026-03-02T08:10:30Z"},
+                        "fields": {
+                            "high_tension": {
+                                "verdict": "disagrees",
+                                "reported": 300000.0,
+                                "expected": 200000.0,
+                                "unit": "V",
+                                "tolerance": 500.0,
+                                "residual": 100000.0,
+                                "quality": "ok",
+                                "source": "Optics.AccelerationVoltage",
+                                "quantity": "energy",
+                                "note": None,
+                            }
+                        },
+                    },
+                }
+            ]
+        }
+    )
+    dataset_id: str
+    body: dict[str, Any] = Field(
+        description="the snapshot document (schema beamtwin.snapshot.v1, SI units)"
+    )
+
+
+class Dataset(_Model):
+    """A registered acquisition and a summary of its current snapshot (null until verified)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_DATASET_EXAMPLE]})
+    id: str = Field(description="dataset id, ds- and 32 hex digits")
+    instrument_id: str
+    start_time: datetime = Field(description="start of the acquisition")
+    end_time: datetime = Field(description="end of the acquisition")
+    time_source: str = Field(description="where the acquisition times come from")
+    file: DatasetFile
+    operator: str | None
+    proposal: str | None
+    source: str = Field(description="how it was registered: register, watch or bluesky")
+    record_sha256: str = Field(description="SHA-256 of the record's canonical JSON, hex")
+    registered_at: datetime
+    received_at: datetime = Field(description="when the store received the record")
+    current: SnapshotSummary | None = Field(description="the current (newest) snapshot")
+
+
+class DatasetDetail(Dataset):
+    """A dataset with the acquisition event as it was received."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{**_DATASET_EXAMPLE, "event": {"dataset_id": _DS, "...": "..."}}]
+        }
+    )
+    event: dict[str, Any] = Field(description="the acquisition event (beamtwin.acquisition.v1)")
+
+
+class FieldCorrection(BaseModel):
+    """New values of one verified field; attributes left out keep their value."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_extra={"examples": [{"verdict": "consistent", "note": "HT checked"}]},
+    )
+    verdict: (
+        Literal["consistent", "disagrees", "stale", "placeholder", "missing", "unverifiable"] | None
+    ) = None
+    reported: float | str | None = Field(
+        default=None, description="the value the file reports [unit]"
+    )
+    expected: float | None = Field(default=None, description="what the twin expects [unit]")
+    unit: str | None = Field(default=None, max_length=64)
+    tolerance: float | None = None
+    residual: float | None = None
+    quality: (
+        Literal["ok", "placeholder", "disconnected_default", "rounded", "unit_ambiguous"] | None
+    ) = None
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class SnapshotCorrection(BaseModel):
+    """A person's correction of the current snapshot: new values of named fields and why."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "reason": "HT tag of this Velox version is in kV; value re-read by hand",
+                    "fields": {"high_tension": {"verdict": "consistent", "reported": 200000.0}},
+                }
+            ]
+        },
+    )
+    reason: str = Field(
+        min_length=1, max_length=2000, description="why the snapshot is corrected (required)"
+    )
+    fields: dict[str, FieldCorrection] = Field(
+        min_length=1, description="field name (as in the snapshot's `fields`) -> new values"
+    )
+
+
+class ProvDocument(BaseModel):
+    """The dataset's provenance graph as a W3C PROV-JSON document."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "prefix": {"beamtwin": "https://beamtwin.example/ns#"},
+                    "entity": {f"beamtwin:dataset/{_DS}": {"prov:label": "scan_0001.emd"}},
+                    "activity": {
+                        f"beamtwin:acquisition/{_DS}": {
+                            "prov:startTime": "2026-03-02T08:10:00Z",
+                            "prov:endTime": "2026-03-02T08:10:30Z",
+                        }
+                    },
+                    "agent": {"beamtwin:instrument/nion-ustem-01": {}},
+                    "wasGeneratedBy": {
+                        "_:g1": {
+                            "prov:entity": f"beamtwin:dataset/{_DS}",
+                            "prov:activity": f"beamtwin:acquisition/{_DS}",
+                        }
+                    },
+                }
+            ]
+        },
+    )
+    prefix: dict[str, str] | None = None
+    entity: dict[str, Any] | None = None
+    activity: dict[str, Any] | None = None
+    agent: dict[str, Any] | None = None

@@ -31,6 +31,11 @@ class ApiSettings(BaseSettings):
     api_default_points: int = Field(default=2000, ge=2)
     #: Most flags one request returns.
     api_max_flags: int = Field(default=10_000, ge=1)
+    #: Database connections one server process reads with at the same time; further
+    #: requests wait their turn (without holding a thread) [connections].
+    api_db_read_connections: int = Field(default=20, ge=1, le=1000)
+    #: Database connections one server process writes with at the same time [connections].
+    api_db_write_connections: int = Field(default=4, ge=1, le=1000)
     #: Serve ``/metrics`` without a token (it holds no instrument ids or data).
     api_metrics_public: bool = True
     #: Ed25519 key that signs audit checkpoints: a base64 raw 32-byte seed (``beamtwin audit

@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the embedded PostgreSQL keeps its data (default: .beamtwin/ in the cwd)",
     )
     demo.add_argument(
+        "--acquisition-every",
+        type=float,
+        default=15.0,
+        help="register a virtual dataset every SECONDS of telemetry, so snapshots appear "
+        "(0: never)",
+    )
+    demo.add_argument(
         "--api-port",
         type=int,
         default=8000,
@@ -203,6 +210,52 @@ def build_parser() -> argparse.ArgumentParser:
     aver.add_argument("--export", default=None, metavar="FILE", help="verify this export")
     aver.set_defaults(func="audit_verify")
 
+    rep = sub.add_parser(
+        "report",
+        help="write an audit report of an instrument and period, or of a proposal "
+        "(JSON, HTML or PDF; see docs/reports.md)",
+        description=(
+            "Build an audit report from the store (BEAMTWIN_DATABASE_URL): datasets and their "
+            "verification, twin flags, telemetry coverage and gaps, calibrations in force, "
+            "key-channel plots and the chain of custody with Merkle inclusion proofs. A "
+            "checkpoint is signed first when BEAMTWIN_AUDIT_SIGNING_KEY is set and the log grew. "
+            "The same store contents and arguments give the same bytes."
+        ),
+    )
+    subject = rep.add_mutually_exclusive_group(required=True)
+    subject.add_argument("--instrument", metavar="ID", help="report on this instrument")
+    subject.add_argument("--proposal", metavar="P", help="report on this proposal")
+    rep.add_argument(
+        "--start", default=None, help="period start, ISO 8601 with a zone (instrument: required)"
+    )
+    rep.add_argument(
+        "--end",
+        default=None,
+        help="period end (excluded), ISO 8601 with a zone (instrument: required)",
+    )
+    rep.add_argument(
+        "--format",
+        choices=["json", "html", "pdf"],
+        default=None,
+        help="default: from the output's extension, else json",
+    )
+    rep.add_argument("--output", required=True, metavar="FILE", help="where to write ('-': stdout)")
+    rep.add_argument("--database-url", default=None, help="default: BEAMTWIN_DATABASE_URL")
+    rep.add_argument(
+        "--gap-threshold",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="a stretch of a channel without samples longer than this is a gap [s]",
+    )
+    rep.add_argument(
+        "--generated-at",
+        default=None,
+        metavar="TIME",
+        help="write this generation time into the report (default: none, for identical bytes)",
+    )
+    rep.set_defaults(func="report")
+
     pv = sub.add_parser(
         "publish-virtual", help="publish a virtual microscope's telemetry to the broker"
     )
@@ -262,6 +315,102 @@ def build_parser() -> argparse.ArgumentParser:
         help="print each event as one line of JSON instead of publishing (no broker needed)",
     )
     rg.set_defaults(func="register")
+
+    ex = sub.add_parser(
+        "export",
+        help="export a dataset's record as W3C PROV-JSON, an RO-Crate or a NeXus/HDF5 sidecar "
+        "(BEAMTWIN_DATABASE_URL required; see docs/exports.md)",
+        description=(
+            "Export a registered dataset: its provenance graph as W3C PROV-JSON (prov), an "
+            "RO-Crate 1.1 with the verified snapshot and the provenance (rocrate), or a NeXus "
+            "NXem-style HDF5 sidecar with the snapshot (nexus). rocrate and nexus need a "
+            "verified snapshot (exit status 1 without one); an unknown dataset is exit status 2."
+        ),
+    )
+    ex.add_argument("dataset_id", metavar="DATASET_ID", help="the dataset, ds-<32 hex digits>")
+    ex.add_argument("--format", required=True, choices=["prov", "rocrate", "nexus"])
+    ex.add_argument(
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="prov: a file ('-': standard output); rocrate: a directory; nexus: a file (.nxs)",
+    )
+    ex.add_argument(
+        "--snapshot-version",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rocrate/nexus: export snapshot version N (default: the current one)",
+    )
+    ex.add_argument(
+        "--include-file",
+        action="store_true",
+        help="rocrate: copy the data file into the crate (when its file:// URI exists here)",
+    )
+    ex.add_argument(
+        "--license", default=None, metavar="URL", help="rocrate: the licence of the crate"
+    )
+    ex.set_defaults(func="export")
+
+    snap = sub.add_parser(
+        "snapshots",
+        help="run the snapshot worker: acquisition events -> datasets and verified snapshots "
+        "(BEAMTWIN_DATABASE_URL and BEAMTWIN_KAFKA_BOOTSTRAP required)",
+        description=(
+            "Consume BEAMTWIN_ACQUISITIONS_TOPIC in the consumer group "
+            "BEAMTWIN_SNAPSHOT_GROUP_ID (default beamtwin-snapshots): register each event's "
+            "dataset, compute the twin's snapshot of the acquisition and store it, in one "
+            "transaction; dead-letter invalid events; every BEAMTWIN_SNAPSHOT_SWEEP_INTERVAL_S "
+            "re-verify datasets whose telemetry arrived late (see docs/acquisitions.md)."
+        ),
+    )
+    snap.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
+    snap.set_defaults(func="snapshots")
+
+    wa = sub.add_parser(
+        "watch",
+        help="register the data files that appear in a folder (polling, recursive)",
+        description=(
+            "Scan DIR recursively every --interval seconds; register each new or changed file "
+            "once its size and modification time have been stable for --settle seconds, as "
+            "`beamtwin register` does (events with source `watch`, refused files "
+            "dead-lettered). What was registered is remembered in a state file, so a restart "
+            "registers nothing twice. Hidden files and *.tmp/*.part files are skipped."
+        ),
+    )
+    wa.add_argument("directory", metavar="DIR", help="the folder to watch")
+    wa.add_argument(
+        "--instrument",
+        default=None,
+        metavar="ID",
+        help="instrument that acquires the files (as for `beamtwin register`)",
+    )
+    wa.add_argument("--operator", default=None, help="who acquires the data")
+    wa.add_argument("--proposal", default=None, help="proposal / project id")
+    wa.add_argument("--interval", type=float, default=2.0, help="seconds between scans")
+    wa.add_argument("--settle", type=float, default=5.0, help="seconds a file must stay unchanged")
+    wa.add_argument(
+        "--state",
+        default=None,
+        metavar="FILE",
+        help="where to remember registered files (default: DIR/.beamtwin-watch.json)",
+    )
+    wa.add_argument("--once", action="store_true", help="scan once (no settling wait) and exit")
+    wa.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
+    wa.set_defaults(func="watch")
+
+    bs = sub.add_parser(
+        "bluesky",
+        help="turn bluesky runs (event-model documents on Kafka) into acquisition events",
+        description=(
+            "Consume bluesky documents (name, doc) as bluesky-kafka publishes them (msgpack or "
+            "JSON) from BEAMTWIN_BLUESKY_TOPIC (default beamtwin.bluesky.v1) and publish one "
+            "acquisition event per finished run to BEAMTWIN_ACQUISITIONS_TOPIC; malformed "
+            "documents are dead-lettered (see docs/acquisitions.md)."
+        ),
+    )
+    bs.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
+    bs.set_defaults(func="bluesky")
 
     return parser
 

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -25,12 +25,16 @@ import provenance_store as store
 from beamtwin_cli._embedded import EmbeddedServiceError, start_broker, start_postgres
 from ingest import IngestError, IngestSettings, TwinSettings, TwinStats, TwinWorker
 from ingest._publisher import TelemetryPublisher, ensure_topics
+from ingest._settings import BlueskySettings, SnapshotSettings
 from ingest._worker import IngestStats, IngestWorker
 
 if TYPE_CHECKING:
     import uvicorn
 
     from api import ApiSettings
+    from ingest._snapshot_worker import SnapshotStats
+    from simulations import TelemetryBlock
+    from twin import Calibration
 
 
 class CommandError(Exception):
@@ -41,7 +45,9 @@ def _settings() -> IngestSettings:
     return IngestSettings()
 
 
-def _database_url(args: argparse.Namespace, settings: IngestSettings | TwinSettings) -> str:
+def _database_url(
+    args: argparse.Namespace, settings: IngestSettings | TwinSettings | SnapshotSettings
+) -> str:
     url = getattr(args, "database_url", None) or (
         settings.database_url.get_secret_value() if settings.database_url else None
     )
@@ -381,6 +387,8 @@ def audit_verify(args: argparse.Namespace) -> int:
     settings = _audit_settings()
     key = _trusted_public_key(settings)
     published = [_read_checkpoint(p) for p in args.checkpoint]
+    # Dataset and snapshot rows are checked against the log only in database mode.
+    record_findings: list[str] = []
     if args.export:
         entries, checkpoints = _read_export(args.export)
         source = args.export
@@ -388,8 +396,10 @@ def audit_verify(args: argparse.Namespace) -> int:
         with _store(args) as conn:
             entries = store.all_audit_entries(conn=conn)
             checkpoints = store.list_checkpoints(conn=conn)
-        source = "the database"
+            record_findings = store.verify_records(conn=conn)
+        source = "the database, with its dataset and snapshot records"
     findings = store.verify_audit_log(entries, checkpoints, public_key=key, published=published)
+    findings += record_findings
     for finding in findings:
         print(finding)
     if key is None:
@@ -411,6 +421,63 @@ def audit_verify(args: argparse.Namespace) -> int:
         print(f"audit log NOT verified: {len(findings)} finding(s); {summary}", file=sys.stderr)
         return 1
     print(f"audit log verified: {summary}")
+    return 0
+
+
+# ---------------------------------------------------------------------- reports
+def _aware(name: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise CommandError(f"--{name}: not an ISO 8601 time: {text!r}") from exc
+    if value.tzinfo is None:
+        raise CommandError(f"--{name}: give a time zone (e.g. {text}Z)")
+    return value.astimezone(UTC)
+
+
+def report(args: argparse.Namespace) -> int:
+    from api import _reports as reports
+
+    fmt = args.format or next(
+        (f for f in ("json", "html", "pdf") if args.output.lower().endswith(f".{f}")), "json"
+    )
+    start, end = _aware("start", args.start), _aware("end", args.end)
+    if args.instrument is not None and (start is None or end is None):
+        raise CommandError("an instrument report needs --start and --end")
+    if args.gap_threshold <= 0:
+        raise CommandError("--gap-threshold must be positive")
+    signer = _signer(_audit_settings())
+    try:
+        with _store(args) as conn:
+            built = reports.build_report(
+                conn=conn,
+                instrument_id=args.instrument,
+                proposal=args.proposal,
+                start=start,
+                end=end,
+                signer=signer,
+                gap_threshold=timedelta(seconds=args.gap_threshold),
+                generated_at=_aware("generated-at", args.generated_at),
+            )
+    except reports.ReportError as exc:
+        raise CommandError(str(exc)) from exc
+    render = {"json": reports.render_json, "html": reports.render_html, "pdf": reports.render_pdf}
+    data = render[fmt](built)
+    if args.output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        Path(args.output).write_bytes(data)
+        summary = built["summary"]
+        print(
+            f"wrote {args.output} ({fmt}, {len(data)} bytes): {summary['datasets']} datasets, "
+            f"{summary['datasets_disagreeing']} disagreeing, {summary['flags']} flags, "
+            f"{summary['gaps']} gaps, {summary['custody_verified']} of "
+            f"{summary['custody_entries']} audit entries proven",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -585,8 +652,10 @@ def _publish_paced(
     duration: float | None,
     pacing: bool = True,
     bad_frame_every: int = 0,
+    on_block: Callable[[object], None] | None = None,
 ) -> int:
-    """Publish blocks of ticks, in real time unless ``pacing`` is off. Returns ticks sent."""
+    """Publish blocks of ticks, in real time unless ``pacing`` is off. Returns ticks sent.
+    ``on_block`` is called with each block once it is handed to the publisher."""
     sent = 0
     frames = 0
     t0 = time.monotonic()
@@ -605,6 +674,8 @@ def _publish_paced(
         )
         frames += 1
         sent += n
+        if on_block is not None:
+            on_block(block)
         if bad_frame_every and frames % bad_frame_every == 0:
             # A deliberately wrong frame, as a misconfigured control PC sends it: the high
             # tension in kV labelled as V. The ingest must dead-letter it, not store it.
@@ -753,6 +824,280 @@ def register(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# ---------------------------------------------------------------------- export
+def export(args: argparse.Namespace) -> int:
+    with _store(args) as conn:
+        dataset = store.get_dataset(conn=conn, dataset_id=args.dataset_id)
+        if dataset is None:
+            raise CommandError(
+                f"no dataset {args.dataset_id!r} is registered (ids look like ds-<32 hex digits>; "
+                "`beamtwin register` registers files)"
+            )
+        if args.snapshot_version is None:
+            snapshot = store.current_snapshot(conn=conn, dataset_id=dataset.id)
+        else:
+            history = store.snapshot_history(conn=conn, dataset_id=dataset.id)
+            snapshot = next((s for s in history if s.version == args.snapshot_version), None)
+        graph = store.prov_graph(conn=conn, dataset_id=dataset.id)
+    output = Path(args.output)
+    try:
+        if args.format == "prov":
+            text = store.prov_json(graph)
+            if args.output == "-":
+                sys.stdout.write(text)
+                return 0
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(text, encoding="utf-8")
+            print(f"wrote the PROV-JSON of {dataset.id} to {output}")
+            return 0
+        if snapshot is None:
+            which = (
+                "no verified snapshot yet (the snapshot worker, `beamtwin snapshots`, makes one)"
+                if args.snapshot_version is None
+                else f"no snapshot version {args.snapshot_version}"
+            )
+            print(f"beamtwin export: error: dataset {dataset.id} has {which}", file=sys.stderr)
+            return 1
+        if args.format == "rocrate":
+            crate = store.write_ro_crate(
+                dataset=dataset,
+                snapshot=snapshot,
+                graph=graph,
+                out_dir=output,
+                include_file=args.include_file,
+                license=args.license,
+            )
+            print(f"wrote an RO-Crate of {dataset.id} (snapshot v{snapshot.version}) to {crate}")
+        else:
+            path = store.write_nexus_sidecar(dataset=dataset, snapshot=snapshot, path=output)
+            print(f"wrote a NeXus sidecar of {dataset.id} (snapshot v{snapshot.version}) to {path}")
+    except OSError as exc:
+        raise CommandError(f"cannot write {output}: {exc}") from exc
+    return 0
+
+
+# ---------------------------------------------------------------------- snapshots
+def _start_snapshot_worker(
+    settings: SnapshotSettings,
+    engine: sa.Engine,
+    stop: threading.Event,
+    errors: list[BaseException],
+) -> tuple[threading.Thread, SnapshotStats]:
+    from ingest._snapshot_worker import SnapshotStats, SnapshotWorker
+
+    stats = SnapshotStats()
+    worker = SnapshotWorker(settings, engine=engine, stats=stats)
+
+    def run() -> None:
+        try:
+            worker.run(stop)
+        except BaseException as exc:  # surfaced to the main thread, which stops
+            errors.append(exc)
+            stop.set()
+
+    thread = threading.Thread(target=run, name="snapshots", daemon=True)
+    thread.start()
+    return thread, stats
+
+
+def snapshots(args: argparse.Namespace) -> int:
+    settings = SnapshotSettings()
+    url = _database_url(args, settings)
+    if not settings.kafka_bootstrap:
+        raise CommandError("no broker configured: set BEAMTWIN_KAFKA_BOOTSTRAP (host:port)")
+    bootstrap = settings.kafka_bootstrap
+    engine = _engine(url)
+    ensure_topics(
+        bootstrap,
+        {settings.acquisitions_topic: settings.telemetry_partitions, settings.deadletter_topic: 1},
+    )
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    t0 = time.monotonic()
+    with _stop_on_signals(stop):
+        thread, stats = _start_snapshot_worker(settings, engine, stop, errors)
+        print(
+            f"snapshot worker: {settings.acquisitions_topic} from {bootstrap} into {_safe(url)} "
+            f"(group {settings.snapshot_group_id}); Ctrl-C to stop",
+            flush=True,
+        )
+        while not stop.is_set():
+            left = None if args.duration is None else args.duration - (time.monotonic() - t0)
+            if left is not None and left <= 0:
+                break
+            stop.wait(5.0 if left is None else min(5.0, left))
+            print(
+                f"datasets {stats.datasets_registered}, duplicates {stats.duplicates}, "
+                f"snapshots {stats.snapshots_stored} (+{stats.resnapshots} from late telemetry), "
+                f"dead letters {stats.dead_lettered}",
+                flush=True,
+            )
+        stop.set()
+        thread.join(timeout=60)
+    engine.dispose()
+    if errors:
+        raise CommandError(f"the snapshot worker failed: {errors[0]!r}")
+    return 0
+
+
+# ---------------------------------------------------------------------- watch
+def watch(args: argparse.Namespace) -> int:
+    from ingest._register import Registration
+    from ingest._watch import DirectoryWatcher, Registrar
+
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    root = Path(args.directory)
+    if not root.is_dir():
+        raise CommandError(f"{root} is not a folder")
+    known: set[str] | None = None
+    engine: sa.Engine | None = None
+    if settings.database_url:
+        engine = _engine(settings.database_url.get_secret_value())
+        with engine.connect() as conn:
+            known = {r.id for r in store.list_instruments(conn=conn)}
+
+    def register_new_instruments(registrations: list[Registration]) -> None:
+        # As `beamtwin register` does with auto-registration (prepare refuses otherwise).
+        if engine is None or known is None:
+            return
+        new = {r.event.instrument_id: r.event for r in registrations if r.event is not None}
+        with engine.begin() as conn:
+            for instrument_id in sorted(set(new) - known):
+                described = {k: str(v.value) for k, v in new[instrument_id].instrument.items()}
+                store.register_instrument(
+                    conn=conn,
+                    instrument=store.InstrumentIn(
+                        id=instrument_id,
+                        vendor=described.get("vendor"),
+                        model=described.get("model"),
+                        serial_number=described.get("serial_number"),
+                        control_software_version=described.get("control_software_version"),
+                    ),
+                )
+                known.add(instrument_id)
+
+    ensure_topics(
+        bootstrap,
+        {settings.acquisitions_topic: settings.telemetry_partitions, settings.deadletter_topic: 1},
+    )
+    registrar = Registrar(
+        bootstrap=bootstrap,
+        topic=settings.acquisitions_topic,
+        deadletter_topic=settings.deadletter_topic,
+        instrument_id=args.instrument,
+        operator=args.operator,
+        proposal=args.proposal,
+        auto_register=settings.ingest_auto_register,
+        known_instruments=known,
+        on_new_instruments=register_new_instruments,
+    )
+
+    def report(registrations: list[Registration]) -> list[Registration]:
+        for reg in registrations:
+            if reg.event is not None:
+                print(
+                    f"registered {reg.path} as {reg.event.dataset_id} ({reg.event.file.format}, "
+                    f"instrument {reg.event.instrument_id})",
+                    flush=True,
+                )
+            elif reg.rejection is not None:
+                print(
+                    f"beamtwin watch: {reg.rejection.reason} [{reg.rejection.code}]; "
+                    f"dead-lettered to {settings.deadletter_topic}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        return registrations
+
+    try:
+        watcher = DirectoryWatcher(
+            root,
+            register=lambda paths: report(registrar(paths)),
+            interval_s=args.interval,
+            settle_s=0.0 if args.once else args.settle,
+            state_path=None if args.state is None else Path(args.state),
+        )
+    except IngestError as exc:
+        raise CommandError(str(exc)) from exc
+    stop = threading.Event()
+    try:
+        if args.once:
+            watcher.scan_once()
+            return 1 if watcher.stats.publish_errors else 0
+        print(
+            f"watching {watcher.root} every {args.interval:g} s (files settle {args.settle:g} s; "
+            f"state {watcher.state_path}); Ctrl-C to stop",
+            flush=True,
+        )
+        t0 = time.monotonic()
+        with _stop_on_signals(stop):
+            while not stop.is_set():
+                watcher.scan_once()
+                left = None if args.duration is None else args.duration - (time.monotonic() - t0)
+                if left is not None and left <= 0:
+                    break
+                stop.wait(args.interval if left is None else min(args.interval, left))
+    finally:
+        if engine is not None:
+            engine.dispose()
+    return 0
+
+
+# ---------------------------------------------------------------------- bluesky
+def bluesky(args: argparse.Namespace) -> int:
+    from ingest._bluesky import BlueskyConsumer, BlueskyStats
+
+    settings = BlueskySettings()
+    if not settings.kafka_bootstrap:
+        raise CommandError("no broker configured: set BEAMTWIN_KAFKA_BOOTSTRAP (host:port)")
+    bootstrap = settings.kafka_bootstrap
+    ensure_topics(
+        bootstrap,
+        {
+            settings.bluesky_topic: 1,
+            settings.acquisitions_topic: settings.telemetry_partitions,
+            settings.deadletter_topic: 1,
+        },
+    )
+    stats = BlueskyStats()
+    consumer = BlueskyConsumer(settings, stats=stats)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            consumer.run(stop)
+        except BaseException as exc:  # surfaced to the main thread, which stops
+            errors.append(exc)
+            stop.set()
+
+    t0 = time.monotonic()
+    with _stop_on_signals(stop):
+        thread = threading.Thread(target=run, name="bluesky", daemon=True)
+        thread.start()
+        print(
+            f"bluesky: {settings.bluesky_topic} -> {settings.acquisitions_topic} on {bootstrap} "
+            f"(group {settings.bluesky_group_id}); Ctrl-C to stop",
+            flush=True,
+        )
+        while not stop.is_set():
+            left = None if args.duration is None else args.duration - (time.monotonic() - t0)
+            if left is not None and left <= 0:
+                break
+            stop.wait(5.0 if left is None else min(5.0, left))
+            print(
+                f"documents {stats.documents}, runs published {stats.runs_published}, open "
+                f"{stats.open_runs}, dead letters {stats.dead_lettered}",
+                flush=True,
+            )
+        stop.set()
+        thread.join(timeout=60)
+    if errors:
+        raise CommandError(f"the bluesky consumer failed: {errors[0]!r}")
+    return 0
+
+
 # ---------------------------------------------------------------------- demo
 def demo(args: argparse.Namespace) -> int:
     settings = _settings()
@@ -780,7 +1125,11 @@ def demo(args: argparse.Namespace) -> int:
         engine = _engine(url)
         ensure_topics(
             bootstrap,
-            {settings.telemetry_topic: settings.telemetry_partitions, settings.deadletter_topic: 1},
+            {
+                settings.telemetry_topic: settings.telemetry_partitions,
+                settings.acquisitions_topic: settings.telemetry_partitions,
+                settings.deadletter_topic: 1,
+            },
         )
         instrument = "virtual-stem-01"
         from twin import Calibration
@@ -867,6 +1216,7 @@ def _run_demo(
     instrument: str,
 ) -> int:
     from simulations import VirtualMicroscope
+    from twin import Calibration
 
     stop = threading.Event()
     publish_stop = threading.Event()
@@ -877,13 +1227,25 @@ def _run_demo(
     with engine.connect() as conn:
         before = store.count_samples(conn=conn, instrument_id=instrument)
     twin_settings = TwinSettings()
+    snapshot_settings = SnapshotSettings().model_copy(
+        update={"kafka_bootstrap": bootstrap, "database_url": settings.database_url}
+    )
     with _stop_on_signals(stop, first=publish_stop):
         threads, stats, errors = _start_workers(settings, engine, args.workers, stop)
         twin_thread, twin_stats = _start_twin_worker(
             twin_settings, engine, [instrument], stop, errors
         )
+        snapshot_thread, snapshot_stats = _start_snapshot_worker(
+            snapshot_settings, engine, stop, errors
+        )
         publisher = TelemetryPublisher(
             bootstrap, topic=settings.telemetry_topic, publisher_id="virtual-demo"
+        )
+        acquisitions = _VirtualAcquisitions(
+            bootstrap,
+            settings.acquisitions_topic,
+            every_s=args.acquisition_every,
+            calibration=Calibration(instrument_id=instrument),
         )
         published = [0]
 
@@ -897,6 +1259,7 @@ def _run_demo(
                     stop=publish_stop,
                     duration=args.duration,
                     bad_frame_every=args.bad_frame_every,
+                    on_block=acquisitions.on_block,
                 )
             except BaseException as exc:
                 errors.append(exc)
@@ -907,13 +1270,14 @@ def _run_demo(
         print(
             f"virtual microscope {instrument}: {n_channels} channels at {args.rate_hz:g} Hz; "
             f"{args.workers} ingest worker(s); a twin worker estimating its state "
-            f"{twin_settings.twin_lateness_s:g} s behind real time. Ctrl-C stops publishing "
-            "and drains the backlog; a second Ctrl-C stops at once.",
+            f"{twin_settings.twin_lateness_s:g} s behind real time; a virtual dataset every "
+            f"{args.acquisition_every:g} s, verified by the snapshot worker. Ctrl-C stops "
+            "publishing and drains the backlog; a second Ctrl-C stops at once.",
             flush=True,
         )
         print(
             f"{'time':>6} {'stored':>10} {'samples/s':>10} {'lag':>6} {'dead letters':>13} "
-            f"{'estimates':>10} {'flags':>6}"
+            f"{'estimates':>10} {'flags':>6} {'datasets':>9} {'snapshots':>10}"
         )
         t0 = time.monotonic()
         last_total, last_t = 0, t0
@@ -929,7 +1293,9 @@ def _run_demo(
             dead = sum(s.frames_dead_lettered for s in stats)
             print(
                 f"{now - t0:6.1f} {total:10d} {rate:10.0f} {lag:6d} {dead:13d} "
-                f"{twin_stats.estimates_stored:10d} {twin_stats.flags_stored:6d}",
+                f"{twin_stats.estimates_stored:10d} {twin_stats.flags_stored:6d} "
+                f"{snapshot_stats.datasets_registered:9d} "
+                f"{snapshot_stats.snapshots_stored + snapshot_stats.resnapshots:10d}",
                 flush=True,
             )
             if not pub_thread.is_alive() and lag == 0 and now - t0 > 1.0:
@@ -937,6 +1303,7 @@ def _run_demo(
         publish_stop.set()
         pub_thread.join(timeout=30)
         publisher.close()
+        acquisitions.close()
         # Let the workers drain what was published before they leave.
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not errors:
@@ -956,8 +1323,13 @@ def _run_demo(
             if twin_stats.processed_until.get(instrument, 0.0) >= caught_up:
                 break
             time.sleep(0.2)
+        # One more sweep of the snapshot worker re-verifies the last datasets with the twin's
+        # final windows.
+        sweep_at = time.monotonic() + snapshot_settings.snapshot_sweep_interval_s + 1
+        while time.monotonic() < sweep_at and not errors and not stop.is_set():
+            time.sleep(0.2)
         stop.set()
-        for t in [*threads, twin_thread]:
+        for t in [*threads, twin_thread, snapshot_thread]:
             t.join(timeout=30)
     with engine.connect() as conn:
         after = store.count_samples(conn=conn, instrument_id=instrument)
@@ -970,6 +1342,7 @@ def _run_demo(
             at=datetime.now(UTC),
             quantities=["energy", "defocus", "convergence_semiangle"],
         )
+        datasets = store.search_datasets(conn=conn, instrument_ids=[instrument], limit=1000)
     engine.dispose()
     dead = sum(s.frames_dead_lettered for s in stats)
     codes: dict[str, int] = {}
@@ -991,6 +1364,66 @@ def _run_demo(
         f"{twin_stats.estimates_stored} estimates and {twin_stats.flags_stored} flags stored "
         f"this run (flags of {instrument}: {kinds}); latest state: {state}"
     )
+    verdicts: dict[str, int] = {}
+    for summary in datasets:
+        overall = "no snapshot" if summary.current is None else summary.current.overall
+        verdicts[overall] = verdicts.get(overall, 0) + 1
+    print(
+        f"snapshots: {acquisitions.sent} virtual dataset(s) published "
+        f"({acquisitions.wrong} with a deliberately wrong defocus); {len(datasets)} dataset(s) "
+        f"of {instrument} in the store, current verdicts: "
+        + (", ".join(f"{k}: {n}" for k, n in sorted(verdicts.items())) or "none")
+        + f"; {snapshot_stats.resnapshots} new version(s) from late telemetry this run"
+    )
     if errors:
         raise CommandError(f"the demo failed: {errors[0]!r}")
     return 0
+
+
+class _VirtualAcquisitions:
+    """Publishes an acquisition event of the virtual microscope every ``every_s`` seconds of
+    its telemetry (the last 2 s of blocks as the acquisition window); every fifth carries a
+    wrong defocus."""
+
+    def __init__(
+        self, bootstrap: str, topic: str, *, every_s: float, calibration: Calibration
+    ) -> None:
+        from ingest._sources import AcquisitionPublisher
+
+        self.every_s = every_s
+        self.calibration = calibration
+        self.sent = 0
+        self.wrong = 0
+        self._blocks: list[TelemetryBlock] = []
+        self._next_ns: int | None = None
+        self._publisher = AcquisitionPublisher(bootstrap, topic=topic, source="register")
+
+    def on_block(self, block: object) -> None:
+        from beamtwin_cli._demo_acquisitions import virtual_acquisition_event
+        from simulations import TelemetryBlock
+
+        if self.every_s <= 0 or not isinstance(block, TelemetryBlock):
+            return
+        self._blocks.append(block)
+        end_ns = int(block.times_ns[-1])
+        while end_ns - int(self._blocks[0].times_ns[0]) > 2_000_000_000:
+            self._blocks.pop(0)
+        if self._next_ns is None:
+            self._next_ns = end_ns + int(self.every_s * 1e9)
+        if end_ns < self._next_ns:
+            return
+        self._next_ns = end_ns + int(self.every_s * 1e9)
+        wrong = (self.sent + 1) % 5 == 0
+        event = virtual_acquisition_event(
+            TelemetryBlock.concatenate(self._blocks),
+            self.calibration,
+            number=self.sent + 1,
+            wrong=wrong,
+        )
+        self._publisher.publish(event)
+        self._publisher.flush()
+        self.sent += 1
+        self.wrong += wrong
+
+    def close(self) -> None:
+        self._publisher.close()

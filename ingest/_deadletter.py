@@ -55,6 +55,10 @@ DEAD_LETTER_CODES: dict[str, str] = {
     "ending)",
     "unreadable_file": "a file given to `beamtwin register` is missing, empty, truncated or "
     "not of the format its name says",
+    "incomplete_run": "a bluesky document of a run whose start document was never seen (a "
+    "stop, descriptor or event without its start)",
+    "snapshot_failed": "the snapshot of a valid acquisition event could not be computed, "
+    "after retries (the reason quotes the error)",
 }
 
 #: Longest reason kept in a header [characters].

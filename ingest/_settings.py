@@ -82,3 +82,66 @@ class TwinSettings(BaseSettings):
     #: Backoff bounds when the database is unreachable, or an instrument's window failed [s].
     twin_retry_initial_s: float = Field(default=0.2, gt=0)
     twin_retry_max_s: float = Field(default=30.0, gt=0)
+
+
+#: Where the snapshot worker commits its progress, and what it reads (``beamtwin snapshots``).
+SNAPSHOT_GROUP_ID = "beamtwin-snapshots"
+#: Where bluesky-kafka publishes event-model documents (``beamtwin bluesky``).
+BLUESKY_TOPIC = "beamtwin.bluesky.v1"
+
+
+class SnapshotSettings(BaseSettings):
+    """Configuration of one snapshot worker (``beamtwin snapshots``): acquisition events ->
+    datasets and verified snapshots in the provenance store.
+
+    ``database_url`` and ``kafka_bootstrap`` left unset mean "the embedded servers" (only
+    ``beamtwin demo`` has them; ``beamtwin snapshots`` requires both).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BEAMTWIN_", extra="ignore")
+
+    database_url: SecretStr | None = None
+    kafka_bootstrap: str | None = None
+    acquisitions_topic: str = ACQUISITIONS_TOPIC
+    deadletter_topic: str = DEADLETTER_TOPIC
+    #: Partitions of the acquisitions topic when the worker has to create it.
+    telemetry_partitions: int = Field(default=12, ge=1)
+    snapshot_group_id: str = SNAPSHOT_GROUP_ID
+    #: Pause between two sweeps that re-verify datasets whose telemetry was incomplete or has
+    #: grown since their snapshot [s].
+    snapshot_sweep_interval_s: float = Field(default=5.0, gt=0)
+    #: Most datasets re-verified in one sweep.
+    snapshot_sweep_limit: int = Field(default=100, ge=1)
+    #: Largest accepted acquisition event [bytes]; larger ones are dead-lettered (``too_large``).
+    snapshot_max_message_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    #: Backoff bounds when the database is unreachable [s].
+    snapshot_retry_initial_s: float = Field(default=0.2, gt=0)
+    snapshot_retry_max_s: float = Field(default=10.0, gt=0)
+    kafka_session_timeout_ms: int = 6000
+    kafka_heartbeat_interval_ms: int = 1000
+
+
+class BlueskySettings(BaseSettings):
+    """Configuration of the bluesky consumer (``beamtwin bluesky``): event-model documents as
+    bluesky-kafka publishes them -> one acquisition event per run."""
+
+    model_config = SettingsConfigDict(env_prefix="BEAMTWIN_", extra="ignore")
+
+    kafka_bootstrap: str | None = None
+    bluesky_topic: str = BLUESKY_TOPIC
+    bluesky_group_id: str = "beamtwin-bluesky"
+    #: Keys of the RunStart document naming the instrument, tried in order (comma-separated).
+    bluesky_instrument_keys: str = "beamline_id,instrument_id"
+    #: Extra event data keys -> state field names (JSON object), on top of the built-in table
+    #: (docs/acquisitions.md), e.g. ``{"tem_ht": "high_tension"}``.
+    bluesky_field_map: dict[str, str] = Field(default_factory=dict)
+    acquisitions_topic: str = ACQUISITIONS_TOPIC
+    deadletter_topic: str = DEADLETTER_TOPIC
+    telemetry_partitions: int = Field(default=12, ge=1)
+    #: Largest accepted document [bytes]; larger ones are dead-lettered (``too_large``).
+    bluesky_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: A run without any document for this long is given up (its start is dead-lettered as
+    #: ``incomplete_run``), so that a RunEngine that died mid-run holds nothing up [s].
+    bluesky_run_timeout_s: float = Field(default=3600.0, gt=0)
+    kafka_session_timeout_ms: int = 6000
+    kafka_heartbeat_interval_ms: int = 1000

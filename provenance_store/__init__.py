@@ -21,6 +21,9 @@ The twin's output lives here too: state estimates, flags, the twin worker's curs
 versioned calibrations (``insert_estimates``, ``insert_flags``, ``save_twin_cursor``,
 ``store_calibration`` and their queries).
 
+A dataset's record exports as W3C PROV-JSON, an RO-Crate or a NeXus/HDF5 sidecar
+(``prov_json``, ``write_ro_crate``, ``write_nexus_sidecar``; docs/exports.md).
+
 Times are timezone-aware UTC datetimes (naive ones are refused) or integer microseconds since
 the Unix epoch; values are stored in one canonical SI unit per quantity kind.
 """
@@ -62,6 +65,18 @@ from provenance_store._calibrations import (
     store_calibration,
 )
 from provenance_store._channels import ensure_channels, get_channel_history, get_channels
+from provenance_store._datasets import (
+    correct_snapshot,
+    current_snapshot,
+    datasets_to_reverify,
+    get_dataset,
+    prov_graph,
+    register_dataset,
+    search_datasets,
+    snapshot_history,
+    store_snapshot,
+    verify_records,
+)
 from provenance_store._engine import (
     check_schema,
     create_store_engine,
@@ -78,11 +93,20 @@ from provenance_store._errors import (
     ChannelConflict,
     ChannelNotFound,
     CursorConflict,
+    DatasetNotFound,
     InstrumentNotFound,
+    InvalidRecord,
     SchemaOutdatedError,
     SchemaTooNewError,
+    SnapshotConflict,
     StoreError,
     TooManySamples,
+)
+from provenance_store._export import (
+    prov_document,
+    prov_json,
+    write_nexus_sidecar,
+    write_ro_crate,
 )
 from provenance_store._instruments import get_instrument, list_instruments, register_instrument
 from provenance_store._queries import (
@@ -95,17 +119,22 @@ from provenance_store._queries import (
 )
 from provenance_store._records import (
     API_ROLES,
+    DATASET_SOURCES,
     FLAG_KINDS,
     INSTRUMENT_ID_PATTERN,
     QUANTITY_KINDS,
     SEVERITIES,
     SUBSYSTEMS,
+    VERDICTS,
+    VERDICTS_WORST_FIRST,
     ApiTokenRecord,
     ApiUserRecord,
     CalibrationRecord,
     ChannelDeclaration,
     ChannelRecord,
     ChannelSamples,
+    DatasetRecord,
+    DatasetSummary,
     EstimateRecord,
     FlagIn,
     FlagRecord,
@@ -114,11 +143,15 @@ from provenance_store._records import (
     InstrumentRecord,
     LastValue,
     NewApiToken,
+    ProvGraph,
+    ProvNode,
+    ProvRelation,
     RangeLevel,
     RangeResult,
     SampleBatch,
     Series,
     SeriesPoint,
+    SnapshotRecord,
     TwinCursor,
 )
 from provenance_store._samples import count_samples, insert_samples
@@ -135,11 +168,14 @@ from provenance_store._twin import (
 
 __all__ = [
     "API_ROLES",
+    "DATASET_SOURCES",
     "FLAG_KINDS",
     "INSTRUMENT_ID_PATTERN",
     "QUANTITY_KINDS",
     "SEVERITIES",
     "SUBSYSTEMS",
+    "VERDICTS",
+    "VERDICTS_WORST_FIRST",
     "ApiTokenNotFound",
     "ApiTokenRecord",
     "ApiUserConflict",
@@ -157,6 +193,9 @@ __all__ = [
     "ChannelSamples",
     "Checkpoint",
     "CursorConflict",
+    "DatasetNotFound",
+    "DatasetRecord",
+    "DatasetSummary",
     "EstimateRecord",
     "FlagIn",
     "FlagRecord",
@@ -164,8 +203,12 @@ __all__ = [
     "InstrumentIn",
     "InstrumentNotFound",
     "InstrumentRecord",
+    "InvalidRecord",
     "LastValue",
     "NewApiToken",
+    "ProvGraph",
+    "ProvNode",
+    "ProvRelation",
     "RangeLevel",
     "RangeResult",
     "SampleBatch",
@@ -173,6 +216,8 @@ __all__ = [
     "SchemaTooNewError",
     "Series",
     "SeriesPoint",
+    "SnapshotConflict",
+    "SnapshotRecord",
     "StoreError",
     "TooManySamples",
     "TwinCursor",
@@ -190,10 +235,13 @@ __all__ = [
     "check_schema",
     "checkpoint_text",
     "choose_bucket",
+    "correct_snapshot",
     "count_samples",
     "create_api_token",
     "create_store_engine",
     "current_revision",
+    "current_snapshot",
+    "datasets_to_reverify",
     "delete_twin_cursor",
     "ensure_channels",
     "estimates_as_of",
@@ -202,6 +250,7 @@ __all__ = [
     "get_api_user",
     "get_channel_history",
     "get_channels",
+    "get_dataset",
     "get_instrument",
     "get_twin_cursor",
     "grant_instrument",
@@ -218,16 +267,26 @@ __all__ = [
     "list_checkpoints",
     "list_instruments",
     "normalize_url",
+    "prov_document",
+    "prov_graph",
+    "prov_json",
     "query_estimates",
     "query_flags",
     "query_range",
     "read_samples",
+    "register_dataset",
     "register_instrument",
     "revoke_api_token",
     "revoke_instrument",
     "save_twin_cursor",
+    "search_datasets",
     "set_api_user_disabled",
+    "snapshot_history",
     "store_calibration",
+    "store_snapshot",
     "upgrade_schema",
     "verify_audit_log",
+    "verify_records",
+    "write_nexus_sidecar",
+    "write_ro_crate",
 ]

@@ -103,6 +103,19 @@ class CursorConflict(StoreError):
         )
 
 
+class SnapshotConflict(StoreError):
+    """A correction made against a snapshot version that is no longer the current one."""
+
+    def __init__(self, dataset_id: str, expected: int, found: int):
+        self.dataset_id = dataset_id
+        self.expected = expected
+        self.found = found
+        super().__init__(
+            f"the snapshot of {dataset_id} is at version {found}, not {expected}: it changed "
+            "since it was read; read it again and correct that version"
+        )
+
+
 class CalibrationConflict(StoreError, ValueError):
     """A calibration version stored again with a different body or valid-from time.
 
@@ -145,3 +158,19 @@ class TooManySamples(StoreError, ValueError):
         super().__init__(
             f"a channel of {instrument_id!r} has more than {max_points} raw samples in the range"
         )
+
+
+class DatasetNotFound(StoreError, KeyError):
+    """No dataset with this id is registered."""
+
+    def __init__(self, dataset_id: str):
+        self.dataset_id = dataset_id
+        super().__init__(dataset_id)
+
+    def __str__(self) -> str:
+        return f"dataset {self.dataset_id!r} is not registered"
+
+
+class InvalidRecord(StoreError, ValueError):
+    """A dataset event or snapshot the store refuses: a missing or malformed field, an unknown
+    verdict or source, or a correction without a reason."""

@@ -570,3 +570,143 @@ class NewApiToken:
 
     token: str
     record: ApiTokenRecord
+
+
+# ---------------------------------------------------------------------------- datasets
+#: Where a dataset registration came from (the ``dataset.source`` CHECK constraint).
+DATASET_SOURCES: tuple[str, ...] = ("register", "watch", "bluesky")
+#: Verdicts of a snapshot field (the ``snapshot.overall`` CHECK constraint).
+VERDICTS: tuple[str, ...] = (
+    "consistent",
+    "disagrees",
+    "stale",
+    "placeholder",
+    "missing",
+    "unverifiable",
+)
+#: The verdicts worst first: a snapshot's ``overall`` verdict is the worst of its fields'
+#: (``unverifiable`` when it has none).
+VERDICTS_WORST_FIRST: tuple[str, ...] = (
+    "disagrees",
+    "stale",
+    "placeholder",
+    "missing",
+    "unverifiable",
+    "consistent",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetRecord:
+    """A registered dataset: one acquisition event as the store first received it.
+
+    Attributes:
+        id: ``ds-`` + the first 32 hex digits of the file's SHA-256.
+        instrument_id: the instrument that acquired it.
+        start_time, end_time: the acquisition interval (UTC).
+        time_source: where the times come from (``file_metadata``, ``file_mtime``, ...).
+        file_uri, file_name, file_sha256, file_size, file_format: the file's identity; size
+            [bytes], SHA-256 in lower-case hex.
+        operator, proposal: as given at registration, ``None`` when not given.
+        source: how it was registered (one of ``DATASET_SOURCES``).
+        event: the whole acquisition event (JSON object).
+        record_sha256: SHA-256 (hex) of the canonical JSON of every other field.
+        registered_at: when the event was built (UTC, from the event).
+        received_at: when the store received it (UTC, the database's clock).
+    """
+
+    id: str
+    instrument_id: str
+    start_time: datetime
+    end_time: datetime
+    time_source: str
+    file_uri: str
+    file_name: str
+    file_sha256: str
+    file_size: int
+    file_format: str
+    operator: str | None
+    proposal: str | None
+    source: str
+    event: dict[str, Any]
+    record_sha256: str
+    registered_at: datetime
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    """One version of a dataset's verified state.
+
+    Attributes:
+        dataset_id: the dataset.
+        version: 1, 2, ...; the highest is the dataset's current snapshot.
+        created_at: when it was stored (UTC, transaction time).
+        actor: who stored it (the snapshot worker, or the person who corrected it).
+        reason: why this version exists (``initial verification``, the correction's reason).
+        body: the snapshot (JSON object, ``beamtwin.snapshot.v1``).
+        body_sha256: SHA-256 (hex) of the body's canonical JSON.
+        overall: the worst verdict of the body's fields (one of ``VERDICTS``).
+        verdict_counts: verdict -> number of fields with it (only verdicts that occur).
+        twin_version, calibration_version: what produced it.
+        telemetry_complete: whether all telemetry of the acquisition window had arrived.
+    """
+
+    dataset_id: str
+    version: int
+    created_at: datetime
+    actor: str
+    reason: str
+    body: dict[str, Any]
+    body_sha256: str
+    overall: str
+    verdict_counts: dict[str, int]
+    twin_version: str
+    calibration_version: str
+    telemetry_complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetSummary:
+    """A dataset and its current snapshot (``None`` before it is verified)."""
+
+    dataset: DatasetRecord
+    current: SnapshotRecord | None
+
+
+# ---------------------------------------------------------------------------- provenance
+@dataclass(frozen=True, slots=True)
+class ProvNode:
+    """A W3C PROV node: an entity, activity or agent with a stable ``beamtwin:`` id.
+
+    ``prov_type`` is its PROV type (``prov:Person``, ``beamtwin:Snapshot``, ...);
+    ``start_time``/``end_time`` (UTC) are set for activities.
+    """
+
+    id: str
+    kind: str
+    prov_type: str | None
+    label: str | None
+    attributes: dict[str, Any]
+    start_time: datetime | None
+    end_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProvRelation:
+    """A PROV relation ``subject relation object`` (``snapshot wasGeneratedBy verification``),
+    with the time it holds from (UTC) when known."""
+
+    relation: str
+    subject: str
+    object: str
+    time: datetime | None
+    attributes: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ProvGraph:
+    """The PROV nodes and relations reachable from a dataset."""
+
+    nodes: tuple[ProvNode, ...]
+    relations: tuple[ProvRelation, ...]

@@ -7,6 +7,7 @@ answers, else an embedded server from the ``pgserver`` wheel.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -30,6 +31,23 @@ def _local_server_answers(host: str = "127.0.0.1", port: int = 5432) -> bool:
             return True
     except OSError:
         return False
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """``beamtwin_cli.main`` configures logging (a root handler on the stream of the moment,
+    the kafka loggers' level) as a command should; in a test process that would outlive the
+    test, so the logging configuration is put back after each test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    kafka = logging.getLogger("kafka")
+    kafka_level = kafka.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    kafka.setLevel(kafka_level)
 
 
 @pytest.fixture(scope="session")

@@ -18,11 +18,11 @@ import pytest
 import yaml
 
 from api import ApiSettings
-from ingest._settings import IngestSettings, TwinSettings
+from ingest._settings import BlueskySettings, IngestSettings, SnapshotSettings, TwinSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_PATH = ROOT / "docker-compose.yml"
-BEAMTWIN_SERVICES = ("migrate", "ingest", "twin", "api")
+BEAMTWIN_SERVICES = ("migrate", "ingest", "twin", "snapshots", "api")
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<rest>[^}]*)\}")
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|PASSWD", re.IGNORECASE)
 
@@ -53,7 +53,13 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def settings_env_names() -> set[str]:
-    fields = {*IngestSettings.model_fields, *TwinSettings.model_fields, *ApiSettings.model_fields}
+    fields = {
+        *IngestSettings.model_fields,
+        *TwinSettings.model_fields,
+        *SnapshotSettings.model_fields,
+        *BlueskySettings.model_fields,
+        *ApiSettings.model_fields,
+    }
     return {"BEAMTWIN_" + name.upper() for name in fields}
 
 
@@ -102,7 +108,7 @@ def kafka_service_name(compose: Compose) -> str:
 # ------------------------------------------------------------------ checks
 def check_services_and_images(compose: Compose) -> list[str]:
     problems = []
-    expected = {"kafka", "timescaledb", "migrate", "ingest", "twin", "api"}
+    expected = {"kafka", "timescaledb", "migrate", "ingest", "twin", "snapshots", "api"}
     missing = expected - set(services(compose))
     if missing:
         problems.append(f"services missing: {sorted(missing)}")
@@ -122,6 +128,8 @@ def check_commands(compose: Compose) -> list[str]:
         "migrate": ["beamtwin", "db", "upgrade"],
         "ingest": ["beamtwin", "ingest"],
         "twin": ["beamtwin", "twin"],
+        "snapshots": ["beamtwin", "snapshots"],
+        "bluesky": ["beamtwin", "bluesky"],
         "api": ["beamtwin", "serve"],
     }
     problems = []
@@ -164,6 +172,12 @@ def check_dependencies(compose: Compose) -> list[str]:
             "timescaledb": "service_healthy",
             "migrate": "service_completed_successfully",
         },
+        "snapshots": {
+            "kafka": "service_healthy",
+            "timescaledb": "service_healthy",
+            "migrate": "service_completed_successfully",
+        },
+        "bluesky": {"kafka": "service_healthy"},
         "migrate": {"timescaledb": "service_healthy"},
     }
     for name, deps in required.items():
@@ -395,6 +409,34 @@ def test_the_twin_settings_read_the_compose_environment(
     assert "@timescaledb:5432/" in settings.database_url.get_secret_value()
 
 
+def test_the_snapshot_settings_read_the_compose_environment(
+    compose: Compose, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = environment(services(compose)["snapshots"])
+    for key, value in env.items():
+        monkeypatch.setenv(key, without_interpolations(value))
+    settings = SnapshotSettings()
+    assert settings.kafka_bootstrap == "kafka:9092"
+    assert settings.snapshot_group_id == env["BEAMTWIN_SNAPSHOT_GROUP_ID"] == "beamtwin-snapshots"
+    assert settings.snapshot_sweep_interval_s == float(env["BEAMTWIN_SNAPSHOT_SWEEP_INTERVAL_S"])
+    assert settings.database_url is not None
+    assert "@timescaledb:5432/" in settings.database_url.get_secret_value()
+
+
+def test_the_bluesky_consumer_is_opt_in_and_reads_the_compose_environment(
+    compose: Compose, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = services(compose)["bluesky"]
+    assert service.get("profiles") == ["bluesky"]  # not started unless asked for
+    env = environment(service)
+    assert "BEAMTWIN_DATABASE_URL" not in env  # it only reads and writes Kafka
+    for key, value in env.items():
+        monkeypatch.setenv(key, without_interpolations(value))
+    settings = BlueskySettings()
+    assert settings.kafka_bootstrap == "kafka:9092"
+    assert settings.bluesky_topic == env["BEAMTWIN_BLUESKY_TOPIC"]
+
+
 def test_dockerfile_installs_the_package_on_python_311() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.MULTILINE)
@@ -445,6 +487,8 @@ BREAKS: list[tuple[str, str, Callable[[Compose], None]]] = [
     ("commands", "wrong command", set_key("migrate", "command", ["beamtwin", "db", "check"])),
     ("commands", "one replica", set_key("ingest", "deploy", {"replicas": 1})),
     ("commands", "twin command", set_key("twin", "command", ["beamtwin", "ingest"])),
+    ("commands", "snapshots command", set_key("snapshots", "command", ["beamtwin", "twin"])),
+    ("services_and_images", "no snapshot worker", lambda c: c["services"].pop("snapshots")),
     ("dependencies", "no healthcheck", set_key("kafka", "healthcheck", None)),
     (
         "dependencies",
@@ -469,6 +513,23 @@ BREAKS: list[tuple[str, str, Callable[[Compose], None]]] = [
         rename_env("ingest", "BEAMTWIN_KAFKA_BOOTSTRAP", "BEAMTWIN_KAFKA_BOOTSTRAPS"),
     ),
     ("environment_names", "unknown", set_env("ingest", "BEAMTWIN_INGEST_GROUP", "x")),
+    (
+        "environment_names",
+        "snapshot typo",
+        rename_env("snapshots", "BEAMTWIN_SNAPSHOT_GROUP_ID", "BEAMTWIN_SNAPSHOTS_GROUP_ID"),
+    ),
+    (
+        "dependencies",
+        "snapshots do not wait for kafka",
+        set_key(
+            "snapshots",
+            "depends_on",
+            {
+                "timescaledb": {"condition": "service_healthy"},
+                "migrate": {"condition": "service_completed_successfully"},
+            },
+        ),
+    ),
     (
         "environment_names",
         "twin typo",

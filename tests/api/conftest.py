@@ -150,3 +150,33 @@ def client(database_url: str) -> Iterator[TestClient]:
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass(frozen=True)
+class Datasets:
+    """Datasets of the world's instruments, registered and verified by the store's functions.
+
+    ``granted``: on the granted instrument, acquired during the world's flags, verified (one
+    field disagrees); ``ungranted``: the same on the ungranted instrument; ``unverified``: on
+    the granted instrument, without a snapshot; ``fuzzed``: on the granted instrument, the one
+    generated requests (schemathesis) are pointed at.
+    """
+
+    granted: str
+    ungranted: str
+    unverified: str
+    fuzzed: str
+
+
+@pytest.fixture(scope="session")
+def datasets(store_engine_api: sa.Engine, world: World) -> Datasets:
+    from tests.api._datasets_support import add_dataset
+
+    verdicts = {"high_tension": "disagrees", "defocus": "consistent"}
+    with store_engine_api.begin() as conn:
+        return Datasets(
+            granted=add_dataset(conn, world.granted, T0, verdicts),
+            ungranted=add_dataset(conn, world.ungranted, T0, verdicts),
+            unverified=add_dataset(conn, world.granted, T0, None),
+            fuzzed=add_dataset(conn, world.granted, T0, verdicts),
+        )

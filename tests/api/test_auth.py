@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import ROLES, World, auth
+from tests.api.conftest import ROLES, Datasets, World, auth
 
 _RANGE = "start=2026-03-02T08:00:00Z&end=2026-03-02T09:00:00Z"
 #: Routes about one instrument ({i}): every role reads them.
@@ -19,22 +19,37 @@ INSTRUMENT_ROUTES = (
     "/api/v1/instruments/{i}/flags",
     "/api/v1/instruments/{i}/calibrations",
     f"/api/v1/instruments/{{i}}/gaps?{_RANGE}",
+    "/api/v1/instruments/{i}/state/stream?max_events=1",
 )
+#: Routes about one dataset ({d}): every role reads them.
+DATASET_ROUTES = (
+    "/api/v1/datasets/{d}",
+    "/api/v1/datasets/{d}/snapshot",
+    "/api/v1/datasets/{d}/snapshot?version=1",
+    "/api/v1/datasets/{d}/snapshots",
+    "/api/v1/datasets/{d}/flags",
+    "/api/v1/datasets/{d}/provenance",
+)
+CORRECTION = "/api/v1/datasets/{d}/snapshot/corrections"
+#: Roles that may correct a snapshot.
+CORRECTORS = {"operator", "admin"}
 #: Routes not about one instrument -> roles that may call them.
 GLOBAL_ROUTES = {
     "/api/v1/me": set(ROLES),
     "/api/v1/instruments": set(ROLES),
+    "/api/v1/datasets": set(ROLES),
+    "/api/v1/datasets?verdict=disagrees&limit=5": set(ROLES),
     "/api/v1/users": {"admin"},
     "/api/v1/audit/checkpoint": {"auditor", "admin"},
     "/api/v1/audit/entries?start_seq=0&limit=5": {"auditor", "admin"},
     "/api/v1/audit/proof/inclusion?seq=0&tree_size=1": {"auditor", "admin"},
     "/api/v1/audit/proof/consistency?first=1&second=2": {"auditor", "admin"},
 }
-ALL_ROUTES = (*INSTRUMENT_ROUTES, *GLOBAL_ROUTES)
+ALL_ROUTES = (*INSTRUMENT_ROUTES, *GLOBAL_ROUTES, *DATASET_ROUTES)
 
 
-def _url(route: str, instrument: str) -> str:
-    return route.replace("{i}", instrument)
+def _url(route: str, instrument: str, dataset: str = "") -> str:
+    return route.replace("{i}", instrument).replace("{d}", dataset)
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -69,7 +84,7 @@ def test_global_routes_by_role(client: TestClient, world: World, role: str, rout
 @pytest.mark.parametrize("why", ["none", "malformed", "unknown", "revoked", "expired", "disabled"])
 @pytest.mark.parametrize("route", ALL_ROUTES)
 def test_every_route_refuses_a_bad_token_with_401(
-    client: TestClient, world: World, route: str, why: str
+    client: TestClient, world: World, datasets: Datasets, route: str, why: str
 ) -> None:
     bad = {
         "none": {},
@@ -77,7 +92,7 @@ def test_every_route_refuses_a_bad_token_with_401(
         "unknown": auth("btk_" + "x" * 43),
     }
     headers = bad[why] if why in bad else auth(world.refused[why])
-    response = client.get(_url(route, world.granted), headers=headers)
+    response = client.get(_url(route, world.granted, datasets.granted), headers=headers)
     assert response.status_code == 401, response.text
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.json()["error"] == "not_authenticated"
@@ -128,3 +143,172 @@ def test_the_token_is_checked_before_the_parameters(client: TestClient, world: W
     )
     assert response.status_code == 401
     assert response.json()["error"] == "not_authenticated"
+
+
+# ---------------------------------------------------------------------------- audit reports
+#: Report routes: auditors, operators and admins get reports; viewers are refused (403).
+REPORT_ROLES = {"operator", "auditor", "admin"}
+REPORT_INSTRUMENT_ROUTES = tuple(
+    f"/api/v1/reports/instruments/{{i}}?{_RANGE}&format={fmt}" for fmt in ("json", "html", "pdf")
+)
+REPORT_GLOBAL_ROUTES = ("/api/v1/reports/proposals/P-auth-1?format=json",)
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("route", REPORT_INSTRUMENT_ROUTES)
+@pytest.mark.parametrize("grant", ["granted", "ungranted"])
+def test_report_routes_by_role_and_grant(
+    client: TestClient, world: World, role: str, route: str, grant: str
+) -> None:
+    instrument = world.granted if grant == "granted" else world.ungranted
+    response = client.get(_url(route, instrument), headers=auth(world.tokens[role]))
+    if role not in REPORT_ROLES:
+        assert response.status_code == 403, response.text
+        assert response.json()["error"] == "forbidden"
+    elif grant == "granted" or role == "admin":
+        assert response.status_code == 200, response.text
+        assert instrument in response.headers["content-disposition"]
+    else:
+        assert response.status_code == 404
+        assert response.json()["error"] == "instrument_not_found"
+    if role != "admin" and response.status_code != 404:
+        assert world.ungranted not in response.text
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("route", REPORT_GLOBAL_ROUTES)
+def test_proposal_report_route_by_role(
+    client: TestClient, world: World, role: str, route: str
+) -> None:
+    response = client.get(route, headers=auth(world.tokens[role]))
+    expected = 200 if role in REPORT_ROLES else 403
+    assert response.status_code == expected, response.text
+
+
+@pytest.mark.parametrize("why", ["none", "malformed", "unknown", "revoked", "expired", "disabled"])
+@pytest.mark.parametrize("route", (*REPORT_INSTRUMENT_ROUTES, *REPORT_GLOBAL_ROUTES))
+def test_report_routes_refuse_a_bad_token_with_401(
+    client: TestClient, world: World, route: str, why: str
+) -> None:
+    bad = {
+        "none": {},
+        "malformed": {"Authorization": f"Basic {world.tokens['admin']}"},
+        "unknown": auth("btk_" + "x" * 43),
+    }
+    headers = bad[why] if why in bad else auth(world.refused[why])
+    response = client.get(_url(route, world.granted), headers=headers)
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "not_authenticated"
+
+
+# ---------------------------------------------------------------------------- datasets
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("route", DATASET_ROUTES)
+@pytest.mark.parametrize("grant", ["granted", "ungranted"])
+def test_dataset_routes_by_role_and_grant(
+    client: TestClient, world: World, datasets: Datasets, role: str, route: str, grant: str
+) -> None:
+    dataset = datasets.granted if grant == "granted" else datasets.ungranted
+    response = client.get(_url(route, world.granted, dataset), headers=auth(world.tokens[role]))
+    expected = 200 if grant == "granted" or role == "admin" else 404
+    assert response.status_code == expected, response.text
+    if expected == 404:
+        assert response.json() == {
+            "error": "dataset_not_found",
+            "detail": f"dataset {dataset!r} not found",
+        }
+    elif route.endswith("/snapshots"):
+        assert response.json()[0]["version"] == 1
+    elif route.endswith("/flags"):
+        assert [f["kind"] for f in response.json()] == ["drift"]
+    else:
+        assert dataset in response.text
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("grant", ["granted", "ungranted"])
+def test_correction_by_role_and_grant(
+    client: TestClient, world: World, datasets: Datasets, role: str, grant: str
+) -> None:
+    dataset = datasets.granted if grant == "granted" else datasets.ungranted
+    body = {"reason": f"auth matrix: {role}", "fields": {"defocus": {"note": "checked"}}}
+    response = client.post(
+        _url(CORRECTION, world.granted, dataset), json=body, headers=auth(world.tokens[role])
+    )
+    if role not in CORRECTORS:
+        assert response.status_code == 403, response.text
+        assert response.json()["error"] == "forbidden"
+    elif grant == "ungranted" and role != "admin":
+        assert response.status_code == 404, response.text
+        assert response.json()["error"] == "dataset_not_found"
+    else:
+        assert response.status_code == 201, response.text
+        assert response.json()["actor"] == world.users[role]
+        assert response.json()["reason"] == f"auth matrix: {role}"
+
+
+@pytest.mark.parametrize("why", ["none", "malformed", "unknown", "revoked", "expired", "disabled"])
+def test_correction_refuses_a_bad_token_with_401(
+    client: TestClient, world: World, datasets: Datasets, why: str
+) -> None:
+    bad = {
+        "none": {},
+        "malformed": {"Authorization": f"Basic {world.tokens['admin']}"},
+        "unknown": auth("btk_" + "x" * 43),
+    }
+    headers = bad[why] if why in bad else auth(world.refused[why])
+    body = {"reason": "no token", "fields": {"defocus": {"note": "x"}}}
+    response = client.post(
+        _url(CORRECTION, world.granted, datasets.granted), json=body, headers=headers
+    )
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "not_authenticated"
+
+
+def test_ungranted_dataset_answers_exactly_like_missing(
+    client: TestClient, world: World, datasets: Datasets
+) -> None:
+    token = auth(world.tokens["operator"])
+    missing_id = "ds-" + "0" * 32
+    body = {"reason": "r", "fields": {"defocus": {"note": "x"}}}
+    for route in (*DATASET_ROUTES, CORRECTION):
+        urls = [_url(route, world.granted, d) for d in (datasets.ungranted, missing_id)]
+        if route == CORRECTION:
+            hidden, missing = (client.post(u, json=body, headers=token) for u in urls)
+        else:
+            hidden, missing = (client.get(u, headers=token) for u in urls)
+        assert hidden.status_code == missing.status_code == 404, route
+        assert hidden.json()["detail"].replace(datasets.ungranted, "X") == missing.json()[
+            "detail"
+        ].replace(missing_id, "X")
+        assert hidden.headers.keys() == missing.headers.keys()
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "?instrument={u}",
+        "?instrument={g},{u}",
+        "?verdict=disagrees",
+        "?start=2026-03-02T07:00:00Z&end=2026-03-02T10:00:00Z",
+        "?operator=alice&proposal=P-2026-042",
+    ],
+)
+def test_dataset_listings_hold_nothing_of_ungranted_instruments(
+    client: TestClient, world: World, datasets: Datasets, role: str, query: str
+) -> None:
+    query = query.replace("{g}", world.granted).replace("{u}", world.ungranted)
+    sep = "&" if query else "?"
+    response = client.get(
+        f"/api/v1/datasets{query}{sep}limit=1000", headers=auth(world.tokens[role])
+    )
+    assert response.status_code == 200, response.text
+    listed = {d["id"] for d in response.json()}
+    if role == "admin":
+        assert datasets.ungranted in listed
+    else:
+        assert datasets.ungranted not in listed
+        assert world.ungranted not in response.text
+    assert (datasets.granted in listed) == (query != f"?instrument={world.ungranted}")

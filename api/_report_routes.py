@@ -1,0 +1,176 @@
+"""The audit-report routes under ``/api/v1/reports``: an instrument over a period, or a
+proposal, as JSON, HTML or PDF (``api._reports`` builds and renders them).
+
+Reports are for auditors, operators and admins; a viewer is refused (403): a report gathers
+the chain of custody and every flag of a period, which is more than a viewer's routes show.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import Response
+from pydantic import AwareDatetime
+
+from api import _reports as reports
+from api import _schemas as schemas
+from api._deps import (
+    Capability,
+    InstrumentDep,
+    Principal,
+    PrincipalDep,
+    SettingsDep,
+    SignerDep,
+    WriteConnDep,
+)
+from api._errors import Forbidden, InvalidRequest, TooLarge
+
+router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
+
+#: Roles whose capabilities include one of these may get reports.
+REPORT_CAPABILITIES: tuple[Capability, ...] = ("audit", "operate")
+_DEFAULT_GAP_S = reports.DEFAULT_GAP_THRESHOLD.total_seconds()
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the report: canonical JSON, a self-contained HTML page, or PDF",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "text/html": {"schema": {"type": "string"}},
+            "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    401: {"model": schemas.ErrorBody, "description": "missing, invalid, expired or revoked token"},
+    403: {"model": schemas.ErrorBody, "description": "the role may not get reports"},
+    404: {"model": schemas.ErrorBody, "description": "not found (or not granted)"},
+    413: {"model": schemas.ErrorBody, "description": "period too long"},
+    422: {"model": schemas.ErrorBody, "description": "invalid parameters"},
+}
+
+Format = Annotated[
+    str, Query(pattern="^(json|html|pdf)$", description="json (default), html or pdf")
+]
+GapThreshold = Annotated[
+    float,
+    Query(
+        gt=0,
+        le=86400,
+        description="a stretch of a channel without samples longer than this is a gap [s]",
+    ),
+]
+
+
+def reporter(principal: PrincipalDep) -> Principal:
+    """The caller, if their role may get reports (auditor, operator, admin), else 403."""
+    if not any(principal.can(c) for c in REPORT_CAPABILITIES):
+        raise Forbidden(f"role {principal.role!r} may not get reports (auditor, operator, admin)")
+    return principal
+
+
+Reporter = Annotated[Principal, Depends(reporter)]
+
+
+def _respond(report: dict[str, Any], fmt: str) -> Response:
+    render = {
+        "json": reports.render_json,
+        "html": reports.render_html,
+        "pdf": reports.render_pdf,
+    }[fmt]
+    filename = reports.report_filename(report, fmt)
+    return Response(
+        content=render(report),
+        media_type=reports.MEDIA_TYPES[fmt],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _max_span(settings: Any) -> timedelta:
+    # Gap edges are read from raw samples: the limit of requests that read raw samples.
+    return timedelta(days=settings.api_max_raw_range_days)
+
+
+@router.get("/instruments/{instrument_id}", response_class=Response, responses=_RESPONSES)
+def instrument_report(
+    _: Reporter,
+    instrument_id: InstrumentDep,
+    conn: WriteConnDep,
+    signer: SignerDep,
+    settings: SettingsDep,
+    start: Annotated[
+        AwareDatetime,
+        Query(
+            description="period start, ISO 8601 with a time zone", examples=["2026-03-02T08:00Z"]
+        ),
+    ],
+    end: Annotated[
+        AwareDatetime, Query(description="period end (excluded), ISO 8601 with a time zone")
+    ],
+    format: Format = "json",
+    gap_threshold: GapThreshold = _DEFAULT_GAP_S,
+) -> Response:
+    """The audit report of one instrument over ``[start, end)``: datasets and their
+    verification, twin flags by severity, telemetry coverage and gaps, calibrations in force,
+    key-channel plots and the chain of custody (inclusion proofs against a signed checkpoint,
+    signed first when the audit log grew). The same store contents give the same bytes."""
+    if end <= start:
+        raise InvalidRequest(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
+    if end - start > _max_span(settings):
+        raise TooLarge(
+            f"a report covers at most {settings.api_max_raw_range_days:g} days; ask for a "
+            "shorter period"
+        )
+    report = reports.build_report(
+        conn=conn,
+        instrument_id=instrument_id,
+        start=start,
+        end=end,
+        signer=signer,
+        gap_threshold=timedelta(seconds=gap_threshold),
+    )
+    return _respond(report, format)
+
+
+@router.get("/proposals/{proposal}", response_class=Response, responses=_RESPONSES)
+def proposal_report(
+    principal: Reporter,
+    conn: WriteConnDep,
+    signer: SignerDep,
+    settings: SettingsDep,
+    proposal: Annotated[
+        str,
+        Path(min_length=1, max_length=128, description="proposal id", examples=["P-2026-017"]),
+    ],
+    start: Annotated[
+        AwareDatetime | None,
+        Query(description="period start (default: the first dataset's start)"),
+    ] = None,
+    end: Annotated[
+        AwareDatetime | None, Query(description="period end (default: the last dataset's end)")
+    ] = None,
+    format: Format = "json",
+    gap_threshold: GapThreshold = _DEFAULT_GAP_S,
+) -> Response:
+    """The audit report of a proposal: its datasets on the instruments granted to the caller
+    (all for admins), and for each of those instruments the flags, telemetry, calibrations
+    and plots of the period; the period is ``[start, end)`` or the span of the datasets."""
+    if not proposal.isprintable():
+        raise InvalidRequest("the proposal id must be printable")
+    if start is not None and end is not None and end <= start:
+        raise InvalidRequest(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
+    instruments = None if principal.instruments is None else sorted(principal.instruments)
+    try:
+        report = reports.build_report(
+            conn=conn,
+            proposal=proposal,
+            start=start,
+            end=end,
+            instrument_ids=instruments,
+            signer=signer,
+            gap_threshold=timedelta(seconds=gap_threshold),
+            max_span=_max_span(settings),
+        )
+    except reports.ReportTooLarge as exc:
+        raise TooLarge(str(exc)) from exc
+    return _respond(report, format)

@@ -1,0 +1,433 @@
+"""The snapshot worker: acquisition events -> datasets and verified snapshots in the store.
+
+It consumes ``beamtwin.acquisitions.v1`` in the consumer group ``beamtwin-snapshots``. Each
+message is validated as an :class:`~ingest.AcquisitionEventV1`; one that is not (bad JSON, a
+schema error, an unknown instrument, too large) goes to the dead-letter topic with the reason.
+A valid one is handled in **one database transaction**: the dataset is registered
+(:func:`provenance_store.register_dataset`), the twin's snapshot of the acquisition window is
+computed from the stored telemetry (:func:`ingest._snapshots.compute_snapshot`) and stored
+(:func:`provenance_store.store_snapshot`, actor ``twin``, reason ``acquisition``).
+
+Exactly once, and how:
+
+* **No event lost.** Kafka offsets are committed only after the transaction of every event
+  before them has committed, and after their dead letters were acknowledged. A crash
+  anywhere before that makes the group re-deliver.
+* **No dataset or snapshot twice.** The store registers a dataset id once (the first event
+  wins) and stores a snapshot only when its body differs from the current one. A re-delivered
+  event of a dataset that already has a snapshot is acknowledged without recomputing it, so a
+  duplicate never makes a second version; later telemetry is the sweep's business.
+* **Late telemetry.** Every ``snapshot_sweep_interval_s`` the worker asks the store which
+  datasets need re-verifying (:func:`provenance_store.datasets_to_reverify`: telemetry was
+  incomplete, or samples of the acquisition window arrived after the snapshot) and stores a
+  new version (reason ``late telemetry``) only when the recomputed body differs.
+
+Database outages are retried with backoff while the consumer stays in its group (paused).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+import pydantic
+import sqlalchemy as sa
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+import provenance_store as store
+from ingest._acquisition import AcquisitionEventV1
+from ingest._deadletter import DeadLetterSender
+from ingest._errors import IngestError, RejectedMessage
+from ingest._settings import SnapshotSettings
+from ingest._snapshots import compute_snapshot
+from ingest._sources import source_of
+from ingest._worker import _TRANSIENT_DB_ERRORS, WorkerStopped
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+#: Who stores snapshots, in the audit log and the provenance graph.
+SNAPSHOT_ACTOR = "twin"
+#: Who registers datasets on behalf of the registering tool.
+REGISTER_ACTOR = "worker:snapshots"
+#: How often a snapshot that fails to compute (not a database outage) is retried before the
+#: event is dead-lettered (``snapshot_failed``).
+_COMPUTE_ATTEMPTS = 3
+
+
+@dataclass
+class SnapshotStats:
+    """Counters a snapshot worker publishes (each written by the worker thread, read by
+    others)."""
+
+    events_received: int = 0
+    #: Events whose handling finished: committed to the store, or dead-lettered.
+    events_handled: int = 0
+    datasets_registered: int = 0
+    duplicates: int = 0
+    snapshots_stored: int = 0
+    dead_lettered: int = 0
+    resnapshots: int = 0
+    sweeps: int = 0
+    sweep_errors: int = 0
+    db_retries: int = 0
+    assigned_partitions: int = 0
+    last_commit_at: float = 0.0
+    dead_letter_codes: dict[str, int] = field(default_factory=dict)
+    #: Seconds from an event's publication (its Kafka timestamp; ``registered_at`` when the
+    #: record has none) to the commit of its dataset and snapshot, newest last.
+    latencies_s: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=100_000)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What handling one acquisition event did."""
+
+    dataset_id: str
+    created: bool
+    snapshot_version: int | None
+    snapshot_created: bool
+
+
+class SnapshotWorker:
+    """One member of the snapshot consumer group; see the module docstring.
+
+    ``run(stop)`` blocks until ``stop`` is set. ``handle(raw, ...)`` and ``sweep()`` are the
+    two units of work, usable without Kafka.
+    """
+
+    def __init__(
+        self,
+        settings: SnapshotSettings,
+        *,
+        engine: sa.Engine,
+        worker_id: str | None = None,
+        stats: SnapshotStats | None = None,
+        clock_s: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.stats = stats or SnapshotStats()
+        self._clock_s = clock_s
+        self._consumer: KafkaConsumer | None = None
+        self._dead: DeadLetterSender | None = None
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    def run(self, stop: threading.Event | None = None) -> None:
+        if stop is not None:
+            self._stop = stop
+        s = self.settings
+        if not s.kafka_bootstrap:
+            raise IngestError("the snapshot worker needs BEAMTWIN_KAFKA_BOOTSTRAP")
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap,
+            group_id=s.snapshot_group_id,
+            client_id=f"beamtwin-snapshots-{self.worker_id}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=50,
+            fetch_max_bytes=max(64 * 1024 * 1024, s.snapshot_max_message_bytes * 2),
+            max_partition_fetch_bytes=max(8 * 1024 * 1024, s.snapshot_max_message_bytes * 2),
+            session_timeout_ms=s.kafka_session_timeout_ms,
+            heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
+            max_poll_interval_ms=300_000,
+        )
+        self._dead = DeadLetterSender(s.kafka_bootstrap, topic=s.deadletter_topic)
+        self._consumer.subscribe([s.acquisitions_topic])
+        log.info("snapshot worker %s joined group %s", self.worker_id, s.snapshot_group_id)
+        # The sweep runs beside the consumer, so re-verifying many datasets never delays new
+        # events; the store serializes the writes of one dataset (and ignores equal bodies).
+        sweeper = threading.Thread(target=self._sweep_loop, name="snapshot-sweep", daemon=True)
+        sweeper.start()
+        try:
+            while not self._stop.is_set():
+                self._poll_once()
+        except WorkerStopped:
+            log.info(
+                "snapshot worker %s stopped while retrying; nothing half-written", self.worker_id
+            )
+        finally:
+            self._stop.set()
+            sweeper.join(timeout=60)
+            self._close()
+
+    def _sweep_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.sweep()
+                self._stop.wait(self.settings.snapshot_sweep_interval_s)
+        except WorkerStopped:
+            pass
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except KafkaError as exc:  # leaving the group is best effort on shutdown
+                log.warning("consumer close: %s", exc)
+        if self._dead is not None:
+            self._dead.close()
+
+    # ------------------------------------------------------------------ consuming
+    def _poll_once(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None and self._dead is not None
+        polled = consumer.poll(timeout_ms=200)
+        self.stats.assigned_partitions = len(consumer.assignment())
+        if not polled:
+            return
+        offsets: dict[TopicPartition, int] = {}
+        dead = 0
+        for tp, records in polled.items():
+            for record in records:
+                if self._stop.is_set():
+                    break
+                self.stats.events_received += 1
+                try:
+                    self.handle(
+                        record.value,
+                        headers=record.headers,
+                        timestamp_ms=record.timestamp,
+                    )
+                except RejectedMessage as rejection:
+                    self._dead.send(record, rejection, worker=self.worker_id)
+                    self.stats.dead_lettered += 1
+                    codes = self.stats.dead_letter_codes
+                    codes[rejection.code] = codes.get(rejection.code, 0) + 1
+                    log.info("dead-lettered acquisition event: %s", rejection)
+                    dead += 1
+                self.stats.events_handled += 1
+                offsets[tp] = record.offset + 1
+        if dead:
+            # Offsets of the bad records are committed below: their dead letters come first.
+            self._dead.flush()
+        self._commit(offsets)
+
+    def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        assert self._consumer is not None
+        try:
+            self._consumer.commit(
+                {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
+            )
+            self.stats.last_commit_at = time.time()
+        except CommitFailedError as exc:
+            # The group rebalanced: the new owner re-reads these events, which the store's
+            # idempotence turns into no-ops.
+            log.warning("offset commit failed after a rebalance (data is safe): %s", exc)
+
+    # ------------------------------------------------------------------ one event
+    def handle(
+        self,
+        raw: bytes | None,
+        *,
+        headers: Any = None,
+        timestamp_ms: int | None = None,
+    ) -> Outcome:
+        """Validate one message value and store its dataset and snapshot in one transaction.
+
+        Raises:
+            RejectedMessage: the event can never be stored (dead-letter it).
+            WorkerStopped: asked to stop while the database was away.
+        """
+        event, doc = self._validate(raw)
+        source = source_of(headers)
+        if source is None:
+            raise RejectedMessage("schema", "the beamtwin.source header names an unknown source")
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                outcome = self._with_db(lambda conn: self._store(conn, doc, source))
+                break
+            except (store.InstrumentNotFound, RejectedMessage, WorkerStopped):
+                raise
+            except store.StoreError as exc:
+                # The store refuses the record as it is (not the database being away).
+                raise RejectedMessage(
+                    "schema", f"dataset {event.dataset_id}: the store refuses it: {exc}"
+                ) from None
+            except Exception as exc:  # a snapshot that cannot be computed
+                if attempt >= _COMPUTE_ATTEMPTS:
+                    log.exception("snapshot of %s failed %d times", event.dataset_id, attempt)
+                    raise RejectedMessage(
+                        "snapshot_failed",
+                        f"dataset {event.dataset_id}: {type(exc).__name__}: {exc}"[:2000],
+                    ) from None
+                log.warning("snapshot of %s failed (%s); retrying", event.dataset_id, exc)
+                if self._stop.wait(self.settings.snapshot_retry_initial_s * attempt):
+                    raise WorkerStopped("stop requested during a retry") from exc
+        committed = self._clock_s()
+        if outcome.created:
+            self.stats.datasets_registered += 1
+            published = (
+                timestamp_ms / 1000.0
+                if timestamp_ms is not None and timestamp_ms > 0
+                else event.registered_at.timestamp()
+            )
+            self.stats.latencies_s.append(max(0.0, committed - published))
+        else:
+            self.stats.duplicates += 1
+        if outcome.snapshot_created:
+            self.stats.snapshots_stored += 1
+        return outcome
+
+    def _validate(self, raw: bytes | None) -> tuple[AcquisitionEventV1, dict[str, Any]]:
+        if raw is None or not raw:
+            raise RejectedMessage("malformed_json", "empty (null) message value")
+        if len(raw) > self.settings.snapshot_max_message_bytes:
+            raise RejectedMessage(
+                "too_large",
+                f"{len(raw)} bytes; at most {self.settings.snapshot_max_message_bytes} accepted",
+            )
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise RejectedMessage("malformed_json", f"not a JSON document: {exc}") from None
+        if not isinstance(doc, dict):
+            raise RejectedMessage("schema", "the event is not a JSON object")
+        try:
+            event = AcquisitionEventV1.model_validate(doc)
+        except pydantic.ValidationError as exc:
+            raise RejectedMessage("schema", _describe(exc)) from None
+        return event, doc
+
+    def _store(self, conn: sa.Connection, doc: Mapping[str, Any], source: str) -> Outcome:
+        try:
+            dataset, created = store.register_dataset(
+                conn=conn, event=doc, source=source, actor=REGISTER_ACTOR
+            )
+        except store.InstrumentNotFound as exc:
+            raise RejectedMessage("unknown_instrument", str(exc)) from None
+        if not created:
+            current = store.current_snapshot(conn=conn, dataset_id=dataset.id)
+            if current is not None:
+                # A duplicate (a re-delivery, a file registered twice): nothing to add.
+                return Outcome(dataset.id, False, current.version, False)
+        computed = compute_snapshot(conn=conn, event=dataset.event)
+        snapshot, snapshot_created = store.store_snapshot(
+            conn=conn,
+            dataset_id=dataset.id,
+            body=computed.body,
+            twin_version=computed.twin_version,
+            calibration_version=computed.calibration_version,
+            telemetry_complete=computed.telemetry_complete,
+            actor=SNAPSHOT_ACTOR,
+            reason="acquisition",
+        )
+        return Outcome(dataset.id, created, snapshot.version, snapshot_created)
+
+    # ------------------------------------------------------------------ late telemetry
+    def sweep(self) -> int:
+        """Re-verify the datasets the store names; returns the new snapshot versions stored."""
+        self.stats.sweeps += 1
+        try:
+            due = self._with_db(
+                lambda conn: store.datasets_to_reverify(
+                    conn=conn, limit=self.settings.snapshot_sweep_limit, actor=SNAPSHOT_ACTOR
+                ),
+                keep_consumer_alive=False,
+            )
+        except WorkerStopped:
+            raise
+        except Exception:
+            self.stats.sweep_errors += 1
+            log.exception("sweep: cannot list the datasets to re-verify")
+            return 0
+        stored = 0
+        for dataset_id in due:
+            if self._stop.is_set():
+                break
+            try:
+                reverify = functools.partial(self._reverify, dataset_id=dataset_id)
+                if self._with_db(reverify, keep_consumer_alive=False):
+                    stored += 1
+            except WorkerStopped:
+                raise
+            except Exception:
+                self.stats.sweep_errors += 1
+                log.exception("sweep: re-verifying %s failed", dataset_id)
+        self.stats.resnapshots += stored
+        if stored:
+            log.info("sweep: %d new snapshot version(s) from late telemetry", stored)
+        return stored
+
+    def _reverify(self, conn: sa.Connection, *, dataset_id: str) -> bool:
+        dataset = store.get_dataset(conn=conn, dataset_id=dataset_id)
+        if dataset is None:
+            return False
+        computed = compute_snapshot(conn=conn, event=dataset.event)
+        _, created = store.store_snapshot(
+            conn=conn,
+            dataset_id=dataset_id,
+            body=computed.body,
+            twin_version=computed.twin_version,
+            calibration_version=computed.calibration_version,
+            telemetry_complete=computed.telemetry_complete,
+            actor=SNAPSHOT_ACTOR,
+            reason="late telemetry",
+        )
+        return bool(created)
+
+    # ------------------------------------------------------------------ database retries
+    def _with_db(
+        self, fn: Callable[[sa.Connection], _T], *, keep_consumer_alive: bool = True
+    ) -> _T:
+        """Run ``fn`` in one transaction, retrying with backoff while the database is away.
+        On the consumer's thread (``keep_consumer_alive``) the consumer keeps polling, paused,
+        so it stays in its group; other threads must not touch it."""
+        s = self.settings
+        delay = s.snapshot_retry_initial_s
+        consumer = self._consumer if keep_consumer_alive else None
+        paused = False
+        try:
+            while True:
+                try:
+                    with self.engine.begin() as conn:
+                        return fn(conn)
+                except _TRANSIENT_DB_ERRORS as exc:
+                    self.stats.db_retries += 1
+                    log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
+                    if consumer is not None and not paused:
+                        consumer.pause(*consumer.assignment())
+                        paused = True
+                    deadline = time.monotonic() + delay
+                    while time.monotonic() < deadline:
+                        if self._stop.is_set():
+                            raise WorkerStopped("stop requested during database retry") from exc
+                        if consumer is not None:
+                            consumer.poll(timeout_ms=100)
+                        else:
+                            time.sleep(0.1)
+                    delay = min(delay * 2, s.snapshot_retry_max_s)
+        finally:
+            if paused and consumer is not None:
+                consumer.resume(*consumer.paused())
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    """A validation error in one line per problem, with where it is."""
+    parts = []
+    for err in exc.errors()[:20]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "(event)"
+        parts.append(f"{where}: {err.get('msg', '')}")
+    return "not a valid acquisition event: " + "; ".join(parts)
