@@ -487,16 +487,18 @@ def test_a_correction_of_a_version_that_is_no_longer_current_is_refused(
         v1, _ = store_body(conn, make_body(event, {"high_tension": "disagrees"}))
         # Meanwhile a re-verification stored version 2.
         store_body(conn, make_body(event, {"high_tension": "stale"}))
-    with pytest.raises(store.SnapshotConflict, match="at version 2, not 1"):
-        with engine.begin() as conn:
-            store.correct_snapshot(
-                conn=conn,
-                dataset_id=event["dataset_id"],
-                body=make_body(event, {"high_tension": "consistent"}),
-                actor="carol",
-                reason="read off the console",
-                expected_version=v1.version,
-            )
+    with (
+        pytest.raises(store.SnapshotConflict, match="at version 2, not 1"),
+        engine.begin() as conn,
+    ):
+        store.correct_snapshot(
+            conn=conn,
+            dataset_id=event["dataset_id"],
+            body=make_body(event, {"high_tension": "consistent"}),
+            actor="carol",
+            reason="read off the console",
+            expected_version=v1.version,
+        )
     with engine.connect() as conn:
         history = store.snapshot_history(conn=conn, dataset_id=event["dataset_id"])
         entries = audit_of(conn, f"snapshot:{event['dataset_id']}/v3")
