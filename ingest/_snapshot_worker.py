@@ -50,7 +50,7 @@ from ingest._acquisition import AcquisitionEventV1
 from ingest._deadletter import DeadLetterSender
 from ingest._errors import IngestError, RejectedMessage
 from ingest._settings import SnapshotSettings
-from ingest._snapshots import compute_snapshot
+from ingest._snapshots import compute_snapshot, warm_up
 from ingest._sources import source_of
 from ingest._worker import _TRANSIENT_DB_ERRORS, WorkerStopped
 
@@ -126,6 +126,10 @@ class SnapshotWorker:
         self._consumer: KafkaConsumer | None = None
         self._dead: DeadLetterSender | None = None
         self._stop = threading.Event()
+        #: Set while no new event is being handled: re-verifications wait for it, so that the
+        #: sweep does not compete with a fresh acquisition for the interpreter.
+        self._events_idle = threading.Event()
+        self._events_idle.set()
 
     # ------------------------------------------------------------------ lifecycle
     def run(self, stop: threading.Event | None = None) -> None:
@@ -134,6 +138,8 @@ class SnapshotWorker:
         s = self.settings
         if not s.kafka_bootstrap:
             raise IngestError("the snapshot worker needs BEAMTWIN_KAFKA_BOOTSTRAP")
+        # Compile the twin's mapping before joining the group: no event waits for it later.
+        warm_up()
         self._consumer = KafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
             group_id=s.snapshot_group_id,
@@ -194,6 +200,14 @@ class SnapshotWorker:
         self.stats.assigned_partitions = len(consumer.assignment())
         if not polled:
             return
+        self._events_idle.clear()
+        try:
+            self._handle_polled(polled)
+        finally:
+            self._events_idle.set()
+
+    def _handle_polled(self, polled: Mapping[TopicPartition, list[Any]]) -> None:
+        assert self._dead is not None
         offsets: dict[TopicPartition, int] = {}
         dead = 0
         for tp, records in polled.items():
@@ -355,6 +369,8 @@ class SnapshotWorker:
             return 0
         stored = 0
         for dataset_id in due:
+            # New acquisitions first: wait (a bounded time) until no event is being handled.
+            self._events_idle.wait(timeout=2.0)
             if self._stop.is_set():
                 break
             try:

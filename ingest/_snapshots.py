@@ -24,7 +24,13 @@ import provenance_store as store
 import twin
 from ingest._acquisition import AcquisitionEventV1
 
-__all__ = ["COMPLETE_AFTER_S", "DEFAULT_LOOKBACK_S", "ComputedSnapshot", "compute_snapshot"]
+__all__ = [
+    "COMPLETE_AFTER_S",
+    "DEFAULT_LOOKBACK_S",
+    "ComputedSnapshot",
+    "compute_snapshot",
+    "warm_up",
+]
 
 #: How far before an acquisition the history is searched for a stale value [s].
 DEFAULT_LOOKBACK_S = twin.DEFAULT_SNAPSHOT_CONFIG.lookback_s
@@ -36,9 +42,11 @@ DEFAULT_LOOKBACK_S = twin.DEFAULT_SNAPSHOT_CONFIG.lookback_s
 COMPLETE_AFTER_S = 300.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
-#: derive_state compiles once per input length: lengths are padded to these buckets (powers of
-#: two from this size on), so a worker compiles a handful of times, not once per dataset.
+#: derive_state compiles once per input length: lengths are padded to powers of two from
+#: ``_MIN_PADDED`` to ``_MAX_PADDED``, and longer inputs are derived in ``_MAX_PADDED`` chunks,
+#: so a worker compiles at most five shapes (:func:`warm_up` compiles them all at start).
 _MIN_PADDED = 256
+_MAX_PADDED = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,19 +125,36 @@ def _derive(
         return {}
     grid, readings = aligned
     n = len(grid)
-    padded = max(_MIN_PADDED, 1 << (n - 1).bit_length())
-    # Pad with the last row (valid inputs) so derive_state sees a few distinct shapes only.
-    inputs = {name: np.pad(v, (0, padded - n), mode="edge") for name, v in readings.items()}
-    for name, value in held.items():
-        inputs[name] = np.full(padded, value)
-    estimate = twin.derive_state(calibration, inputs)
+    values: dict[str, list[np.ndarray]] = {q.name: [] for q in twin.STATE_QUANTITIES}
+    for lo in range(0, n, _MAX_PADDED):
+        hi = min(n, lo + _MAX_PADDED)
+        m = hi - lo
+        padded = max(_MIN_PADDED, 1 << (m - 1).bit_length())
+        # Pad with the last row (valid inputs) so derive_state sees a few distinct shapes only.
+        inputs = {
+            name: np.pad(v[lo:hi], (0, padded - m), mode="edge") for name, v in readings.items()
+        }
+        for name, value in held.items():
+            inputs[name] = np.full(padded, value)
+        estimate = twin.derive_state(calibration, inputs)
+        for name, chunks in values.items():
+            chunks.append(np.asarray(estimate.values[name])[:m])
     return {
-        q.name: twin.QuantitySeries(
-            unit=q.unit, time_us=grid, value=np.asarray(estimate.values[q.name])[:n]
-        )
+        q.name: twin.QuantitySeries(unit=q.unit, time_us=grid, value=np.concatenate(values[q.name]))
         for q in twin.STATE_QUANTITIES
         if q.name in quantities
     }
+
+
+def warm_up(calibration: twin.Calibration | None = None) -> None:
+    """Compile the twin's mapping for every input length :func:`compute_snapshot` uses (a
+    fraction of a second each), so that no acquisition waits for a compilation later."""
+    cal = calibration or twin.Calibration(instrument_id="warm-up")
+    ones = {name: 1.0 for name in twin.INPUT_CHANNELS}
+    size = _MIN_PADDED
+    while size <= _MAX_PADDED:
+        twin.derive_state(cal, {name: np.full(size, v) for name, v in ones.items()})
+        size *= 2
 
 
 def _read(

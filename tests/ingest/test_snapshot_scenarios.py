@@ -496,3 +496,25 @@ def test_known_placeholders_of_real_files(
         verdicts = _verdicts(_compute(engine, event))
         assert {n for n, v in verdicts.items() if v == "placeholder"} >= placeholders, name
         assert "consistent" not in verdicts.values()
+
+
+def test_long_windows_are_derived_in_chunks_equal_to_one_call() -> None:
+    """Windows longer than the largest compiled shape are derived chunk by chunk; the result
+    is the same as one call on the whole (unpadded) input."""
+    from ingest._snapshots import _MAX_PADDED, _derive
+
+    rng = np.random.default_rng(3)
+    n = 2 * _MAX_PADDED + 123
+    time_us = np.arange(n, dtype=np.int64) * 10_000
+    nominal = simulations.nominal_channels()
+    channels = {
+        name: twin.ChannelSeries(
+            unit="1", time_us=time_us, value=value * (1 + 1e-4 * rng.standard_normal(n))
+        )
+        for name, value in nominal.items()
+    }
+    chunked = _derive(CALIBRATION, channels)
+    whole = twin.derive_state(CALIBRATION, {k: v.value for k, v in channels.items()})
+    assert set(chunked) and all(len(q.value) == n for q in chunked.values())
+    for name, series in chunked.items():
+        np.testing.assert_allclose(series.value, np.asarray(whole.values[name]), rtol=1e-12)
