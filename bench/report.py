@@ -470,6 +470,7 @@ def main() -> None:
             f"bytes json {sizes[0]:,}, html {sizes[1]:,}, pdf {sizes[2]:,}"
         )
         assert summary["datasets_disagreeing"] == disagreeing
+        assert summary["flags"] == n_flags, "an injected fault (flag) is missing from the report"
         assert found >= len(gaps), "an injected gap was not found"
         print("# time: " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()))
         print(f"# reference: query_range of {N_CHANNELS} channels, {bucket:g} s buckets")
