@@ -315,6 +315,24 @@ _AS_OF = sa.text(
 )
 
 
+#: ``as_of`` of every channel: the channel list and the probes in one round trip.
+_AS_OF_ALL = sa.text(
+    """
+    SELECT c.id, c.name, c.subsystem, c.quantity, c.canonical_unit,
+           s.value, s.source_time, s.ingest_time
+    FROM channel c
+    CROSS JOIN LATERAL (
+        SELECT value, source_time, ingest_time FROM telemetry_sample t
+        WHERE t.channel_id = c.id AND t.source_time <= :at
+        ORDER BY t.source_time DESC
+        LIMIT 1
+    ) s
+    WHERE c.instrument_id = :instrument_id
+    ORDER BY c.name
+    """
+)
+
+
 def as_of(
     *,
     conn: sa.Connection,
@@ -333,27 +351,28 @@ def as_of(
         ValueError: a naive ``at``.
     """
     at = require_utc("at", at)
+    if channels is None:
+        found = conn.execute(_AS_OF_ALL, {"instrument_id": instrument_id, "at": at}).all()
+        if not found and not instrument_exists(conn, instrument_id):
+            raise InstrumentNotFound(instrument_id)
+        return [_last_value(_Channel(*row[:5]), row, at) for row in found]
     chans = _resolve(conn, instrument_id, channels)
     rows = {row.id: row for row in conn.execute(_AS_OF, {"ids": [c.id for c in chans], "at": at})}
-    out = []
-    for c in chans:
-        row = rows.get(c.id)
-        if row is None:
-            continue
-        source_time = as_utc(row.source_time)
-        out.append(
-            LastValue(
-                channel=c.name,
-                subsystem=c.subsystem,
-                quantity=c.quantity,
-                unit=c.unit,
-                value=row.value,
-                source_time=source_time,
-                ingest_time=as_utc(row.ingest_time),
-                age=at - source_time,
-            )
-        )
-    return out
+    return [_last_value(c, rows[c.id], at) for c in chans if c.id in rows]
+
+
+def _last_value(c: _Channel, row: Any, at: datetime) -> LastValue:
+    source_time = as_utc(row.source_time)
+    return LastValue(
+        channel=c.name,
+        subsystem=c.subsystem,
+        quantity=c.quantity,
+        unit=c.unit,
+        value=row.value,
+        source_time=source_time,
+        ingest_time=as_utc(row.ingest_time),
+        age=at - source_time,
+    )
 
 
 _GAPS = sa.text(

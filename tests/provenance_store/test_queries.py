@@ -318,20 +318,28 @@ def test_as_of_refuses_naive_times_and_unknown_channels(
             store.as_of(conn=conn, instrument_id=instrument_id, at=datetime(2026, 3, 2, 9))
         with pytest.raises(store.ChannelNotFound):
             store.as_of(conn=conn, instrument_id=instrument_id, at=T0, channels=["stage.q"])
+        with pytest.raises(store.InstrumentNotFound):
+            store.as_of(conn=conn, instrument_id="no-such-instrument", at=T0)
 
 
+@pytest.mark.parametrize("named", [True, False], ids=["named channels", "every channel"])
 def test_as_of_uses_one_index_probe_per_channel(
-    engine: sa.Engine, channels: dict[str, store.ChannelRecord]
+    engine: sa.Engine, channels: dict[str, store.ChannelRecord], named: bool
 ) -> None:
     ht = channels["gun.high_tension"].id
     insert(engine, make_batch(ht, T0_US + np.arange(5000, dtype=np.int64) * S, np.zeros(5000)))
-    from provenance_store._queries import _AS_OF
+    from provenance_store._queries import _AS_OF, _AS_OF_ALL
 
+    sql, params = (
+        (_AS_OF, {"ids": [ht]})
+        if named
+        else (_AS_OF_ALL, {"instrument_id": channels["gun.high_tension"].instrument_id})
+    )
     with engine.connect() as conn:
         conn.exec_driver_sql("ANALYZE telemetry_sample")
         plan = conn.execute(
-            sa.text("EXPLAIN (ANALYZE, FORMAT JSON) " + str(_AS_OF.text)),
-            {"ids": [ht], "at": T0 + timedelta(hours=1)},
+            sa.text("EXPLAIN (ANALYZE, FORMAT JSON) " + str(sql.text)),
+            {**params, "at": T0 + timedelta(hours=1)},
         ).scalar_one()
     text = str(plan)
     assert "telemetry_sample_pkey" in text and "Backward" in text
