@@ -59,10 +59,45 @@ def _database_url(
     return url
 
 
-def _bootstrap(settings: IngestSettings) -> str:
+def _bootstrap(settings: IngestSettings | SnapshotSettings | BlueskySettings) -> str:
     if not settings.kafka_bootstrap:
         raise CommandError("no broker configured: set BEAMTWIN_KAFKA_BOOTSTRAP (host:port)")
     return settings.kafka_bootstrap
+
+
+def _start_thread(
+    name: str,
+    work: Callable[[threading.Event], object],
+    stop: threading.Event,
+    errors: list[BaseException],
+) -> threading.Thread:
+    """Run ``work(stop)`` in a daemon thread; an exception it raises is kept in ``errors``
+    and sets ``stop``, so the main thread stops and reports it."""
+
+    def run() -> None:
+        try:
+            work(stop)
+        except BaseException as exc:  # surfaced to the main thread, which stops
+            errors.append(exc)
+            stop.set()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _every_until(
+    stop: threading.Event, duration_s: float | None, every_s: float, tick: Callable[[], object]
+) -> None:
+    """Call ``tick`` every ``every_s`` seconds until ``stop`` is set or, when given,
+    ``duration_s`` seconds have passed (the last wait is shortened to end on time)."""
+    t0 = time.monotonic()
+    while not stop.is_set():
+        left = None if duration_s is None else duration_s - (time.monotonic() - t0)
+        if left is not None and left <= 0:
+            break
+        stop.wait(every_s if left is None else min(every_s, left))
+        tick()
 
 
 def _safe(url: str) -> str:
@@ -509,17 +544,7 @@ def _start_workers(
     threads = []
     for i in range(n):
         worker = IngestWorker(settings, engine=engine, stats=stats[i], worker_id=f"w{i}")
-
-        def run(w: IngestWorker = worker) -> None:
-            try:
-                w.run(stop)
-            except BaseException as exc:  # surfaced to the main thread, which stops
-                errors.append(exc)
-                stop.set()
-
-        t = threading.Thread(target=run, name=f"ingest-{i}", daemon=True)
-        t.start()
-        threads.append(t)
+        threads.append(_start_thread(f"ingest-{i}", worker.run, stop, errors))
     return threads, stats, errors
 
 
@@ -564,17 +589,7 @@ def _start_twin_worker(
 ) -> tuple[threading.Thread, TwinStats]:
     stats = TwinStats()
     worker = TwinWorker(settings, engine=engine, instrument_ids=instruments, stats=stats)
-
-    def run() -> None:
-        try:
-            worker.run(stop)
-        except BaseException as exc:  # surfaced to the main thread, which stops
-            errors.append(exc)
-            stop.set()
-
-    thread = threading.Thread(target=run, name="twin", daemon=True)
-    thread.start()
-    return thread, stats
+    return _start_thread("twin", worker.run, stop, errors), stats
 
 
 def _twin_lag_s(stats: TwinStats, instruments: list[str] | None = None) -> float | None:
@@ -601,7 +616,6 @@ def twin(args: argparse.Namespace) -> int:
             )
     stop = threading.Event()
     errors: list[BaseException] = []
-    t0 = time.monotonic()
     with _stop_on_signals(stop):
         thread, stats = _start_twin_worker(settings, engine, instruments, stop, errors)
         which = ", ".join(instruments) if instruments else "every registered instrument"
@@ -610,11 +624,8 @@ def twin(args: argparse.Namespace) -> int:
             f"lateness {settings.twin_lateness_s:g} s; Ctrl-C to stop",
             flush=True,
         )
-        while not stop.is_set():
-            left = None if args.duration is None else args.duration - (time.monotonic() - t0)
-            if left is not None and left <= 0:
-                break
-            stop.wait(5.0 if left is None else min(5.0, left))
+
+        def progress() -> None:
             lag = _twin_lag_s(stats, instruments)
             behind = "-" if lag is None else f"{lag:.1f} s"
             print(
@@ -622,6 +633,8 @@ def twin(args: argparse.Namespace) -> int:
                 f"flags {stats.flags_stored}, behind by {behind}, errors {stats.window_errors}",
                 flush=True,
             )
+
+        _every_until(stop, args.duration, 5.0, progress)
         stop.set()
         thread.join(timeout=60)
     engine.dispose()
@@ -887,25 +900,13 @@ def _start_snapshot_worker(
 
     stats = SnapshotStats()
     worker = SnapshotWorker(settings, engine=engine, stats=stats)
-
-    def run() -> None:
-        try:
-            worker.run(stop)
-        except BaseException as exc:  # surfaced to the main thread, which stops
-            errors.append(exc)
-            stop.set()
-
-    thread = threading.Thread(target=run, name="snapshots", daemon=True)
-    thread.start()
-    return thread, stats
+    return _start_thread("snapshots", worker.run, stop, errors), stats
 
 
 def snapshots(args: argparse.Namespace) -> int:
     settings = SnapshotSettings()
     url = _database_url(args, settings)
-    if not settings.kafka_bootstrap:
-        raise CommandError("no broker configured: set BEAMTWIN_KAFKA_BOOTSTRAP (host:port)")
-    bootstrap = settings.kafka_bootstrap
+    bootstrap = _bootstrap(settings)
     engine = _engine(url)
     ensure_topics(
         bootstrap,
@@ -913,7 +914,6 @@ def snapshots(args: argparse.Namespace) -> int:
     )
     stop = threading.Event()
     errors: list[BaseException] = []
-    t0 = time.monotonic()
     with _stop_on_signals(stop):
         thread, stats = _start_snapshot_worker(settings, engine, stop, errors)
         print(
@@ -921,17 +921,17 @@ def snapshots(args: argparse.Namespace) -> int:
             f"(group {settings.snapshot_group_id}); Ctrl-C to stop",
             flush=True,
         )
-        while not stop.is_set():
-            left = None if args.duration is None else args.duration - (time.monotonic() - t0)
-            if left is not None and left <= 0:
-                break
-            stop.wait(5.0 if left is None else min(5.0, left))
-            print(
+        _every_until(
+            stop,
+            args.duration,
+            5.0,
+            lambda: print(
                 f"datasets {stats.datasets_registered}, duplicates {stats.duplicates}, "
                 f"snapshots {stats.snapshots_stored} (+{stats.resnapshots} from late telemetry), "
                 f"dead letters {stats.dead_lettered}",
                 flush=True,
-            )
+            ),
+        )
         stop.set()
         thread.join(timeout=60)
     engine.dispose()
@@ -1030,14 +1030,9 @@ def watch(args: argparse.Namespace) -> int:
             f"state {watcher.state_path}); Ctrl-C to stop",
             flush=True,
         )
-        t0 = time.monotonic()
         with _stop_on_signals(stop):
-            while not stop.is_set():
-                watcher.scan_once()
-                left = None if args.duration is None else args.duration - (time.monotonic() - t0)
-                if left is not None and left <= 0:
-                    break
-                stop.wait(args.interval if left is None else min(args.interval, left))
+            watcher.scan_once()
+            _every_until(stop, args.duration, args.interval, watcher.scan_once)
     finally:
         if engine is not None:
             engine.dispose()
@@ -1049,9 +1044,7 @@ def bluesky(args: argparse.Namespace) -> int:
     from ingest._bluesky import BlueskyConsumer, BlueskyStats
 
     settings = BlueskySettings()
-    if not settings.kafka_bootstrap:
-        raise CommandError("no broker configured: set BEAMTWIN_KAFKA_BOOTSTRAP (host:port)")
-    bootstrap = settings.kafka_bootstrap
+    bootstrap = _bootstrap(settings)
     ensure_topics(
         bootstrap,
         {
@@ -1064,33 +1057,23 @@ def bluesky(args: argparse.Namespace) -> int:
     consumer = BlueskyConsumer(settings, stats=stats)
     stop = threading.Event()
     errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            consumer.run(stop)
-        except BaseException as exc:  # surfaced to the main thread, which stops
-            errors.append(exc)
-            stop.set()
-
-    t0 = time.monotonic()
     with _stop_on_signals(stop):
-        thread = threading.Thread(target=run, name="bluesky", daemon=True)
-        thread.start()
+        thread = _start_thread("bluesky", consumer.run, stop, errors)
         print(
             f"bluesky: {settings.bluesky_topic} -> {settings.acquisitions_topic} on {bootstrap} "
             f"(group {settings.bluesky_group_id}); Ctrl-C to stop",
             flush=True,
         )
-        while not stop.is_set():
-            left = None if args.duration is None else args.duration - (time.monotonic() - t0)
-            if left is not None and left <= 0:
-                break
-            stop.wait(5.0 if left is None else min(5.0, left))
-            print(
+        _every_until(
+            stop,
+            args.duration,
+            5.0,
+            lambda: print(
                 f"documents {stats.documents}, runs published {stats.runs_published}, open "
                 f"{stats.open_runs}, dead letters {stats.dead_lettered}",
                 flush=True,
-            )
+            ),
+        )
         stop.set()
         thread.join(timeout=60)
     if errors:

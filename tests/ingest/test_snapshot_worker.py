@@ -386,3 +386,40 @@ def test_kill_9_mid_stream_then_restart_leaves_one_dataset_and_snapshot_each(
     rows = _rows(engine, instrument)
     assert set(rows) == {e.dataset_id for e in events}
     assert all(snaps == [(1, "twin", "acquisition")] for snaps in rows.values()), rows
+
+
+# ---------------------------------------------------------------------- the command
+def test_the_snapshots_command(
+    database_url: str,
+    engine: sa.Engine,
+    kafka_bootstrap: str,
+    unique_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import beamtwin_cli
+
+    topic, dlq, group = unique_name("acq"), unique_name("dlq"), unique_name("grp")
+    monkeypatch.delenv("BEAMTWIN_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("BEAMTWIN_DATABASE_URL", database_url)
+    assert beamtwin_cli.main(["snapshots", "--duration", "1"]) == 2
+    assert "no broker configured" in capsys.readouterr().err
+
+    instrument = _register_instrument(engine, "snapc")
+    block = _microscope(instrument, seed=6).generate(20)
+    event = virtual_acquisition_event(block, CALIBRATION, number=1)
+    create_topics(kafka_bootstrap, {topic: 1, dlq: 1})
+    _publish(kafka_bootstrap, topic, [(instrument, encode_event(event), [])])
+    for name, value in {
+        "BEAMTWIN_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "BEAMTWIN_ACQUISITIONS_TOPIC": topic,
+        "BEAMTWIN_DEADLETTER_TOPIC": dlq,
+        "BEAMTWIN_SNAPSHOT_GROUP_ID": group,
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert beamtwin_cli.main(["snapshots", "--duration", "15"]) == 0
+    out = capsys.readouterr().out
+    assert f"snapshot worker: {topic}" in out
+    assert "datasets 1, duplicates 0, snapshots 1" in out.splitlines()[-1]
+    with engine.connect() as conn:
+        assert store.current_snapshot(conn=conn, dataset_id=event.dataset_id) is not None

@@ -211,3 +211,30 @@ def test_watch_command_once(
     assert state.exists()
     events = read_events(kafka_bootstrap, topic, expected=1)
     assert [e["event"].file.name for e in events] == [DM3]
+
+
+def test_watch_command_for_a_duration(
+    realdata: Path,
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    unique_name: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topic, dlq = unique_name("acq"), unique_name("dlq")
+    for name in ("BEAMTWIN_DATABASE_URL", "BEAMTWIN_INGEST_AUTO_REGISTER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BEAMTWIN_KAFKA_BOOTSTRAP", kafka_bootstrap)
+    monkeypatch.setenv("BEAMTWIN_ACQUISITIONS_TOPIC", topic)
+    monkeypatch.setenv("BEAMTWIN_DEADLETTER_TOPIC", dlq)
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy(realdata / DM3, root / DM3)
+    args = ["watch", str(root), "--instrument", "titan-01", "--duration", "2"]
+    t0 = time.monotonic()
+    assert main([*args, "--interval", "0.2", "--settle", "0.1"]) == 0
+    assert 2 <= time.monotonic() - t0 < 20
+    out = capsys.readouterr().out
+    assert out.count(f"registered {root / DM3}") == 1  # once, over many scans
+    events = read_events(kafka_bootstrap, topic, expected=1)
+    assert [e["event"].file.name for e in events] == [DM3]
