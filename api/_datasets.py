@@ -21,7 +21,7 @@ import provenance_store as store
 from api import _schemas as schemas
 from api._deps import ConnDep, Principal, Reader, SettingsDep, WriteConnDep, require
 from api._errors import InvalidRequest, SnapshotNotFound, TooLarge
-from api._routes import _ERRORS, Names, _names
+from api._routes import _ERRORS, Names, _names, flag_of
 
 router = APIRouter(prefix="/api/v1", tags=["datasets"])
 
@@ -235,26 +235,7 @@ def dataset_flags(record: DatasetDep, conn: ConnDep, settings: SettingsDep) -> l
     )
     if len(records) > limit:
         raise TooLarge(f"more than {limit} flags during the acquisition")
-    return [
-        schemas.Flag(
-            id=f.id,
-            kind=f.kind,
-            quantity=f.quantity,
-            channel=f.channel,
-            time=f.time,
-            end_time=f.end_time,
-            expected=f.expected,
-            observed=f.observed,
-            residual=f.residual,
-            tolerance=f.tolerance,
-            severity=f.severity,
-            twin_version=f.twin_version,
-            calibration_version=f.calibration_version,
-            detail=f.detail,
-            created_at=f.created_at,
-        )
-        for f in records
-    ]
+    return [flag_of(f) for f in records]
 
 
 @router.get(

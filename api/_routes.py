@@ -599,26 +599,28 @@ def flags(
     )
     if len(records) > limit:
         raise TooLarge(f"more than {limit} flags match; narrow the range or filter")
-    return [
-        schemas.Flag(
-            id=f.id,
-            kind=f.kind,
-            quantity=f.quantity,
-            channel=f.channel,
-            time=f.time,
-            end_time=f.end_time,
-            expected=f.expected,
-            observed=f.observed,
-            residual=f.residual,
-            tolerance=f.tolerance,
-            severity=f.severity,
-            twin_version=f.twin_version,
-            calibration_version=f.calibration_version,
-            detail=f.detail,
-            created_at=f.created_at,
-        )
-        for f in records
-    ]
+    return [flag_of(f) for f in records]
+
+
+def flag_of(f: store.FlagRecord) -> schemas.Flag:
+    """The API's view of a stored twin flag (shared by the instrument and dataset routes)."""
+    return schemas.Flag(
+        id=f.id,
+        kind=f.kind,
+        quantity=f.quantity,
+        channel=f.channel,
+        time=f.time,
+        end_time=f.end_time,
+        expected=f.expected,
+        observed=f.observed,
+        residual=f.residual,
+        tolerance=f.tolerance,
+        severity=f.severity,
+        twin_version=f.twin_version,
+        calibration_version=f.calibration_version,
+        detail=f.detail,
+        created_at=f.created_at,
+    )
 
 
 @router.get(

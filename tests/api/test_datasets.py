@@ -42,7 +42,7 @@ class Catalog:
 
 
 @pytest.fixture(scope="module")
-def catalog(store_engine_api: sa.Engine, world: World) -> Catalog:
+def catalog(store_engine_api: sa.Engine, world: World) -> Iterator[Catalog]:
     instrument, scratch = (f"{kind}-{secrets.token_hex(4)}" for kind in ("ds-stem", "scratch"))
     with store_engine_api.begin() as conn:
         for ident in (instrument, scratch):
@@ -73,7 +73,7 @@ def catalog(store_engine_api: sa.Engine, world: World) -> Catalog:
                 for seconds in (10, 3 * 3600)
             ],
         )
-        return Catalog(
+        made = Catalog(
             instrument=instrument,
             a=add_dataset(
                 conn,
@@ -94,6 +94,13 @@ def catalog(store_engine_api: sa.Engine, world: World) -> Catalog:
             c=add_dataset(conn, instrument, T0 + 4 * HOUR, None, operator="alice", proposal="P-2"),
             scratch=scratch,
         )
+    yield made
+    # The users are shared with the other API tests (the session's `world`): take back the
+    # grants given here, so that their listings stay as those tests expect.
+    with store_engine_api.begin() as conn:
+        for ident in (instrument, scratch):
+            for role in ("viewer", "operator"):
+                store.revoke_instrument(conn=conn, name=world.users[role], instrument_id=ident)
 
 
 def _search(client: TestClient, token: str, query: str) -> list[dict[str, Any]]:

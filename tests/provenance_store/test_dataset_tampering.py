@@ -15,7 +15,8 @@ import sqlalchemy as sa
 import provenance_store as store
 from beamtwin_cli import main
 from provenance_store._datasets import dataset_hash_fields
-from tests.provenance_store.test_datasets import make_body, make_event, store_body
+from tests._datasets import make_body, make_event
+from tests.provenance_store.test_datasets import store_body
 
 
 class World:
