@@ -153,3 +153,82 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
     # pgserver hands out a libpq URI; SQLAlchemy needs the psycopg 3 driver named.
     url = uri.replace("postgresql://", "postgresql+psycopg://", 1)
     return EmbeddedPostgres(data_dir=data_dir, url=url, _server=server)
+
+
+LOCAL_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def local_postgres_answers(host: str = "127.0.0.1", port: int = 5432) -> bool:
+    """Whether a server listens on the local PostgreSQL port."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def postgres_server(prefix: str = "beamtwin-pg-") -> Iterator[str]:
+    """The URL of a PostgreSQL database on a server where databases may be created, for tests
+    and benchmarks: ``BEAMTWIN_TEST_DATABASE_URL``, else the local server on port 5432 when it
+    answers, else an embedded one (stopped on exit)."""
+    url = os.environ.get("BEAMTWIN_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    if local_postgres_answers():
+        yield LOCAL_POSTGRES_URL
+        return
+    import tempfile
+
+    server = start_postgres(Path(tempfile.mkdtemp(prefix=prefix)))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def create_throwaway_database(admin_url: str, prefix: str = "beamtwin_test") -> str:
+    """Create an empty database on the admin URL's server and return its URL."""
+    import uuid
+
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    """Drop the database of ``url``, ending the sessions still connected to it."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": name},
+        )
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+    engine.dispose()
+
+
+@contextlib.contextmanager
+def throwaway_database(prefix: str = "beamtwin_bench") -> Iterator[str]:
+    """An empty database for one run (a benchmark), dropped afterwards, on the server
+    :func:`postgres_server` picks."""
+    with postgres_server() as admin_url:
+        url = create_throwaway_database(admin_url, prefix)
+        try:
+            yield url
+        finally:
+            drop_database(admin_url, url)

@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,13 +38,12 @@ from pathlib import Path
 import httpx2
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import provenance_store as store  # noqa: E402
-from beamtwin_cli._embedded import start_postgres  # noqa: E402
+from beamtwin_cli._embedded import throwaway_database  # noqa: E402
 
 INSTRUMENT = "bench-stem"
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -57,18 +55,6 @@ CLIENTS = 50
 #: Channels and width of the telemetry-range query.
 RANGE_CHANNELS = [f"detector.aux_{c:03d}" for c in (0, 1, 2, 3)]
 RANGE_WIDTH = timedelta(minutes=5)
-
-
-def admin_url() -> tuple[str, object | None]:
-    url = os.environ.get("BEAMTWIN_TEST_DATABASE_URL")
-    if url:
-        return url, None
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
-        return "postgresql+psycopg://postgres@127.0.0.1:5432/postgres", None
-    except OSError:
-        pg = start_postgres(Path(tempfile.mkdtemp(prefix="beamtwin-bench-pg-")))
-        return pg.url, pg
 
 
 def free_port() -> int:
@@ -236,12 +222,8 @@ def main() -> None:
     hours = args.hours or (0.25 if args.quick else 4.0)
     seconds = args.seconds or (6.0 if args.quick else 20.0)
 
-    base, embedded_pg = admin_url()
-    dbname = f"beamtwin_bench_{uuid.uuid4().hex[:8]}"
-    adm = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with adm.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{dbname}"'))
-    url = make_url(base).set(database=dbname).render_as_string(hide_password=False)
+    database = contextlib.ExitStack()
+    url = database.enter_context(throwaway_database())
     server: subprocess.Popen[bytes] | None = None
     try:
         store.upgrade_schema(url)
@@ -337,18 +319,7 @@ def main() -> None:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
-        with adm.connect() as conn:
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :d AND pid <> pg_backend_pid()"
-                ),
-                {"d": dbname},
-            )
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{dbname}"'))
-        adm.dispose()
-        if embedded_pg is not None:
-            embedded_pg.stop()  # type: ignore[attr-defined]
+        database.close()  # drops the database (and stops an embedded server)
 
 
 if __name__ == "__main__":

@@ -15,44 +15,28 @@ its own tansu broker; it creates and drops a throwaway database.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import psutil
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import provenance_store as store  # noqa: E402
-from beamtwin_cli._embedded import start_broker, start_postgres  # noqa: E402
+from beamtwin_cli._embedded import start_broker, throwaway_database  # noqa: E402
 from ingest._publisher import TelemetryPublisher, ensure_topics  # noqa: E402
 
 T0_NS = 1_795_435_200_000_000_000
 PG_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def admin_url() -> tuple[str, object | None]:
-    url = os.environ.get("BEAMTWIN_TEST_DATABASE_URL")
-    if url:
-        return url, None
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
-        return "postgresql+psycopg://postgres@127.0.0.1:5432/postgres", None
-    except OSError:
-        pg = start_postgres(Path(tempfile.mkdtemp(prefix="beamtwin-bench-pg-")))
-        return pg.url, pg
 
 
 def make_block(channels: int, ticks: int, frame: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -95,12 +79,8 @@ def main() -> None:
     n_frames = max(1, total // (n_channels * ticks))
     total = n_frames * n_channels * ticks
 
-    base, embedded_pg = admin_url()
-    dbname = f"beamtwin_bench_{uuid.uuid4().hex[:8]}"
-    adm = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with adm.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{dbname}"'))
-    url = make_url(base).set(database=dbname).render_as_string(hide_password=False)
+    database = contextlib.ExitStack()
+    url = database.enter_context(throwaway_database())
     broker = start_broker()
     try:
         store.upgrade_schema(url)
@@ -250,18 +230,7 @@ def main() -> None:
         print(f"ingest_peak_rss_mb: {peak_rss[0] / 2**20:.0f}")
     finally:
         broker.stop()
-        with adm.connect() as conn:
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :d AND pid <> pg_backend_pid()"
-                ),
-                {"d": dbname},
-            )
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{dbname}"'))
-        adm.dispose()
-        if embedded_pg is not None:
-            embedded_pg.stop()  # type: ignore[attr-defined]
+        database.close()  # drops the database (and stops an embedded server)
 
 
 if __name__ == "__main__":

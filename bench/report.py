@@ -28,27 +28,23 @@ creates and drops a throwaway database.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
-import os
-import socket
 import sys
-import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import provenance_store as store  # noqa: E402
 from api import _reports as reports  # noqa: E402
-from beamtwin_cli._embedded import start_postgres  # noqa: E402
+from beamtwin_cli._embedded import throwaway_database  # noqa: E402
 
 T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
 T0_US = int(T0.timestamp()) * 1_000_000
@@ -68,18 +64,6 @@ NAMED = (
     ("stage.y", "stage", "length", "m", -2e-6, 1e-10),
     ("stage.z", "stage", "length", "m", 0.0, 1e-10),
 )
-
-
-def admin_url() -> tuple[str, object | None]:
-    url = os.environ.get("BEAMTWIN_TEST_DATABASE_URL")
-    if url:
-        return url, None
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
-        return "postgresql+psycopg://postgres@127.0.0.1:5432/postgres", None
-    except OSError:
-        pg = start_postgres(Path(tempfile.mkdtemp(prefix="beamtwin-bench-pg-")))
-        return pg.url, pg
 
 
 def declarations() -> list[store.ChannelDeclaration]:
@@ -374,12 +358,8 @@ def main() -> None:
     days, n_datasets = (1, 50) if args.quick else (7, 300)
     start, end = T0, T0 + timedelta(days=days)
 
-    base, embedded_pg = admin_url()
-    dbname = f"beamtwin_bench_{uuid.uuid4().hex[:8]}"
-    adm = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with adm.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{dbname}"'))
-    url = make_url(base).set(database=dbname).render_as_string(hide_password=False)
+    database = contextlib.ExitStack()
+    url = database.enter_context(throwaway_database())
     try:
         store.upgrade_schema(url)
         engine = store.create_store_engine(url)
@@ -479,18 +459,7 @@ def main() -> None:
         print(f"week_report_vs_range_read: {elapsed / range_read_s:.1f}")
         engine.dispose()
     finally:
-        with adm.connect() as conn:
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :d AND pid <> pg_backend_pid()"
-                ),
-                {"d": dbname},
-            )
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{dbname}"'))
-        adm.dispose()
-        if embedded_pg is not None:
-            embedded_pg.stop()  # type: ignore[attr-defined]
+        database.close()  # drops the database (and stops an embedded server)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ its own tansu broker; it creates and drops a throwaway database.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import importlib.util
 import os
@@ -31,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,14 +39,13 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import provenance_store as store  # noqa: E402
 from beamtwin_cli._demo_acquisitions import virtual_acquisition_event  # noqa: E402
-from beamtwin_cli._embedded import start_broker  # noqa: E402
+from beamtwin_cli._embedded import start_broker, throwaway_database  # noqa: E402
 from ingest._publisher import TelemetryPublisher, ensure_topics  # noqa: E402
 from ingest._sources import AcquisitionPublisher  # noqa: E402
 
@@ -352,13 +351,8 @@ def main() -> None:
     if not REALDATA.is_dir():
         raise SystemExit(f"the real vendor files are not at {REALDATA}")
 
-    bench = _bench_ingest()
-    base, embedded_pg = bench.admin_url()
-    dbname = f"beamtwin_bench_{uuid.uuid4().hex[:8]}"
-    adm = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with adm.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{dbname}"'))
-    url = make_url(base).set(database=dbname).render_as_string(hide_password=False)
+    database = contextlib.ExitStack()
+    url = database.enter_context(throwaway_database())
     broker = start_broker()
     try:
         store.upgrade_schema(url)
@@ -372,18 +366,7 @@ def main() -> None:
         print(f"register_vs_rosettasciio_load: {ratio:.2f}")
     finally:
         broker.stop()
-        with adm.connect() as conn:
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :d AND pid <> pg_backend_pid()"
-                ),
-                {"d": dbname},
-            )
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{dbname}"'))
-        adm.dispose()
-        if embedded_pg is not None:
-            embedded_pg.stop()
+        database.close()  # drops the database (and stops an embedded server)
 
 
 if __name__ == "__main__":

@@ -8,29 +8,22 @@ answers, else an embedded server from the ``pgserver`` wheel.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import socket
-import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
-from beamtwin_cli._embedded import EmbeddedBroker, start_broker, start_postgres
+from beamtwin_cli._embedded import (
+    EmbeddedBroker,
+    create_throwaway_database,
+    drop_database,
+    postgres_server,
+    start_broker,
+)
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
-
-
-def _local_server_answers(host: str = "127.0.0.1", port: int = 5432) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(autouse=True)
@@ -53,44 +46,8 @@ def _logging_restored() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
     """URL of a database on a PostgreSQL server where the tests may create databases."""
-    url = os.environ.get("BEAMTWIN_TEST_DATABASE_URL")
-    if url:
+    with postgres_server(prefix="beamtwin-test-pg-") as url:
         yield url
-        return
-    if _local_server_answers():
-        yield "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-        return
-    data_dir = Path(tempfile.mkdtemp(prefix="beamtwin-test-pg-"))
-    server = start_postgres(data_dir)
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-def create_throwaway_database(admin_url: str) -> str:
-    """Create an empty database on the admin URL's server and return its URL."""
-    name = f"beamtwin_test_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(admin_url: str, url: str) -> None:
-    name = make_url(url).database
-    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = :name AND pid <> pg_backend_pid()"
-            ),
-            {"name": name},
-        )
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-    engine.dispose()
 
 
 @pytest.fixture(scope="session")
