@@ -14,6 +14,7 @@ COPY ingest ./ingest
 COPY provenance_store ./provenance_store
 COPY api ./api
 COPY simulations ./simulations
+COPY workers ./workers
 COPY beamtwin_cli ./beamtwin_cli
 RUN pip install . \
     && useradd --system --uid 10001 --no-create-home beamtwin

@@ -7,6 +7,15 @@ docs/api.md for the authentication model, the routes and the error format.
 from api._app import API_VERSION, ApiConfigError, create_app
 from api._deps import ROLE_CAPABILITIES, Principal
 from api._errors import ApiError, Forbidden, InvalidRequest, NotAuthenticated, TooLarge
+from api._reports import (
+    ReportError,
+    ReportTooLarge,
+    build_report,
+    render_html,
+    render_json,
+    render_pdf,
+    report_filename,
+)
 from api._settings import ApiSettings
 
 __all__ = [
@@ -19,6 +28,13 @@ __all__ = [
     "InvalidRequest",
     "NotAuthenticated",
     "Principal",
+    "ReportError",
+    "ReportTooLarge",
     "TooLarge",
+    "build_report",
     "create_app",
+    "render_html",
+    "render_json",
+    "render_pdf",
+    "report_filename",
 ]

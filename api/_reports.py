@@ -31,7 +31,7 @@ import numpy as np
 import sqlalchemy as sa
 
 import provenance_store as store
-from provenance_store._merkle import node_hash, verify_inclusion
+from provenance_store import node_hash, verify_inclusion
 
 REPORT_SCHEMA = "beamtwin.report.v1"
 ReportFormat = Literal["json", "html", "pdf"]

@@ -22,19 +22,25 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import provenance_store as store
-from beamtwin_cli._embedded import EmbeddedServiceError, start_broker, start_postgres
-from ingest import IngestError, IngestSettings, TwinSettings, TwinStats, TwinWorker
-from ingest._publisher import TelemetryPublisher, ensure_topics
-from ingest._settings import BlueskySettings, SnapshotSettings
-from ingest._worker import IngestStats, IngestWorker
+from beamtwin_cli.embedded import EmbeddedServiceError, start_broker, start_postgres
+from ingest import (
+    BlueskySettings,
+    IngestError,
+    IngestSettings,
+    IngestStats,
+    IngestWorker,
+    TelemetryPublisher,
+    ensure_topics,
+)
+from workers import SnapshotSettings, TwinSettings, TwinStats, TwinWorker
 
 if TYPE_CHECKING:
     import uvicorn
 
     from api import ApiSettings
-    from ingest._snapshot_worker import SnapshotStats
     from simulations import TelemetryBlock
     from twin import Calibration
+    from workers import SnapshotStats
 
 
 class CommandError(Exception):
@@ -473,7 +479,7 @@ def _aware(name: str, text: str | None) -> datetime | None:
 
 
 def report(args: argparse.Namespace) -> int:
-    from api import _reports as reports
+    import api as reports
 
     fmt = args.format or next(
         (f for f in ("json", "html", "pdf") if args.output.lower().endswith(f".{f}")), "json"
@@ -764,8 +770,7 @@ def replay_holder_log(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- register
 def register(args: argparse.Namespace) -> int:
-    # Imported here: the vendor readers (rosettasciio, h5py, tifffile) are slow to load.
-    from ingest._register import prepare, publish
+    from ingest import prepare, publish_registrations
 
     settings = _settings()
     bootstrap = None if args.dry_run else _bootstrap(settings)
@@ -803,7 +808,7 @@ def register(args: argparse.Namespace) -> int:
         engine.dispose()
     if bootstrap is not None:
         try:
-            publish(
+            publish_registrations(
                 registrations,
                 bootstrap=bootstrap,
                 topic=settings.acquisitions_topic,
@@ -896,7 +901,7 @@ def _start_snapshot_worker(
     stop: threading.Event,
     errors: list[BaseException],
 ) -> tuple[threading.Thread, SnapshotStats]:
-    from ingest._snapshot_worker import SnapshotStats, SnapshotWorker
+    from workers import SnapshotStats, SnapshotWorker
 
     stats = SnapshotStats()
     worker = SnapshotWorker(settings, engine=engine, stats=stats)
@@ -942,8 +947,7 @@ def snapshots(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- watch
 def watch(args: argparse.Namespace) -> int:
-    from ingest._register import Registration
-    from ingest._watch import DirectoryWatcher, Registrar
+    from ingest import DirectoryWatcher, Registrar, Registration
 
     settings = _settings()
     bootstrap = _bootstrap(settings)
@@ -1041,7 +1045,7 @@ def watch(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- bluesky
 def bluesky(args: argparse.Namespace) -> int:
-    from ingest._bluesky import BlueskyConsumer, BlueskyStats
+    from ingest import BlueskyConsumer, BlueskyStats
 
     settings = BlueskySettings()
     bootstrap = _bootstrap(settings)
@@ -1371,7 +1375,7 @@ class _VirtualAcquisitions:
     def __init__(
         self, bootstrap: str, topic: str, *, every_s: float, calibration: Calibration
     ) -> None:
-        from ingest._sources import AcquisitionPublisher
+        from ingest import AcquisitionPublisher
 
         self.every_s = every_s
         self.calibration = calibration
@@ -1382,7 +1386,7 @@ class _VirtualAcquisitions:
         self._publisher = AcquisitionPublisher(bootstrap, topic=topic, source="register")
 
     def on_block(self, block: object) -> None:
-        from beamtwin_cli._demo_acquisitions import virtual_acquisition_event
+        from beamtwin_cli.demo_acquisitions import virtual_acquisition_event
         from simulations import TelemetryBlock
 
         if self.every_s <= 0 or not isinstance(block, TelemetryBlock):

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import provenance_store as store  # noqa: E402
-from beamtwin_cli._embedded import throwaway_database  # noqa: E402
+from beamtwin_cli.embedded import throwaway_database  # noqa: E402
 
 INSTRUMENT = "bench-stem"
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)

@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import provenance_store as store  # noqa: E402
-from beamtwin_cli._embedded import start_broker, throwaway_database  # noqa: E402
-from ingest._publisher import TelemetryPublisher, ensure_topics  # noqa: E402
+from beamtwin_cli.embedded import start_broker, throwaway_database  # noqa: E402
+from ingest import TelemetryPublisher, ensure_topics  # noqa: E402
 
 T0_NS = 1_795_435_200_000_000_000
 PG_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

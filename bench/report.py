@@ -42,9 +42,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import api as reports  # noqa: E402
 import provenance_store as store  # noqa: E402
-from api import _reports as reports  # noqa: E402
-from beamtwin_cli._embedded import throwaway_database  # noqa: E402
+from beamtwin_cli.embedded import throwaway_database  # noqa: E402
 
 T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
 T0_US = int(T0.timestamp()) * 1_000_000

@@ -44,10 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import provenance_store as store  # noqa: E402
-from beamtwin_cli._demo_acquisitions import virtual_acquisition_event  # noqa: E402
-from beamtwin_cli._embedded import start_broker, throwaway_database  # noqa: E402
-from ingest._publisher import TelemetryPublisher, ensure_topics  # noqa: E402
-from ingest._sources import AcquisitionPublisher  # noqa: E402
+from beamtwin_cli.demo_acquisitions import virtual_acquisition_event  # noqa: E402
+from beamtwin_cli.embedded import start_broker, throwaway_database  # noqa: E402
+from ingest import AcquisitionPublisher, TelemetryPublisher, ensure_topics  # noqa: E402
 
 REALDATA = ROOT.parent / "shared" / "realdata"
 #: The real files rosettasciio reads, and its reader for each.
@@ -307,8 +306,7 @@ def rsciio_load(path: Path) -> None:
 
 
 def measure_registration(bootstrap: str, n_copies: int) -> dict[str, float]:
-    from ingest._register import prepare
-    from ingest._sources import publish_registrations
+    from ingest import prepare, publish_registrations
 
     with tempfile.TemporaryDirectory(prefix="beamtwin-bench-files-") as tmp:
         paths = copies(Path(tmp), n_copies)

@@ -1,17 +1,23 @@
-"""Telemetry ingest: wire format, validation, dead-lettering, publisher and worker; the twin
-worker, which follows the stored telemetry with the twin and stores its estimates and flags; and
-the registration of vendor data files as acquisition events (``beamtwin register``)."""
+"""What moves data into beamtwin: the Kafka contracts (telemetry wire format, acquisition
+events, dead letters) and their JSON Schemas, the telemetry ingest worker (validate,
+dead-letter, idempotent batched COPY into the store), the publishers, and the producers of
+acquisition events: vendor-file readers (``beamtwin register`` / ``watch``) and the bluesky
+consumer. Long-running processes that join the store with the twin live in :mod:`workers`."""
 
 from ingest._acquisition import (
     ACQUISITION_SCHEMA_ID,
+    INSTRUMENT_FIELDS,
     MAPPING_VERSION,
+    STATE_FIELDS,
     AcquisitionEventV1,
     NormalizedField,
     Quality,
     TimeSource,
+    dataset_id_for,
     decode_event,
     encode_event,
 )
+from ingest._bluesky import BlueskyConsumer, BlueskyStats
 from ingest._deadletter import (
     DEAD_LETTER_CODES,
     DeadLetterInfo,
@@ -21,17 +27,20 @@ from ingest._deadletter import (
 )
 from ingest._errors import IngestError, PublishError, RejectedMessage
 from ingest._publisher import Delivery, TelemetryPublisher, ensure_topics
+from ingest._register import Registration, prepare, publish_registrations
 from ingest._settings import (
     ACQUISITIONS_TOPIC,
+    BLUESKY_TOPIC,
     DEADLETTER_TOPIC,
     TELEMETRY_TOPIC,
+    BlueskySettings,
     IngestSettings,
-    TwinSettings,
 )
-from ingest._twin_worker import TwinStats, TwinWorker
+from ingest._sources import SOURCE_HEADER, SOURCES, AcquisitionPublisher, source_of
 from ingest._units import conversion_to_canonical
 from ingest._validate import ChannelDeclaration, KnownChannel, ValidatedFrame, validate_frame
 from ingest._vendor import build_acquisition_event, read_vendor_file
+from ingest._watch import DirectoryWatcher, Registrar, WatchStats
 from ingest._wire import (
     SCHEMA_ID,
     ColumnV1,
@@ -40,38 +49,54 @@ from ingest._wire import (
     decode_frame,
     encode_frame,
 )
+from ingest._worker import TRANSIENT_DB_ERRORS, IngestStats, IngestWorker, WorkerStopped
 
 __all__ = [
     "ACQUISITIONS_TOPIC",
     "ACQUISITION_SCHEMA_ID",
+    "BLUESKY_TOPIC",
     "DEADLETTER_TOPIC",
     "DEAD_LETTER_CODES",
+    "INSTRUMENT_FIELDS",
     "MAPPING_VERSION",
     "SCHEMA_ID",
+    "SOURCES",
+    "SOURCE_HEADER",
+    "STATE_FIELDS",
     "TELEMETRY_TOPIC",
+    "TRANSIENT_DB_ERRORS",
     "AcquisitionEventV1",
+    "AcquisitionPublisher",
+    "BlueskyConsumer",
+    "BlueskySettings",
+    "BlueskyStats",
     "ChannelDeclaration",
     "ColumnV1",
     "DeadLetterInfo",
     "DeadLetterSender",
     "Delivery",
+    "DirectoryWatcher",
     "IngestError",
     "IngestSettings",
+    "IngestStats",
+    "IngestWorker",
     "KnownChannel",
     "NormalizedField",
     "PublishError",
     "Quality",
+    "Registrar",
+    "Registration",
     "RejectedMessage",
     "TelemetryFrameV1",
     "TelemetryPublisher",
     "TimeSource",
-    "TwinSettings",
-    "TwinStats",
-    "TwinWorker",
     "ValidatedFrame",
+    "WatchStats",
+    "WorkerStopped",
     "build_acquisition_event",
     "build_frame",
     "conversion_to_canonical",
+    "dataset_id_for",
     "dead_letter_headers",
     "decode_event",
     "decode_frame",
@@ -79,6 +104,9 @@ __all__ = [
     "encode_frame",
     "ensure_topics",
     "parse_dead_letter",
+    "prepare",
+    "publish_registrations",
     "read_vendor_file",
+    "source_of",
     "validate_frame",
 ]

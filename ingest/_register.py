@@ -23,10 +23,11 @@ from typing import Any
 
 import orjson
 
-from ingest._acquisition import AcquisitionEventV1, encode_event
+from ingest._acquisition import AcquisitionEventV1
 from ingest._deadletter import DeadLetterSender
 from ingest._errors import RejectedMessage
-from ingest._publisher import TelemetryPublisher, ensure_topics
+from ingest._publisher import ensure_topics
+from ingest._sources import AcquisitionPublisher
 from ingest._vendor import build_acquisition_event, file_digest, read_vendor_file
 from ingest._wire import IDENTIFIER_PATTERN
 
@@ -147,39 +148,35 @@ def worker_id() -> str:
     return f"beamtwin-register@{socket.gethostname()}:{os.getpid()}"
 
 
-def publish(
+def publish_registrations(
     registrations: Sequence[Registration],
     *,
     bootstrap: str,
     topic: str,
     deadletter_topic: str,
+    source: str = "register",
     partitions: int = 12,
     operator: str | None = None,
     proposal: str | None = None,
 ) -> None:
-    """Publish every event (key: instrument id) and every refusal's dead letter, and wait for
-    the broker to acknowledge all of them.
+    """Publish every event of ``registrations`` (key: instrument id, header
+    ``beamtwin.source`` naming ``source``: ``register``, ``watch`` or ``bluesky``) and every
+    refusal's dead letter, creating the topics if needed, and wait for the broker to
+    acknowledge all of them. The one path by which files become acquisition events.
 
     Raises:
         PublishError / IngestError: the broker is unreachable or did not acknowledge.
     """
     ensure_topics(bootstrap, {topic: partitions, deadletter_topic: 1})
-    events = [r for r in registrations if r.event is not None]
+    events = [r.event for r in registrations if r.event is not None]
     refused = [r for r in registrations if r.rejection is not None]
     if events:
-        with TelemetryPublisher(
-            bootstrap,
-            topic=topic,
-            publisher_id="register",
-            max_request_size=64 * 1024 * 1024,
-        ) as publisher:
-            for reg in events:
-                assert reg.event is not None
-                publisher.publish_raw(
-                    encode_event(reg.event), instrument_id=reg.event.instrument_id
-                )
+        with AcquisitionPublisher(bootstrap, topic=topic, source=source) as publisher:
+            for event in events:
+                publisher.publish(event)
+            publisher.flush()
     if refused:
-        who = worker_id()
+        who = worker_id().replace("beamtwin-register@", f"beamtwin-{source}@")
         now_ms = int(datetime.now(UTC).timestamp() * 1000)
         with DeadLetterSender(bootstrap, topic=deadletter_topic) as sender:
             for reg in refused:

@@ -10,16 +10,13 @@ snapshot worker stores it as the dataset's ``source``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from ingest._acquisition import AcquisitionEventV1, encode_event
-from ingest._deadletter import DeadLetterSender
 from ingest._errors import PublishError
-from ingest._register import Registration, _FileRecord, dead_letter_value, worker_id
 
 #: Kafka header naming what registered the dataset.
 SOURCE_HEADER = "beamtwin.source"
@@ -97,43 +94,3 @@ class AcquisitionPublisher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def publish_registrations(
-    registrations: Sequence[Registration],
-    *,
-    bootstrap: str,
-    topic: str,
-    deadletter_topic: str,
-    source: str,
-    operator: str | None = None,
-    proposal: str | None = None,
-) -> None:
-    """Publish the events of ``registrations`` (as ``beamtwin register`` does, with the
-    source header) and the dead letters of the refused ones, exactly as ``beamtwin register``
-    writes them; wait for the broker to acknowledge all of them.
-
-    Raises:
-        PublishError: the broker is unreachable or did not acknowledge.
-    """
-    events = [r.event for r in registrations if r.event is not None]
-    refused = [r for r in registrations if r.rejection is not None]
-    if events:
-        with AcquisitionPublisher(bootstrap, topic=topic, source=source) as publisher:
-            for event in events:
-                publisher.publish(event)
-            publisher.flush()
-    if refused:
-        who = worker_id().replace("beamtwin-register@", f"beamtwin-{source}@")
-        now_ms = int(datetime.now(UTC).timestamp() * 1000)
-        with DeadLetterSender(bootstrap, topic=deadletter_topic) as sender:
-            for reg in refused:
-                assert reg.rejection is not None
-                record = _FileRecord(
-                    topic=topic,
-                    key=reg.instrument_id.encode() if reg.instrument_id else None,
-                    value=dead_letter_value(reg, operator=operator, proposal=proposal),
-                    timestamp=now_ms,
-                )
-                sender.send(record, reg.rejection, worker=who)
-            sender.flush()

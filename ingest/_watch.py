@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest._errors import IngestError
-from ingest._register import Registration, prepare
-from ingest._sources import publish_registrations
+from ingest._register import Registration, prepare, publish_registrations
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ _NS_PER_S = 1_000_000_000
 _T = TypeVar("_T")
 
 #: Database errors that mean "the database is unreachable or restarting": retry, never drop.
-_TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     sa.exc.OperationalError,
     sa.exc.InterfaceError,
 )
@@ -381,7 +381,7 @@ class IngestWorker:
             try:
                 with self.engine.begin() as conn:
                     return store.insert_samples(conn=conn, batch=samples)
-            except _TRANSIENT_DB_ERRORS as exc:
+            except TRANSIENT_DB_ERRORS as exc:
                 self.stats.db_retries += 1
                 log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
                 if self._stop.wait(delay):
@@ -475,7 +475,7 @@ class IngestWorker:
                 try:
                     with self.engine.begin() as conn:
                         return fn(conn)
-                except _TRANSIENT_DB_ERRORS as exc:
+                except TRANSIENT_DB_ERRORS as exc:
                     self.stats.db_retries += 1
                     log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
                     if self._consumer is not None and not paused:

@@ -21,8 +21,7 @@ from simulations._block import TelemetryBlock
 from simulations._faults import Dropout, Excursion, Fault, Ramp, Step, Stuck
 from simulations._optical_state import state_step
 from simulations._virtual_microscope import VirtualMicroscope
-from twin import Calibration, Flag, Tracker, default_tracker_config
-from twin._detect import innovation_threshold
+from twin import Calibration, Flag, Tracker, default_tracker_config, innovation_threshold
 
 __all__ = [
     "FAULT_SUITE",

@@ -8,7 +8,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from ingest._acquisition import AcquisitionEventV1
+from ingest import AcquisitionEventV1
 from tests.provenance_store._support import T0
 
 TWIN = "twin-0.4.1"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from beamtwin_cli._embedded import (
+from beamtwin_cli.embedded import (
     EmbeddedBroker,
     create_throwaway_database,
     drop_database,

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from api import ApiSettings
-from ingest._settings import BlueskySettings, IngestSettings, SnapshotSettings, TwinSettings
+from ingest import BlueskySettings, IngestSettings
+from workers import SnapshotSettings, TwinSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_PATH = ROOT / "docker-compose.yml"

@@ -19,6 +19,12 @@ from twin._conventions import (
     polar_to_cartesian,
     velox_to_abtem,
 )
+from twin._detect import (
+    cusum_threshold,
+    innovation_threshold,
+    per_sample_probability,
+    stuck_min_run,
+)
 from twin._drift_models import DriftModel, LocalLinearTrend, RandomWalk, ThermalCoupling
 from twin._errors import TwinError
 from twin._instrument import (
@@ -213,6 +219,7 @@ __all__ = [
     "ctf",
     "ctf_on_grid",
     "ctf_zeros",
+    "cusum_threshold",
     "default_tracker_config",
     "derive_state",
     "energy2mass",
@@ -223,11 +230,13 @@ __all__ = [
     "fit_thon_rings",
     "grid_sampling",
     "initial_state",
+    "innovation_threshold",
     "is_valid_channel_name",
     "kalman_filter",
     "kalman_smoother",
     "merge_late_samples",
     "nion_to_abtem",
+    "per_sample_probability",
     "point_resolution",
     "polar_to_cartesian",
     "probe_intensity",
@@ -239,6 +248,7 @@ __all__ = [
     "snapshot_channels",
     "spatial_envelope",
     "spatial_frequencies",
+    "stuck_min_run",
     "temporal_envelope",
     "unit_error_note",
     "update_window",

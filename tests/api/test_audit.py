@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 import provenance_store as store
 from api import ApiConfigError, ApiSettings, create_app
-from provenance_store._merkle import verify_consistency, verify_inclusion
+from provenance_store import verify_consistency, verify_inclusion
 from tests.api.conftest import World, auth
 
 

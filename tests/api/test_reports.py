@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 import provenance_store as store
 from api import _reports as reports
-from provenance_store._merkle import verify_inclusion
+from provenance_store import verify_inclusion
 from tests.api.conftest import World, auth
 from tests.provenance_store._support import (
     HIGH_TENSION,

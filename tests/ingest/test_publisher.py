@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer
 
-from beamtwin_cli._embedded import free_port, start_broker
+from beamtwin_cli.embedded import free_port, start_broker
 from ingest import (
     DeadLetterSender,
     Delivery,

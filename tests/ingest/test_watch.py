@@ -15,9 +15,9 @@ import pytest
 from kafka import KafkaConsumer
 
 from beamtwin_cli import main
+from ingest import Registration, prepare
 from ingest._acquisition import decode_event
 from ingest._errors import PublishError
-from ingest._register import Registration, prepare
 from ingest._watch import DirectoryWatcher, Registrar, is_obvious_non_data
 from tests.ingest._support import create_topics, read_dead_letters
 

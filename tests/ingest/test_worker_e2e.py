@@ -356,7 +356,7 @@ def test_database_connections_cut_during_ingest_recovers_without_loss(
 def test_database_server_restart_during_ingest(
     tmp_path: Path, kafka_bootstrap: str, unique_name
 ) -> None:
-    from beamtwin_cli._embedded import start_postgres
+    from beamtwin_cli.embedded import start_postgres
 
     pg = start_postgres(tmp_path / "pg")
     try:

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 import provenance_store as store
-from ingest._acquisition import AcquisitionEventV1
+from ingest import AcquisitionEventV1
 from provenance_store._datasets import dataset_hash_fields
 from tests._datasets import CALIBRATION, TWIN, iso, make_body, make_event
 from tests.provenance_store._support import HIGH_TENSION, T0, make_batch

@@ -35,7 +35,7 @@ from rocrate.rocrate import ROCrate
 
 import provenance_store as store
 from beamtwin_cli import main
-from ingest._acquisition import AcquisitionEventV1
+from ingest import AcquisitionEventV1
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 TWIN = "twin-0.4.1"

@@ -460,7 +460,7 @@ def test_align_channels_holds_each_channel_at_its_last_sample() -> None:
 
 
 def test_field_map_units_match_the_acquisition_fields() -> None:
-    from ingest._acquisition import STATE_FIELDS  # the test may cross packages; twin may not
+    from ingest import STATE_FIELDS  # the test may cross packages; twin may not
 
     for name, source in twin.FIELD_SOURCES.items():
         assert STATE_FIELDS[name][0] == source.unit, name

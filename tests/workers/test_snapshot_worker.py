@@ -26,11 +26,10 @@ from kafka import KafkaProducer
 import provenance_store as store
 import simulations
 import twin
-from beamtwin_cli._demo_acquisitions import WRONG_DEFOCUS_M, virtual_acquisition_event
-from ingest._acquisition import AcquisitionEventV1, encode_event
-from ingest._settings import SnapshotSettings
-from ingest._snapshot_worker import SnapshotStats, SnapshotWorker
+from beamtwin_cli.demo_acquisitions import WRONG_DEFOCUS_M, virtual_acquisition_event
+from ingest import AcquisitionEventV1, encode_event
 from tests.ingest._support import T0_NS, create_topics, read_dead_letters, wait_until
+from workers import SnapshotSettings, SnapshotStats, SnapshotWorker
 
 ROOT = Path(__file__).resolve().parents[2]
 RATE_HZ = 10.0

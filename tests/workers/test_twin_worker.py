@@ -22,9 +22,8 @@ import sqlalchemy as sa
 import provenance_store as store
 import simulations
 import twin
-from ingest import TwinSettings, TwinStats, TwinWorker
-from ingest._twin_worker import STATE_FORMAT
 from tests.ingest._support import T0_NS
+from workers import STATE_FORMAT, TwinSettings, TwinStats, TwinWorker
 
 RATE_HZ = 10.0
 DURATION_S = 120.0

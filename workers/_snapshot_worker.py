@@ -5,7 +5,7 @@ message is validated as an :class:`~ingest.AcquisitionEventV1`; one that is not 
 schema error, an unknown instrument, too large) goes to the dead-letter topic with the reason.
 A valid one is handled in **one database transaction**: the dataset is registered
 (:func:`provenance_store.register_dataset`), the twin's snapshot of the acquisition window is
-computed from the stored telemetry (:func:`ingest._snapshots.compute_snapshot`) and stored
+computed from the stored telemetry (:func:`workers.compute_snapshot`) and stored
 (:func:`provenance_store.store_snapshot`, actor ``twin``, reason ``acquisition``).
 
 Exactly once, and how:
@@ -46,13 +46,17 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 import provenance_store as store
-from ingest._acquisition import AcquisitionEventV1
-from ingest._deadletter import DeadLetterSender
-from ingest._errors import IngestError, RejectedMessage
-from ingest._settings import SnapshotSettings
-from ingest._snapshots import compute_snapshot, warm_up
-from ingest._sources import source_of
-from ingest._worker import _TRANSIENT_DB_ERRORS, WorkerStopped
+from ingest import (
+    TRANSIENT_DB_ERRORS,
+    AcquisitionEventV1,
+    DeadLetterSender,
+    IngestError,
+    RejectedMessage,
+    WorkerStopped,
+    source_of,
+)
+from workers._settings import SnapshotSettings
+from workers._snapshots import compute_snapshot, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +424,7 @@ class SnapshotWorker:
                 try:
                     with self.engine.begin() as conn:
                         return fn(conn)
-                except _TRANSIENT_DB_ERRORS as exc:
+                except TRANSIENT_DB_ERRORS as exc:
                     self.stats.db_retries += 1
                     log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
                     if consumer is not None and not paused:

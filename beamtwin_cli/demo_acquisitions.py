@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ingest._acquisition import (
+from ingest import (
     ACQUISITION_SCHEMA_ID,
     MAPPING_VERSION,
     AcquisitionEventV1,
@@ -141,7 +141,7 @@ def virtual_acquisition_event(
 
 
 def _unit(field: str) -> str:
-    from ingest._acquisition import STATE_FIELDS
+    from ingest import STATE_FIELDS
 
     unit = STATE_FIELDS[field][0]
     assert unit is not None

@@ -48,8 +48,8 @@ import sqlalchemy as sa
 
 import provenance_store as store
 import twin
-from ingest._settings import TwinSettings
-from ingest._worker import _TRANSIENT_DB_ERRORS, WorkerStopped
+from ingest import TRANSIENT_DB_ERRORS, WorkerStopped
+from workers._settings import TwinSettings
 
 log = logging.getLogger(__name__)
 
@@ -550,7 +550,7 @@ class TwinWorker:
             try:
                 with self.engine.begin() as conn:
                     return fn(conn)
-            except _TRANSIENT_DB_ERRORS as exc:
+            except TRANSIENT_DB_ERRORS as exc:
                 self.stats.db_retries += 1
                 log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
                 if self._stop.wait(delay):

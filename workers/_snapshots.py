@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 import provenance_store as store
 import twin
-from ingest._acquisition import AcquisitionEventV1
+from ingest import AcquisitionEventV1
 
 __all__ = [
     "COMPLETE_AFTER_S",

@@ -19,10 +19,9 @@ import sqlalchemy as sa
 import provenance_store as store
 import simulations
 import twin
-from ingest._acquisition import STATE_FIELDS, AcquisitionEventV1
-from ingest._snapshots import ComputedSnapshot, compute_snapshot
-from ingest._vendor import build_acquisition_event
+from ingest import STATE_FIELDS, AcquisitionEventV1, build_acquisition_event
 from tests.ingest._support import T0_NS
+from workers._snapshots import ComputedSnapshot, compute_snapshot
 
 RATE_HZ = 10.0
 DURATION_S = 240.0
@@ -501,7 +500,7 @@ def test_known_placeholders_of_real_files(
 def test_long_windows_are_derived_in_chunks_equal_to_one_call() -> None:
     """Windows longer than the largest compiled shape are derived chunk by chunk; the result
     is the same as one call on the whole (unpadded) input."""
-    from ingest._snapshots import _MAX_PADDED, _derive
+    from workers._snapshots import _MAX_PADDED, _derive
 
     rng = np.random.default_rng(3)
     n = 2 * _MAX_PADDED + 123

@@ -1,0 +1,26 @@
+"""Long-running processes that join the provenance store with the twin (and, as they arrive,
+the simulations): the twin worker (stored telemetry -> state estimates and flags), snapshot
+computation and the snapshot worker (acquisition events -> datasets with verified snapshots).
+
+Only the CLI imports this package; it may import :mod:`ingest` (contracts, the consumer loop),
+:mod:`provenance_store`, :mod:`twin` and :mod:`simulations`, never :mod:`api`."""
+
+from workers._settings import SNAPSHOT_GROUP_ID, SnapshotSettings, TwinSettings
+from workers._snapshot_worker import SnapshotStats, SnapshotWorker
+from workers._snapshots import ComputedSnapshot, compute_snapshot, warm_up
+from workers._twin_worker import STATE_FORMAT, TwinStats, TwinWorker, WindowResult
+
+__all__ = [
+    "SNAPSHOT_GROUP_ID",
+    "STATE_FORMAT",
+    "ComputedSnapshot",
+    "SnapshotSettings",
+    "SnapshotStats",
+    "SnapshotWorker",
+    "TwinSettings",
+    "TwinStats",
+    "TwinWorker",
+    "WindowResult",
+    "compute_snapshot",
+    "warm_up",
+]
