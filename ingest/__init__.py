@@ -18,6 +18,14 @@ from ingest._acquisition import (
     encode_event,
 )
 from ingest._bluesky import BlueskyConsumer, BlueskyStats
+from ingest._consumer import (
+    Action,
+    ConsumerConfig,
+    ConsumerCounters,
+    ConsumerLoop,
+    ConsumerStage,
+    ErrorPolicy,
+)
 from ingest._deadletter import (
     DEAD_LETTER_CODES,
     DeadLetterInfo,
@@ -28,6 +36,7 @@ from ingest._deadletter import (
 from ingest._errors import IngestError, PublishError, RejectedMessage
 from ingest._publisher import Delivery, TelemetryPublisher, ensure_topics
 from ingest._register import Registration, prepare, publish_registrations
+from ingest._retry import TRANSIENT_DB_ERRORS, RetryPolicy, WorkerStopped, with_db
 from ingest._settings import (
     ACQUISITIONS_TOPIC,
     BLUESKY_TOPIC,
@@ -49,7 +58,7 @@ from ingest._wire import (
     decode_frame,
     encode_frame,
 )
-from ingest._worker import TRANSIENT_DB_ERRORS, IngestStats, IngestWorker, WorkerStopped
+from ingest._worker import IngestStats, IngestWorker
 
 __all__ = [
     "ACQUISITIONS_TOPIC",
@@ -67,15 +76,21 @@ __all__ = [
     "TRANSIENT_DB_ERRORS",
     "AcquisitionEventV1",
     "AcquisitionPublisher",
+    "Action",
     "BlueskyConsumer",
     "BlueskySettings",
     "BlueskyStats",
     "ChannelDeclaration",
     "ColumnV1",
+    "ConsumerConfig",
+    "ConsumerCounters",
+    "ConsumerLoop",
+    "ConsumerStage",
     "DeadLetterInfo",
     "DeadLetterSender",
     "Delivery",
     "DirectoryWatcher",
+    "ErrorPolicy",
     "IngestError",
     "IngestSettings",
     "IngestStats",
@@ -87,6 +102,7 @@ __all__ = [
     "Registrar",
     "Registration",
     "RejectedMessage",
+    "RetryPolicy",
     "TelemetryFrameV1",
     "TelemetryPublisher",
     "TimeSource",
@@ -109,4 +125,5 @@ __all__ = [
     "read_vendor_file",
     "source_of",
     "validate_frame",
+    "with_db",
 ]

@@ -32,7 +32,6 @@ exactly one event.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -50,9 +49,7 @@ import msgpack  # type: ignore[import-untyped]  # ships no type hints
 import numpy as np
 import orjson
 import pydantic
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
+from kafka import TopicPartition
 
 from ingest._acquisition import (
     ACQUISITION_SCHEMA_ID,
@@ -62,7 +59,7 @@ from ingest._acquisition import (
     Quality,
     TimeSource,
 )
-from ingest._deadletter import DeadLetterSender
+from ingest._consumer import ConsumerConfig, ConsumerCounters, ConsumerLoop
 from ingest._errors import IngestError, RejectedMessage
 from ingest._settings import BlueskySettings
 from ingest._sources import AcquisitionPublisher
@@ -514,15 +511,13 @@ class RunCollector:
 
 # ---------------------------------------------------------------------- consumer
 @dataclass
-class BlueskyStats:
+class BlueskyStats(ConsumerCounters):
     documents: int = 0
     runs_published: int = 0
     #: Finished runs waiting for an older run of their partition to finish first.
     runs_held: int = 0
     runs_abandoned: int = 0
-    dead_lettered: int = 0
     open_runs: int = 0
-    dead_letter_codes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,7 +556,11 @@ class BlueskyConsumer:
         self.collector = RunCollector(instrument_keys=keys, field_map=settings.bluesky_field_map)
         self._clock_s = clock_s
         self._stop = threading.Event()
-        self._consumer: KafkaConsumer | None = None
+        self._loop: ConsumerLoop | None = None
+        self._publisher: AcquisitionPublisher | None = None
+        #: Next offset to read, and how far it is safe to commit, per partition.
+        self._read: dict[TopicPartition, int] = {}
+        self._safe: dict[TopicPartition, int] = {}
         #: Finished runs not published yet, by partition.
         self._finished: dict[TopicPartition, list[_Finished]] = {}
         #: The consumed record of each open run's start document, and when the run last had a
@@ -577,57 +576,70 @@ class BlueskyConsumer:
             self._stop = stop
         s = self.settings
         assert s.kafka_bootstrap is not None
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap,
+        config = ConsumerConfig(
+            bootstrap=s.kafka_bootstrap,
+            topics=[s.bluesky_topic],
             group_id=s.bluesky_group_id,
             client_id=f"beamtwin-{self.worker_id}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=500,
-            max_partition_fetch_bytes=max(8 * 1024 * 1024, s.bluesky_max_message_bytes * 2),
+            deadletter_topic=s.deadletter_topic,
             session_timeout_ms=s.kafka_session_timeout_ms,
             heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
+            max_poll_records=500,
+            max_message_bytes=s.bluesky_max_message_bytes,
         )
-        self._consumer.subscribe([s.bluesky_topic], listener=_Rebalance(self))
-        try:
-            with (
-                AcquisitionPublisher(
-                    s.kafka_bootstrap, topic=s.acquisitions_topic, source="bluesky"
-                ) as publisher,
-                DeadLetterSender(s.kafka_bootstrap, topic=s.deadletter_topic) as dead,
-            ):
-                while not self._stop.is_set():
-                    self._poll_once(publisher, dead)
-        finally:
-            try:
-                self._consumer.close(autocommit=False)
-            except KafkaError as exc:
-                log.warning("consumer close: %s", exc)
+        self._loop = ConsumerLoop(config, self, worker_id=self.worker_id, counters=self.stats)
+        with AcquisitionPublisher(
+            s.kafka_bootstrap, topic=s.acquisitions_topic, source="bluesky"
+        ) as self._publisher:
+            self._loop.run(self._stop)
 
-    def _poll_once(self, publisher: AcquisitionPublisher, dead: DeadLetterSender) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        polled = consumer.poll(timeout_ms=200)
-        positions: dict[TopicPartition, int] = {}
-        for tp, records in polled.items():
-            for record in records:
-                self.stats.documents += 1
-                positions[tp] = record.offset + 1
-                try:
-                    self._take(tp, record)
-                except RejectedMessage as rejection:
-                    self._dead_letter(dead, record, rejection)
-        self._give_up_silent_runs(dead, positions)
-        for tp in set(self._finished) | set(positions):
-            self._release(tp, publisher)
+    # ------------------------------------------------------------------ the stage
+    def max_records(self) -> int:
+        return 500
+
+    def take(self, tp: TopicPartition, record: Any) -> None:
+        self.stats.documents += 1
+        self._read[tp] = record.offset + 1
+        self._take(tp, record)
+
+    def due(self, now: float, *, read: bool) -> bool:
+        return True  # silent runs are given up on time even when nothing is read
+
+    def flush(self, positions: Mapping[TopicPartition, int], *, wait: bool) -> None:
+        """Give up silent runs, publish the finished runs that may go, and work out how far
+        each partition may be committed."""
+        assert self._publisher is not None
+        touched = dict(positions)
+        self._give_up_silent_runs(touched)
+        for tp in set(self._finished) | set(touched):
+            self._release(tp, self._publisher)
         self.stats.open_runs = len(self.collector.runs)
         self.stats.runs_held = sum(len(f) for f in self._finished.values())
-        if not positions:
+        if not touched:
             return
-        # Events and dead letters are acknowledged before the offsets that cover them move.
-        publisher.flush()
-        dead.flush()
-        self._commit(positions)
+        # Events are acknowledged before the offsets that cover them move.
+        self._publisher.flush()
+        for tp, next_offset in touched.items():
+            held = [f.start_offset for f in self._finished.get(tp, [])]
+            self._safe[tp] = min([next_offset, *self._open_starts(tp), *held])
+
+    def safe_offsets(self) -> dict[TopicPartition, int]:
+        safe, self._safe = self._safe, {}
+        return safe
+
+    def revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        parts = list(partitions)
+        gone = [
+            r.uid for r in self.collector.runs.values() if r.position and r.position[0] in parts
+        ]
+        self.collector.drop_partitions(parts)
+        for uid in gone:
+            self._start_records.pop(uid, None)
+            self._last_seen.pop(uid, None)
+        for tp in parts:
+            self._finished.pop(tp, None)
+            self._safe.pop(tp, None)
+            self._read.pop(tp, None)
 
     def _take(self, tp: TopicPartition, record: Any) -> None:
         if len(record.value or b"") > self.settings.bluesky_max_message_bytes:
@@ -679,9 +691,7 @@ class BlueskyConsumer:
             self.stats.runs_published += 1
         self._finished[tp] = [f for f in held if f not in ready]
 
-    def _give_up_silent_runs(
-        self, dead: DeadLetterSender, positions: dict[TopicPartition, int]
-    ) -> None:
+    def _give_up_silent_runs(self, positions: dict[TopicPartition, int]) -> None:
         limit = self.settings.bluesky_run_timeout_s
         now = self._clock_s()
         for uid, seen in list(self._last_seen.items()):
@@ -697,7 +707,6 @@ class BlueskyConsumer:
             self.stats.runs_abandoned += 1
             if record is not None:
                 self._dead_letter(
-                    dead,
                     record,
                     RejectedMessage(
                         "incomplete_run",
@@ -705,50 +714,12 @@ class BlueskyConsumer:
                         "given up",
                     ),
                 )
-            if run.position is not None and self._consumer is not None:
+            if run.position is not None:
                 tp = run.position[0]  # its partition's committed offset may move on now
-                with contextlib.suppress(KafkaError, AssertionError):
-                    positions.setdefault(tp, self._consumer.position(tp))
+                if tp in self._read:
+                    positions.setdefault(tp, self._read[tp])
 
-    def _dead_letter(self, dead: DeadLetterSender, record: Any, rejection: RejectedMessage) -> None:
-        dead.send(record, rejection, worker=self.worker_id)
-        self.stats.dead_lettered += 1
-        codes = self.stats.dead_letter_codes
-        codes[rejection.code] = codes.get(rejection.code, 0) + 1
-        log.info("dead-lettered a bluesky document: %s", rejection)
-
-    def _commit(self, positions: Mapping[TopicPartition, int]) -> None:
-        assert self._consumer is not None
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for tp, next_offset in positions.items():
-            held = [f.start_offset for f in self._finished.get(tp, [])]
-            commit_at = min([next_offset, *self._open_starts(tp), *held])
-            offsets[tp] = OffsetAndMetadata(commit_at, "", -1)
-        try:
-            self._consumer.commit(offsets)
-        except CommitFailedError as exc:
-            # The group rebalanced: the new owner reads the runs from their starts again.
-            log.warning("offset commit failed after a rebalance: %s", exc)
-
-    def _revoked(self, partitions: Iterable[TopicPartition]) -> None:
-        parts = list(partitions)
-        gone = [
-            r.uid for r in self.collector.runs.values() if r.position and r.position[0] in parts
-        ]
-        self.collector.drop_partitions(parts)
-        for uid in gone:
-            self._start_records.pop(uid, None)
-            self._last_seen.pop(uid, None)
-        for tp in parts:
-            self._finished.pop(tp, None)
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, consumer: BlueskyConsumer) -> None:
-        self.consumer = consumer
-
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.consumer._revoked(revoked)
-
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        log.info("bluesky: assigned %d partition(s)", len(assigned))
+    def _dead_letter(self, record: Any, rejection: RejectedMessage) -> None:
+        assert self._loop is not None
+        self._loop.dead_letter(record, rejection)
+        self._loop.dead_letters.flush()  # before the offsets that cover it can move

@@ -10,9 +10,14 @@ Guarantees, and how they are kept:
   that were really new.
 * **Bad input never stops the worker.** A frame that fails decoding or validation goes to the
   dead-letter topic, verbatim, with the reason in its headers.
-* **Database outages** are retried with exponential backoff; meanwhile the assigned partitions
-  are paused (the consumer keeps polling so it stays in the group, but fetches nothing), which
-  bounds memory to one batch.
+* **Database outages** are retried with exponential backoff (:func:`ingest.with_db`); the
+  consumer stays in its group meanwhile (heartbeats run on the client's own thread) and the
+  worker holds at most two batches.
+* **Rebalances** are the shared consumer loop's (:class:`ingest.ConsumerLoop`): what is written
+  is committed before partitions move, what is only buffered is left to the new owner.
+* **Declarations take effect at once.** A frame that registers a new channel (or a new
+  version of one) makes it known to every later frame of the same instrument, in the same
+  poll or batch or not, in partition order.
 """
 
 from __future__ import annotations
@@ -24,56 +29,47 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import numpy as np
 import sqlalchemy as sa
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
+from kafka import TopicPartition
+from kafka.errors import KafkaError
 
 import provenance_store as store
-from ingest._deadletter import DeadLetterSender
+from ingest._consumer import ConsumerConfig, ConsumerCounters, ConsumerLoop
 from ingest._errors import IngestError, RejectedMessage
+from ingest._retry import RetryPolicy, with_db
 from ingest._settings import IngestSettings
 from ingest._validate import ChannelDeclaration as WireDeclaration
 from ingest._validate import KnownChannel, ValidatedFrame, validate_frame
-from ingest._wire import TelemetryFrameV1, decode_frame
+from ingest._wire import decode_frame
 
 log = logging.getLogger(__name__)
 
 _NS_PER_S = 1_000_000_000
 _T = TypeVar("_T")
 
-#: Database errors that mean "the database is unreachable or restarting": retry, never drop.
-TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    sa.exc.OperationalError,
-    sa.exc.InterfaceError,
-)
-
-
-class WorkerStopped(IngestError):
-    """Raised inside a retry loop when the worker is asked to stop."""
-
 
 @dataclass
-class IngestStats:
+class IngestStats(ConsumerCounters):
     """Counters a worker publishes for progress displays and metrics (thread-safe enough:
-    each field is written by one worker thread and read by others)."""
+    each field is written by one worker thread and read by others); the consumer loop's
+    counters included."""
 
     samples_stored: int = 0
     samples_received: int = 0
     frames_stored: int = 0
-    frames_dead_lettered: int = 0
     batches_committed: int = 0
     db_retries: int = 0
     lag: int = 0
-    assigned_partitions: int = 0
-    last_commit_at: float = 0.0
-    dead_letter_codes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def frames_dead_lettered(self) -> int:
+        return self.dead_lettered
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,22 +77,18 @@ class _Accepted:
     """A frame that passed validation, with the Kafka record it came in and when."""
 
     frame: ValidatedFrame
-    record: object
+    record: Any
+    tp: TopicPartition
     received_ns: int
 
 
 @dataclass
 class _PendingBatch:
-    """Records polled but not yet committed."""
+    """Frames taken but not yet handed to the writer."""
 
     frames: list[_Accepted] = field(default_factory=list)
-    dead: list[tuple[object, RejectedMessage]] = field(default_factory=list)
-    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     n_samples: int = 0
-    started: float = 0.0
-
-    def empty(self) -> bool:
-        return not self.next_offsets
+    started: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,16 +106,29 @@ class _InFlight:
 
 @dataclass
 class _ChannelCache:
-    """Current channel versions of one instrument, as the store knows them."""
+    """Current channel versions of one instrument, as the store knows them, and the
+    declarations of frames taken but not yet written (``declared``: name -> the declared
+    channel, its source unit and calibration), which later frames validate against."""
 
     records: dict[str, store.ChannelRecord]
     known: dict[str, KnownChannel]
+    declared: dict[str, tuple[KnownChannel, str, str | None]] = field(default_factory=dict)
+
+    def view(self) -> tuple[dict[str, KnownChannel], dict[str, str], dict[str, str | None]]:
+        """Known channels, source units and calibrations, declarations in flight included."""
+        known = dict(self.known)
+        units = {n: r.source_unit for n, r in self.records.items()}
+        calibrations = {n: _calibration_id(r) for n, r in self.records.items()}
+        for name, (channel, unit, calibration) in self.declared.items():
+            known[name], units[name], calibrations[name] = channel, unit, calibration
+        return known, units, calibrations
 
 
 class IngestWorker:
     """One member of the ingest consumer group. Run several (processes or machines) to scale.
 
     ``run(stop)`` blocks until ``stop`` is set, then writes what it holds and leaves the group.
+    The worker is the :class:`ingest.ConsumerStage` of a :class:`ingest.ConsumerLoop`.
     """
 
     def __init__(
@@ -143,16 +148,17 @@ class IngestWorker:
         self.stats = stats or IngestStats()
         self._clock_ns = clock_ns
         self._channels: dict[str, _ChannelCache] = {}
-        self._consumer: KafkaConsumer | None = None
-        self._dead: DeadLetterSender | None = None
+        self._loop: ConsumerLoop | None = None
         self._pending = _PendingBatch()
         self._samples_per_record = float(settings.ingest_batch_samples)  # running mean
         # One writer thread overlaps the database write of a batch with polling and
         # decoding the next one.
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="writer")
         self._in_flight: _InFlight | None = None
-        self._in_rebalance = False
+        self._safe: dict[TopicPartition, int] = {}
+        self._lag_checked_at = 0.0
         self._stop = threading.Event()
+        self._retry = RetryPolicy(settings.ingest_retry_initial_s, settings.ingest_retry_max_s)
         self._oldest_ns = int(
             datetime(settings.ingest_oldest_year, 1, 1, tzinfo=UTC).timestamp() * _NS_PER_S
         )
@@ -162,97 +168,100 @@ class IngestWorker:
         if stop is not None:
             self._stop = stop
         s = self.settings
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap,
+        assert s.kafka_bootstrap is not None
+        config = ConsumerConfig(
+            bootstrap=s.kafka_bootstrap,
+            topics=[s.telemetry_topic],
             group_id=s.ingest_group_id,
             client_id=f"beamtwin-ingest-{self.worker_id}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=2000,
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=max(8 * 1024 * 1024, s.ingest_max_message_bytes * 2),
+            deadletter_topic=s.deadletter_topic,
             session_timeout_ms=s.kafka_session_timeout_ms,
             heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
-            max_poll_interval_ms=300_000,
+            max_poll_records=2000,
+            max_message_bytes=s.ingest_max_message_bytes,
+            poll_timeout_s=max(s.ingest_batch_linger_s, 0.01),
         )
-        self._dead = DeadLetterSender(s.kafka_bootstrap or "", topic=s.deadletter_topic)
-        self._consumer.subscribe([s.telemetry_topic], listener=_FlushOnRevoke(self))
-        log.info("ingest worker %s joined group %s", self.worker_id, s.ingest_group_id)
-        last_lag_check = 0.0
+        self._loop = ConsumerLoop(
+            config, self, worker_id=self.worker_id, counters=self.stats, after_poll=self._gauge
+        )
         try:
-            while not self._stop.is_set():
-                self._poll_once()
-                now = time.monotonic()
-                if self._batch_due(now):
-                    self._flush()
-                elif self._in_flight is not None and self._in_flight.done():
-                    self._finish_in_flight()  # commit promptly when the stream goes quiet
-                if now - last_lag_check > 1.0:
-                    self._update_lag()
-                    last_lag_check = now
-            self._flush()
-            self._finish_in_flight()
-        except WorkerStopped:
-            log.info("worker %s stopped while retrying; nothing committed", self.worker_id)
+            self._loop.run(self._stop)
         finally:
-            self._close()
+            self._writer.shutdown(wait=True)
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _close(self) -> None:
-        self._writer.shutdown(wait=True)
-        if self._consumer is not None:
-            try:
-                self._consumer.close(autocommit=False)
-            except KafkaError as exc:  # leaving the group is best effort on shutdown
-                log.warning("consumer close: %s", exc)
-        if self._dead is not None:
-            self._dead.close()
-
-    # ------------------------------------------------------------------ polling
-    def _poll_once(self) -> None:
-        assert self._consumer is not None
-        # Ask for as many records as fit in the batch's remaining sample budget, so a batch
-        # (and the worker's memory) stays near ``ingest_batch_samples`` whatever the frame size.
+    # ------------------------------------------------------------------ the stage
+    def max_records(self) -> int:
+        # As many records as fit in the batch's remaining sample budget, so a batch (and the
+        # worker's memory) stays near ``ingest_batch_samples`` whatever the frame size.
         budget = self.settings.ingest_batch_samples - self._pending.n_samples
-        max_records = int(min(2000, max(1, budget // max(self._samples_per_record, 1.0))))
-        timeout_ms = int(max(self.settings.ingest_batch_linger_s, 0.01) * 1000)
-        polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        received_ns = self._clock_ns()
-        for tp, records in polled.items():
-            for record in records:
-                self._accept(tp, record, received_ns)
-                if self._pending.n_samples >= self.settings.ingest_batch_samples:
-                    self._flush()  # commits exactly up to this record
+        return int(min(2000, max(1, budget // max(self._samples_per_record, 1.0))))
 
-    def _accept(self, tp: TopicPartition, record: Any, received_ns: int) -> None:
-        batch = self._pending
-        if batch.empty():
-            batch.started = time.monotonic()
-        batch.next_offsets[tp] = record.offset + 1
+    def take(self, tp: TopicPartition, record: Any) -> None:
+        received_ns = self._clock_ns()
         raw: bytes | None = record.value
-        try:
-            if raw is None:
-                raise RejectedMessage("malformed_json", "empty (null) message value")
-            frame = decode_frame(raw, max_bytes=self.settings.ingest_max_message_bytes)
-            validated = self._validate(frame, received_ns)
-        except RejectedMessage as rejection:
-            batch.dead.append((record, rejection))
-            return
-        batch.frames.append(_Accepted(validated, record, received_ns))
+        if raw is None:
+            raise RejectedMessage("malformed_json", "empty (null) message value")
+        frame = decode_frame(raw, max_bytes=self.settings.ingest_max_message_bytes)
+        validated = self._validate(frame.instrument_id, frame, received_ns)
+        batch = self._pending
+        if batch.started is None:
+            batch.started = time.monotonic()
+        batch.frames.append(_Accepted(validated, record, tp, received_ns))
         batch.n_samples += validated.n_samples
         self._samples_per_record += 0.2 * (validated.n_samples - self._samples_per_record)
 
-    def _validate(self, frame: TelemetryFrameV1, received_ns: int) -> ValidatedFrame:
+    def due(self, now: float, *, read: bool) -> bool:
+        batch = self._pending
+        if batch.started is None:
+            return read  # only dead letters: let their offsets move
+        return (
+            batch.n_samples >= self.settings.ingest_batch_samples
+            or now - batch.started >= self.settings.ingest_batch_linger_s
+        )
+
+    def flush(self, positions: Mapping[TopicPartition, int], *, wait: bool) -> None:
+        """Hand the pending batch to the writer thread, after the previous batch's write has
+        finished (so at most two batches are in memory)."""
+        batch, self._pending = self._pending, _PendingBatch()
+        accepted = self._resolve_channel_conflicts(batch.frames)
+        samples = self._sample_batch(accepted) if accepted else None
+        self._finish_in_flight(block=True)
+        future = self._writer.submit(self._write, samples) if samples is not None else None
+        self._in_flight = _InFlight(future, dict(positions), len(accepted), batch.n_samples)
+        if wait:
+            self._finish_in_flight(block=True)
+
+    def safe_offsets(self) -> dict[TopicPartition, int]:
+        self._finish_in_flight(block=False)
+        safe, self._safe = self._safe, {}
+        return safe
+
+    def revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        gone = set(partitions)
+        batch = self._pending
+        kept = [a for a in batch.frames if a.tp not in gone]
+        if len(kept) != len(batch.frames):
+            # Left to the partitions' new owner, which reads them again from the commit.
+            log.info("left %d buffered frame(s) to the new owner", len(batch.frames) - len(kept))
+            batch.frames = kept
+            batch.n_samples = sum(a.frame.n_samples for a in kept)
+        for tp in gone:
+            self._safe.pop(tp, None)
+        self.stats.assigned_partitions = 0
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self, instrument_id: str, frame: Any, received_ns: int) -> ValidatedFrame:
         s = self.settings
-        instrument_id = frame.instrument_id
         cache = self._instrument_channels(instrument_id)
-        return validate_frame(
+        known, units, calibrations = cache.view()
+        validated = validate_frame(
             frame,
-            known_channels=cache.known,
-            known_source_units={n: r.source_unit for n, r in cache.records.items()},
-            known_calibrations={n: _calibration_id(r) for n, r in cache.records.items()},
+            known_channels=known,
+            known_source_units=units,
+            known_calibrations=calibrations,
             # Instruments are gated above; a registered instrument may declare new channels.
             auto_register=True,
             now_ns=received_ns,
@@ -260,15 +269,9 @@ class IngestWorker:
             oldest_ns=self._oldest_ns,
             max_samples=s.ingest_max_frame_samples,
         )
-
-    def _batch_due(self, now: float) -> bool:
-        batch = self._pending
-        if batch.empty():
-            return False
-        return (
-            batch.n_samples >= self.settings.ingest_batch_samples
-            or now - batch.started >= self.settings.ingest_batch_linger_s
-        )
+        for decl in validated.declarations:
+            cache.declared[decl.name] = (_pending_channel(decl), decl.source_unit, decl.calibration)
+        return validated
 
     # ------------------------------------------------------------------ channels
     def _instrument_channels(self, instrument_id: str) -> _ChannelCache:
@@ -322,110 +325,75 @@ class IngestWorker:
     def _declare_one(self, conn: sa.Connection, *, frame: ValidatedFrame) -> None:
         self._declare_channels(conn, [frame])
 
-    # ------------------------------------------------------------------ writing
-    def _flush(self) -> None:
-        """Hand the pending batch to the writer thread, after the previous batch's write has
-        finished and its offsets are committed (so at most two batches are in memory)."""
-        batch = self._pending
-        if batch.empty():
-            return
-        assert self._consumer is not None and self._dead is not None
-        self._send_dead_letters(batch)
-        accepted = self._resolve_channel_conflicts(batch)
-        samples = self._sample_batch(accepted) if accepted else None
-        self._pending = _PendingBatch()
-        self._finish_in_flight()
-        future: concurrent.futures.Future[int] | None = None
-        if samples is not None:
-            future = self._writer.submit(self._write_with_retry, samples)
-        self._in_flight = _InFlight(future, batch.next_offsets, len(accepted), batch.n_samples)
-
-    def _finish_in_flight(self) -> None:
-        """Wait for the batch being written, then commit its offsets."""
-        flight, self._in_flight = self._in_flight, None
-        if flight is None:
-            return
-        if flight.future is not None:
-            stored = self._wait(flight.future)
-            self.stats.samples_stored += stored
-            self.stats.frames_stored += flight.n_frames
-        self._commit(flight.offsets)
-        self.stats.batches_committed += 1
-        self.stats.samples_received += flight.n_samples
-        self.stats.last_commit_at = time.time()
-
-    def _wait(self, future: concurrent.futures.Future[int]) -> int:
-        """The write's result. While it takes long (a database outage), the partitions are
-        paused and the consumer keeps polling, so the worker stays in its group."""
-        try:
-            return future.result(timeout=0.5)
-        except concurrent.futures.TimeoutError:
-            pass
-        consumer = self._consumer
-        if consumer is None or self._in_rebalance:
-            return future.result()
-        consumer.pause(*consumer.assignment())
-        try:
-            while True:
-                try:
-                    return future.result(timeout=0.05)
-                except concurrent.futures.TimeoutError:
-                    consumer.poll(timeout_ms=100)
-        finally:
-            consumer.resume(*consumer.paused())
-
-    def _write_with_retry(self, samples: store.SampleBatch) -> int:
-        """Runs on the writer thread: one transaction, retried while the database is away."""
-        delay = self.settings.ingest_retry_initial_s
-        while True:
-            try:
-                with self.engine.begin() as conn:
-                    return store.insert_samples(conn=conn, batch=samples)
-            except TRANSIENT_DB_ERRORS as exc:
-                self.stats.db_retries += 1
-                log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
-                if self._stop.wait(delay):
-                    raise WorkerStopped("stop requested during database retry") from exc
-                delay = min(delay * 2, self.settings.ingest_retry_max_s)
-
-    def _send_dead_letters(self, batch: _PendingBatch) -> None:
-        assert self._dead is not None
-        if not batch.dead:
-            return
-        for record, rejection in batch.dead:
-            self._dead.send(record, rejection, worker=self.worker_id)
-            self.stats.dead_letter_codes[rejection.code] = (
-                self.stats.dead_letter_codes.get(rejection.code, 0) + 1
-            )
-        # Offsets of the bad records are committed with the batch: they must be safe first.
-        self._dead.flush()
-        self.stats.frames_dead_lettered += len(batch.dead)
-        log.info("dead-lettered %d frame(s)", len(batch.dead))
-        batch.dead = []
-
-    def _resolve_channel_conflicts(self, batch: _PendingBatch) -> list[_Accepted]:
+    def _resolve_channel_conflicts(self, accepted: list[_Accepted]) -> list[_Accepted]:
         """Declare the batch's new channels; a frame whose declaration conflicts with the
-        store (another worker registered the channel differently) is dead-lettered alone."""
-        accepted = batch.frames
+        store (another worker registered the channel differently) is dead-lettered alone,
+        and so is a later frame that needed its declaration."""
         if not any(a.frame.declarations for a in accepted):
             return accepted
         try:
             self._with_db(lambda conn: self._declare_channels(conn, [a.frame for a in accepted]))
-            return accepted
+            return self._settle_declarations(accepted)
         except store.ChannelConflict:
             pass
-        assert self._dead is not None
         kept: list[_Accepted] = []
         for a in accepted:
             try:
                 self._with_db(functools.partial(self._declare_one, frame=a.frame))
                 kept.append(a)
             except store.ChannelConflict as exc:
-                rejection = RejectedMessage("channel_conflict", str(exc))
-                self._dead.send(a.record, rejection, worker=self.worker_id)
-                self.stats.frames_dead_lettered += 1
-        self._dead.flush()
+                self._dead_letter(a.record, RejectedMessage("channel_conflict", str(exc)))
+        return self._settle_declarations(kept)
+
+    def _settle_declarations(self, accepted: list[_Accepted]) -> list[_Accepted]:
+        """Forget declarations now in the store; dead-letter frames whose channels never got
+        there (their declaring frame was refused)."""
+        kept = []
+        for a in accepted:
+            cache = self._channels[a.frame.instrument_id]
+            missing = [n for n in a.frame.channel_names if n not in cache.records]
+            if missing:
+                reason = f"channel(s) {missing} were declared by a frame that was refused"
+                self._dead_letter(a.record, RejectedMessage("channel_conflict", reason))
+            else:
+                kept.append(a)
+        for cache in self._channels.values():
+            for name in [n for n in cache.declared if n in cache.records]:
+                if cache.declared[name][1] == cache.records[name].source_unit:
+                    del cache.declared[name]
+        if self._loop is not None and len(kept) != len(accepted):
+            self._loop.dead_letters.flush()  # before these offsets can become safe
         return kept
+
+    def _dead_letter(self, record: Any, rejection: RejectedMessage) -> None:
+        assert self._loop is not None
+        self._loop.dead_letter(record, rejection)
+
+    # ------------------------------------------------------------------ writing
+    def _finish_in_flight(self, *, block: bool) -> None:
+        """Once the batch being written is stored, its offsets become safe."""
+        flight = self._in_flight
+        if flight is None or (not block and not flight.done()):
+            return
+        self._in_flight = None
+        if flight.future is not None:
+            stored = flight.future.result()
+            self.stats.samples_stored += stored
+            self.stats.frames_stored += flight.n_frames
+        for tp, off in flight.offsets.items():
+            self._safe[tp] = max(off, self._safe.get(tp, off))
+        self.stats.batches_committed += 1
+        self.stats.samples_received += flight.n_samples
+
+    def _write(self, samples: store.SampleBatch) -> int:
+        """Runs on the writer thread: one transaction, retried while the database is away."""
+        return self._with_db(lambda conn: store.insert_samples(conn=conn, batch=samples))
+
+    def _with_db(self, fn: Callable[[sa.Connection], _T]) -> _T:
+        return with_db(self.engine, fn, policy=self._retry, stop=self._stop, on_retry=self._retried)
+
+    def _retried(self, exc: BaseException, delay_s: float) -> None:
+        self.stats.db_retries += 1
 
     def _sample_batch(self, accepted: list[_Accepted]) -> store.SampleBatch:
         # Frames were validated against cached channels: map names to ids now.
@@ -455,54 +423,14 @@ class IngestWorker:
             seq=np.concatenate(seqs),
         )
 
-    def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        assert self._consumer is not None
-        try:
-            self._consumer.commit(
-                {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
-            )
-        except CommitFailedError as exc:
-            # The group rebalanced: the new owner re-reads these records, and the
-            # store's natural key turns the re-delivery into a no-op.
-            log.warning("offset commit failed after a rebalance (data is safe): %s", exc)
-
-    def _with_db(self, fn: Callable[[sa.Connection], _T]) -> _T:
-        """Run ``fn`` in one transaction, retrying with backoff while the database is away."""
-        delay = self.settings.ingest_retry_initial_s
-        paused = False
-        try:
-            while True:
-                try:
-                    with self.engine.begin() as conn:
-                        return fn(conn)
-                except TRANSIENT_DB_ERRORS as exc:
-                    self.stats.db_retries += 1
-                    log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
-                    if self._consumer is not None and not paused:
-                        self._consumer.pause(*self._consumer.assignment())
-                        paused = True
-                    self._sleep_alive(delay)
-                    delay = min(delay * 2, self.settings.ingest_retry_max_s)
-        finally:
-            if paused and self._consumer is not None:
-                self._consumer.resume(*self._consumer.paused())
-
-    def _sleep_alive(self, seconds: float) -> None:
-        """Wait without leaving the group: paused partitions return no records on poll."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self._stop.is_set():
-                raise WorkerStopped("stop requested during database retry")
-            if self._consumer is not None and not self._in_rebalance:
-                self._consumer.poll(timeout_ms=100)
-            else:
-                time.sleep(0.1)
-
-    def _update_lag(self) -> None:
-        consumer = self._consumer
-        if consumer is None:
+    def _gauge(self, consumer: Any) -> None:
+        """Update the lag gauge, at most once a second."""
+        now = time.monotonic()
+        if now - self._lag_checked_at < 1.0:
             return
+        self._lag_checked_at = now
         assigned = list(consumer.assignment())
+        self.stats.assigned_partitions = len(assigned)
         if not assigned:
             self.stats.lag = 0
             return
@@ -517,25 +445,17 @@ class IngestWorker:
             log.debug("lag check failed: %s", exc)
 
 
-class _FlushOnRevoke(ConsumerRebalanceListener):
-    """Write and commit what the worker holds before its partitions move to another worker."""
+def _pending_channel(decl: WireDeclaration) -> KnownChannel:
+    """A declared channel as later frames of the batch see it before it is stored."""
+    from twin import QuantityKind, Subsystem
 
-    def __init__(self, worker: IngestWorker) -> None:
-        self.worker = worker
-
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        worker = self.worker
-        worker.stats.assigned_partitions = 0
-        worker._in_rebalance = True  # no polling from inside the consumer's own poll
-        try:
-            worker._flush()
-            worker._finish_in_flight()
-        finally:
-            worker._in_rebalance = False
-
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.worker.stats.assigned_partitions = len(assigned)
-        log.info("assigned %d partition(s)", len(assigned))
+    return KnownChannel(
+        channel_id=-1,
+        quantity=QuantityKind(decl.quantity),
+        subsystem=Subsystem(decl.subsystem),
+        lower=decl.lower,
+        upper=decl.upper,
+    )
 
 
 def _declaration_rounds(

@@ -19,6 +19,13 @@ from twin._conventions import (
     polar_to_cartesian,
     velox_to_abtem,
 )
+from twin._derive import (
+    MAX_PADDED,
+    MIN_PADDED,
+    derive_state_series,
+    padded_length,
+    warm_up_derivation,
+)
 from twin._detect import (
     cusum_threshold,
     innovation_threshold,
@@ -152,7 +159,9 @@ __all__ = [
     "FIELD_SOURCES",
     "FIELD_TOLERANCES",
     "INPUT_CHANNELS",
+    "MAX_PADDED",
     "METRES_PER_ANGSTROM",
+    "MIN_PADDED",
     "PLANCK_CONSTANT",
     "POLAR_ALIASES",
     "POLAR_SYMBOLS",
@@ -222,6 +231,7 @@ __all__ = [
     "cusum_threshold",
     "default_tracker_config",
     "derive_state",
+    "derive_state_series",
     "energy2mass",
     "energy2sigma",
     "energy2velocity",
@@ -236,6 +246,7 @@ __all__ = [
     "kalman_smoother",
     "merge_late_samples",
     "nion_to_abtem",
+    "padded_length",
     "per_sample_probability",
     "point_resolution",
     "polar_to_cartesian",
@@ -253,4 +264,5 @@ __all__ = [
     "unit_error_note",
     "update_window",
     "velox_to_abtem",
+    "warm_up_derivation",
 ]

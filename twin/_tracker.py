@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from twin._derive import derive_state_series, padded_length
 from twin._detect import (
     cusum_jit,
     cusum_threshold,
@@ -53,7 +54,7 @@ from twin._detect import (
 )
 from twin._drift_models import LocalLinearTrend
 from twin._errors import TwinError
-from twin._instrument import INPUT_CHANNELS, STATE_QUANTITIES, Calibration, derive_state
+from twin._instrument import INPUT_CHANNELS, STATE_QUANTITIES, Calibration
 from twin._kalman import FilterState, estimate_at, kalman_filter
 
 __all__ = [
@@ -1110,7 +1111,7 @@ class Tracker:
             if not np.isnan(levels[idx]).any():
                 readings = {name: levels[self._index[name]] for name in INPUT_CHANNELS}
                 var = {name: variances[self._index[name]] for name in INPUT_CHANNELS}
-                derived = derive_state(cfg.calibration, readings, variances=var)
+                derived = derive_state_series(cfg.calibration, readings, variances=var)
                 for q in STATE_QUANTITIES:
                     values, std = derived.values[q.name], derived.std[q.name]
                     out.extend(
@@ -1171,7 +1172,7 @@ def _report_grid(start_rel: float, end_rel: float, interval: float, origin: floa
 
 def _bucket(steps: int) -> int:
     """Pad window lengths to a few sizes, so the jitted filter compiles a few times only."""
-    return max(64, 1 << (steps - 1).bit_length())
+    return padded_length(steps, minimum=64)
 
 
 def _with_carry(z: np.ndarray, gp: np.ndarray, gm: np.ndarray, k: float) -> np.ndarray:

@@ -22,7 +22,9 @@ Exactly once, and how:
   incomplete, or samples of the acquisition window arrived after the snapshot) and stores a
   new version (reason ``late telemetry``) only when the recomputed body differs.
 
-Database outages are retried with backoff while the consumer stays in its group (paused).
+The Kafka side (polling, dead letters, commits, rebalances) is the shared
+:class:`ingest.ConsumerLoop`; database outages are retried with backoff
+(:func:`ingest.with_db`) while the consumer stays in its group.
 """
 
 from __future__ import annotations
@@ -34,26 +36,27 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
 import pydantic
 import sqlalchemy as sa
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
+from kafka import TopicPartition
 
 import provenance_store as store
 from ingest import (
-    TRANSIENT_DB_ERRORS,
     AcquisitionEventV1,
-    DeadLetterSender,
+    ConsumerConfig,
+    ConsumerCounters,
+    ConsumerLoop,
     IngestError,
     RejectedMessage,
+    RetryPolicy,
     WorkerStopped,
     source_of,
+    with_db,
 )
 from workers._settings import SnapshotSettings
 from workers._snapshots import compute_snapshot, warm_up
@@ -71,9 +74,9 @@ _COMPUTE_ATTEMPTS = 3
 
 
 @dataclass
-class SnapshotStats:
+class SnapshotStats(ConsumerCounters):
     """Counters a snapshot worker publishes (each written by the worker thread, read by
-    others)."""
+    others); the consumer loop's counters included."""
 
     events_received: int = 0
     #: Events whose handling finished: committed to the store, or dead-lettered.
@@ -81,14 +84,10 @@ class SnapshotStats:
     datasets_registered: int = 0
     duplicates: int = 0
     snapshots_stored: int = 0
-    dead_lettered: int = 0
     resnapshots: int = 0
     sweeps: int = 0
     sweep_errors: int = 0
     db_retries: int = 0
-    assigned_partitions: int = 0
-    last_commit_at: float = 0.0
-    dead_letter_codes: dict[str, int] = field(default_factory=dict)
     #: Seconds from an event's publication (its Kafka timestamp; ``registered_at`` when the
     #: record has none) to the commit of its dataset and snapshot, newest last.
     latencies_s: collections.deque[float] = field(
@@ -127,8 +126,8 @@ class SnapshotWorker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.stats = stats or SnapshotStats()
         self._clock_s = clock_s
-        self._consumer: KafkaConsumer | None = None
-        self._dead: DeadLetterSender | None = None
+        self._safe: dict[TopicPartition, int] = {}
+        self._retry = RetryPolicy(settings.snapshot_retry_initial_s, settings.snapshot_retry_max_s)
         self._stop = threading.Event()
         #: Set while no new event is being handled: re-verifications wait for it, so that the
         #: sweep does not compete with a fresh acquisition for the interpreter.
@@ -144,37 +143,27 @@ class SnapshotWorker:
             raise IngestError("the snapshot worker needs BEAMTWIN_KAFKA_BOOTSTRAP")
         # Compile the twin's mapping before joining the group: no event waits for it later.
         warm_up()
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap,
+        config = ConsumerConfig(
+            bootstrap=s.kafka_bootstrap,
+            topics=[s.acquisitions_topic],
             group_id=s.snapshot_group_id,
             client_id=f"beamtwin-snapshots-{self.worker_id}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=50,
-            fetch_max_bytes=max(64 * 1024 * 1024, s.snapshot_max_message_bytes * 2),
-            max_partition_fetch_bytes=max(8 * 1024 * 1024, s.snapshot_max_message_bytes * 2),
+            deadletter_topic=s.deadletter_topic,
             session_timeout_ms=s.kafka_session_timeout_ms,
             heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
-            max_poll_interval_ms=300_000,
+            max_poll_records=50,
+            max_message_bytes=s.snapshot_max_message_bytes,
         )
-        self._dead = DeadLetterSender(s.kafka_bootstrap, topic=s.deadletter_topic)
-        self._consumer.subscribe([s.acquisitions_topic])
-        log.info("snapshot worker %s joined group %s", self.worker_id, s.snapshot_group_id)
+        loop = ConsumerLoop(config, self, worker_id=self.worker_id, counters=self.stats)
         # The sweep runs beside the consumer, so re-verifying many datasets never delays new
         # events; the store serializes the writes of one dataset (and ignores equal bodies).
         sweeper = threading.Thread(target=self._sweep_loop, name="snapshot-sweep", daemon=True)
         sweeper.start()
         try:
-            while not self._stop.is_set():
-                self._poll_once()
-        except WorkerStopped:
-            log.info(
-                "snapshot worker %s stopped while retrying; nothing half-written", self.worker_id
-            )
+            loop.run(self._stop)
         finally:
             self._stop.set()
             sweeper.join(timeout=60)
-            self._close()
 
     def _sweep_loop(self) -> None:
         try:
@@ -187,71 +176,35 @@ class SnapshotWorker:
     def stop(self) -> None:
         self._stop.set()
 
-    def _close(self) -> None:
-        if self._consumer is not None:
-            try:
-                self._consumer.close(autocommit=False)
-            except KafkaError as exc:  # leaving the group is best effort on shutdown
-                log.warning("consumer close: %s", exc)
-        if self._dead is not None:
-            self._dead.close()
+    # ------------------------------------------------------------------ the stage
+    # Each event is handled in its own transaction as it is taken, so everything taken is
+    # durable: its offset is safe at once.
+    def max_records(self) -> int:
+        return 50
 
-    # ------------------------------------------------------------------ consuming
-    def _poll_once(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None and self._dead is not None
-        polled = consumer.poll(timeout_ms=200)
-        self.stats.assigned_partitions = len(consumer.assignment())
-        if not polled:
-            return
+    def take(self, tp: TopicPartition, record: Any) -> None:
+        self.stats.events_received += 1
         self._events_idle.clear()
         try:
-            self._handle_polled(polled)
+            self.handle(record.value, headers=record.headers, timestamp_ms=record.timestamp)
         finally:
             self._events_idle.set()
+            self.stats.events_handled += 1
 
-    def _handle_polled(self, polled: Mapping[TopicPartition, list[Any]]) -> None:
-        assert self._dead is not None
-        offsets: dict[TopicPartition, int] = {}
-        dead = 0
-        for tp, records in polled.items():
-            for record in records:
-                if self._stop.is_set():
-                    break
-                self.stats.events_received += 1
-                try:
-                    self.handle(
-                        record.value,
-                        headers=record.headers,
-                        timestamp_ms=record.timestamp,
-                    )
-                except RejectedMessage as rejection:
-                    self._dead.send(record, rejection, worker=self.worker_id)
-                    self.stats.dead_lettered += 1
-                    codes = self.stats.dead_letter_codes
-                    codes[rejection.code] = codes.get(rejection.code, 0) + 1
-                    log.info("dead-lettered acquisition event: %s", rejection)
-                    dead += 1
-                self.stats.events_handled += 1
-                offsets[tp] = record.offset + 1
-        if dead:
-            # Offsets of the bad records are committed below: their dead letters come first.
-            self._dead.flush()
-        self._commit(offsets)
+    def due(self, now: float, *, read: bool) -> bool:
+        return read
 
-    def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        if not offsets:
-            return
-        assert self._consumer is not None
-        try:
-            self._consumer.commit(
-                {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
-            )
-            self.stats.last_commit_at = time.time()
-        except CommitFailedError as exc:
-            # The group rebalanced: the new owner re-reads these events, which the store's
-            # idempotence turns into no-ops.
-            log.warning("offset commit failed after a rebalance (data is safe): %s", exc)
+    def flush(self, positions: Mapping[TopicPartition, int], *, wait: bool) -> None:
+        for tp, off in positions.items():
+            self._safe[tp] = max(off, self._safe.get(tp, off))
+
+    def safe_offsets(self) -> dict[TopicPartition, int]:
+        safe, self._safe = self._safe, {}
+        return safe
+
+    def revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        for tp in partitions:
+            self._safe.pop(tp, None)
 
     # ------------------------------------------------------------------ one event
     def handle(
@@ -362,8 +315,7 @@ class SnapshotWorker:
             due = self._with_db(
                 lambda conn: store.datasets_to_reverify(
                     conn=conn, limit=self.settings.snapshot_sweep_limit, actor=SNAPSHOT_ACTOR
-                ),
-                keep_consumer_alive=False,
+                )
             )
         except WorkerStopped:
             raise
@@ -379,7 +331,7 @@ class SnapshotWorker:
                 break
             try:
                 reverify = functools.partial(self._reverify, dataset_id=dataset_id)
-                if self._with_db(reverify, keep_consumer_alive=False):
+                if self._with_db(reverify):
                     stored += 1
             except WorkerStopped:
                 raise
@@ -409,39 +361,12 @@ class SnapshotWorker:
         return bool(created)
 
     # ------------------------------------------------------------------ database retries
-    def _with_db(
-        self, fn: Callable[[sa.Connection], _T], *, keep_consumer_alive: bool = True
-    ) -> _T:
-        """Run ``fn`` in one transaction, retrying with backoff while the database is away.
-        On the consumer's thread (``keep_consumer_alive``) the consumer keeps polling, paused,
-        so it stays in its group; other threads must not touch it."""
-        s = self.settings
-        delay = s.snapshot_retry_initial_s
-        consumer = self._consumer if keep_consumer_alive else None
-        paused = False
-        try:
-            while True:
-                try:
-                    with self.engine.begin() as conn:
-                        return fn(conn)
-                except TRANSIENT_DB_ERRORS as exc:
-                    self.stats.db_retries += 1
-                    log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
-                    if consumer is not None and not paused:
-                        consumer.pause(*consumer.assignment())
-                        paused = True
-                    deadline = time.monotonic() + delay
-                    while time.monotonic() < deadline:
-                        if self._stop.is_set():
-                            raise WorkerStopped("stop requested during database retry") from exc
-                        if consumer is not None:
-                            consumer.poll(timeout_ms=100)
-                        else:
-                            time.sleep(0.1)
-                    delay = min(delay * 2, s.snapshot_retry_max_s)
-        finally:
-            if paused and consumer is not None:
-                consumer.resume(*consumer.paused())
+    def _with_db(self, fn: Callable[[sa.Connection], _T]) -> _T:
+        """Run ``fn`` in one transaction, retrying with backoff while the database is away."""
+        return with_db(self.engine, fn, policy=self._retry, stop=self._stop, on_retry=self._retried)
+
+    def _retried(self, exc: BaseException, delay_s: float) -> None:
+        self.stats.db_retries += 1
 
 
 def _describe(exc: pydantic.ValidationError) -> str:

@@ -42,11 +42,6 @@ DEFAULT_LOOKBACK_S = twin.DEFAULT_SNAPSHOT_CONFIG.lookback_s
 COMPLETE_AFTER_S = 300.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
-#: derive_state compiles once per input length: lengths are padded to powers of two from
-#: ``_MIN_PADDED`` to ``_MAX_PADDED``, and longer inputs are derived in ``_MAX_PADDED`` chunks,
-#: so a worker compiles at most five shapes (:func:`warm_up` compiles them all at start).
-_MIN_PADDED = 256
-_MAX_PADDED = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,23 +119,9 @@ def _derive(
     if aligned is None:
         return {}
     grid, readings = aligned
-    n = len(grid)
-    values: dict[str, list[np.ndarray]] = {q.name: [] for q in twin.STATE_QUANTITIES}
-    for lo in range(0, n, _MAX_PADDED):
-        hi = min(n, lo + _MAX_PADDED)
-        m = hi - lo
-        padded = max(_MIN_PADDED, 1 << (m - 1).bit_length())
-        # Pad with the last row (valid inputs) so derive_state sees a few distinct shapes only.
-        inputs = {
-            name: np.pad(v[lo:hi], (0, padded - m), mode="edge") for name, v in readings.items()
-        }
-        for name, value in held.items():
-            inputs[name] = np.full(padded, value)
-        estimate = twin.derive_state(calibration, inputs)
-        for name, chunks in values.items():
-            chunks.append(np.asarray(estimate.values[name])[:m])
+    estimate = twin.derive_state_series(calibration, readings, held=held)
     return {
-        q.name: twin.QuantitySeries(unit=q.unit, time_us=grid, value=np.concatenate(values[q.name]))
+        q.name: twin.QuantitySeries(unit=q.unit, time_us=grid, value=estimate.values[q.name])
         for q in twin.STATE_QUANTITIES
         if q.name in quantities
     }
@@ -149,12 +130,7 @@ def _derive(
 def warm_up(calibration: twin.Calibration | None = None) -> None:
     """Compile the twin's mapping for every input length :func:`compute_snapshot` uses (a
     fraction of a second each), so that no acquisition waits for a compilation later."""
-    cal = calibration or twin.Calibration(instrument_id="warm-up")
-    ones = {name: 1.0 for name in twin.INPUT_CHANNELS}
-    size = _MIN_PADDED
-    while size <= _MAX_PADDED:
-        twin.derive_state(cal, {name: np.full(size, v) for name, v in ones.items()})
-        size *= 2
+    twin.warm_up_derivation(calibration)
 
 
 def _read(

@@ -48,7 +48,7 @@ import sqlalchemy as sa
 
 import provenance_store as store
 import twin
-from ingest import TRANSIENT_DB_ERRORS, WorkerStopped
+from ingest import RetryPolicy, WorkerStopped, with_db
 from workers._settings import TwinSettings
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,7 @@ class TwinWorker:
         self.stats = stats or TwinStats()
         self._clock_s = clock_s
         self._stop = threading.Event()
+        self._retry = RetryPolicy(settings.twin_retry_initial_s, settings.twin_retry_max_s)
         self._trackers: dict[str, tuple[tuple[Any, ...], twin.Tracker]] = {}
         self._calibrations: dict[tuple[str, str], twin.Calibration] = {}
         self._warned_default_calibration: set[str] = set()
@@ -544,18 +545,10 @@ class TwinWorker:
     # ------------------------------------------------------------------ database retries
     def _with_db(self, fn: Callable[[sa.Connection], _T]) -> _T:
         """Run ``fn`` in one transaction, retrying with backoff while the database is away."""
-        s = self.settings
-        delay = s.twin_retry_initial_s
-        while True:
-            try:
-                with self.engine.begin() as conn:
-                    return fn(conn)
-            except TRANSIENT_DB_ERRORS as exc:
-                self.stats.db_retries += 1
-                log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
-                if self._stop.wait(delay):
-                    raise WorkerStopped("stop requested during database retry") from exc
-                delay = min(delay * 2, s.twin_retry_max_s)
+        return with_db(self.engine, fn, policy=self._retry, stop=self._stop, on_retry=self._retried)
+
+    def _retried(self, exc: BaseException, delay_s: float) -> None:
+        self.stats.db_retries += 1
 
 
 # ---------------------------------------------------------------------- helpers

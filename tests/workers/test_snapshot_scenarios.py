@@ -500,10 +500,10 @@ def test_known_placeholders_of_real_files(
 def test_long_windows_are_derived_in_chunks_equal_to_one_call() -> None:
     """Windows longer than the largest compiled shape are derived chunk by chunk; the result
     is the same as one call on the whole (unpadded) input."""
-    from workers._snapshots import _MAX_PADDED, _derive
+    from workers._snapshots import _derive
 
     rng = np.random.default_rng(3)
-    n = 2 * _MAX_PADDED + 123
+    n = 2 * twin.MAX_PADDED + 123
     time_us = np.arange(n, dtype=np.int64) * 10_000
     nominal = simulations.nominal_channels()
     channels = {
