@@ -16,9 +16,11 @@ What the loop owns, so that no consumer gets it wrong on its own:
 * **Rebalances.** With kafka-python 3 the rebalance callbacks run on the client's IO thread,
   where a blocking call (a synchronous commit, a database write) raises or stalls the
   heartbeats. The listener therefore never blocks: when partitions are revoked it commits,
-  asynchronously and awaited on that loop, what the stage has already made durable for them,
-  and tells the stage to forget what it buffered for them (the new owner reads those records
-  again from the committed offset; the store's natural keys absorb any overlap).
+  asynchronously and awaited on that loop, what the stage has already made durable for them;
+  once the new assignment is known, the stage forgets what it buffered for the partitions
+  that went elsewhere (their new owner reads those records again from the committed offset;
+  the store's natural keys absorb any overlap), and keeps it for those that came back, whose
+  fetch position the client keeps.
   Callbacks run only while the loop's thread is inside ``poll()``, so the stage is never
   touched from two threads at once.
 * Leaving the group on stop: the stage writes what it holds, the offsets are committed, then
@@ -37,7 +39,12 @@ from typing import Any, Protocol
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import (
+    CommitFailedError,
+    KafkaError,
+    KafkaTimeoutError,
+    RebalanceInProgressError,
+)
 from kafka.structs import OffsetAndMetadata
 
 from ingest._deadletter import DeadLetterSender
@@ -90,6 +97,9 @@ class ConsumerConfig:
     #: How long ``poll`` may go uncalled before the group gives the partitions away [ms]:
     #: longer than the longest database outage a stage waits through.
     max_poll_interval_ms: int = 300_000
+    #: Longest wait for one offset commit [ms]; a commit not done by then is retried with
+    #: the next one (the data is safe either way).
+    commit_timeout_ms: int = 10_000
 
 
 class ConsumerStage(Protocol):
@@ -305,13 +315,18 @@ class ConsumerLoop:
         if not offsets:
             return
         try:
-            consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
-        except CommitFailedError as exc:
+            consumer.commit(
+                {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()},
+                timeout_ms=self.config.commit_timeout_ms,
+            )
+        except (CommitFailedError, RebalanceInProgressError, KafkaTimeoutError) as exc:
+            # The group is rebalancing (or the coordinator is away): never block the rejoin;
+            # what is still owned afterwards is committed with the next round.
             self._commit_failed(exc)
             return
-        finally:
-            for tp in offsets:
-                self._uncommitted.pop(tp, None)
+        for tp, off in offsets.items():
+            if self._uncommitted.get(tp) == off:
+                del self._uncommitted[tp]
         self.counters.commits += 1
         self.counters.last_commit_at = time.time()
 
@@ -331,6 +346,7 @@ class ConsumerLoop:
             return
         self._collect_safe()
         safe = {tp: self._uncommitted.pop(tp) for tp in revoked if tp in self._uncommitted}
+        # Committed below or refused: either way not to be committed again by this member.
         if not safe:
             return
         try:
@@ -344,10 +360,16 @@ class ConsumerLoop:
 
 
 class _Listener(AsyncConsumerRebalanceListener):
-    """Never blocks the client's IO thread (see the module docstring)."""
+    """Never blocks the client's IO thread (see the module docstring).
+
+    A revoked partition may come straight back in the same rebalance, and then keeps its
+    fetch position: what the stage buffered for it must then be kept too (dropping it would
+    skip those records). So buffered work is forgotten only for partitions that are really
+    gone, once the new assignment is known (or at once when the membership was lost)."""
 
     def __init__(self, loop: ConsumerLoop) -> None:
         self.loop = loop
+        self._limbo: set[TopicPartition] = set()
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         parts = sorted(revoked or (), key=lambda tp: (tp.topic, tp.partition))
@@ -358,20 +380,23 @@ class _Listener(AsyncConsumerRebalanceListener):
             await self.loop._commit_on_revoke(parts)
         except Exception:  # a failed courtesy commit must never break the rebalance
             log.exception("commit on revoke failed (data is safe: records are re-read)")
-        self._forget(parts)
+        self._limbo.update(parts)
 
     async def on_partitions_lost(self, lost: Any) -> None:
         # Evicted: the group has moved on, a commit would be refused.
-        self._forget(sorted(lost or (), key=lambda tp: (tp.topic, tp.partition)))
+        self._forget(set(lost or ()))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.loop.counters.assigned_partitions = len(assigned or ())
-        log.info("%s: assigned %d partition(s)", self.loop.worker_id, len(assigned or ()))
+        kept = set(assigned or ())
+        self._forget(self._limbo - kept)
+        self._limbo.clear()
+        self.loop.counters.assigned_partitions = len(kept)
+        log.info("%s: assigned %d partition(s)", self.loop.worker_id, len(kept))
 
-    def _forget(self, parts: list[TopicPartition]) -> None:
-        if not parts:
+    def _forget(self, gone: set[TopicPartition]) -> None:
+        if not gone:
             return
-        for tp in parts:
+        for tp in gone:
             self.loop._positions.pop(tp, None)
             self.loop._uncommitted.pop(tp, None)
-        self.loop.stage.revoked(parts)
+        self.loop.stage.revoked(sorted(gone, key=lambda tp: (tp.topic, tp.partition)))

@@ -250,7 +250,6 @@ class IngestWorker:
             batch.n_samples = sum(a.frame.n_samples for a in kept)
         for tp in gone:
             self._safe.pop(tp, None)
-        self.stats.assigned_partitions = 0
 
     # ------------------------------------------------------------------ validation
     def _validate(self, instrument_id: str, frame: Any, received_ns: int) -> ValidatedFrame:
