@@ -112,6 +112,7 @@ from provenance_store._instruments import get_instrument, list_instruments, regi
 from provenance_store._merkle import (
     consistency_proof,
     inclusion_proof,
+    inclusion_proofs,
     leaf_hash,
     node_hash,
     root_hash,
@@ -268,6 +269,7 @@ __all__ = [
     "hash_token",
     "head_revision",
     "inclusion_proof",
+    "inclusion_proofs",
     "insert_estimates",
     "insert_flags",
     "insert_samples",
