@@ -2,6 +2,11 @@
 
 ``create_app(settings)`` builds the app; ``beamtwin serve`` runs it under uvicorn. See
 docs/api.md for the authentication model, the routes and the error format.
+
+Audit reports (docs/reports.md) are made in two steps, the same for the report routes and
+``beamtwin report``: ``build_report`` (the model, read through the store), then
+``render_report(report, fmt)`` (JSON, HTML or PDF bytes; ``render_json``, ``render_html`` and
+``render_pdf`` are its three renderers).
 """
 
 from api._app import API_VERSION, ApiConfigError, create_app
@@ -14,6 +19,7 @@ from api._reports import (
     render_html,
     render_json,
     render_pdf,
+    render_report,
     report_filename,
 )
 from api._settings import ApiSettings
@@ -36,5 +42,6 @@ __all__ = [
     "render_html",
     "render_json",
     "render_pdf",
+    "render_report",
     "report_filename",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -14,20 +15,18 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import provenance_store as store
+
 log = logging.getLogger(__name__)
 
-_STORE_FIGURES = sa.text(
-    """
-    SELECT (SELECT count(*) FROM instrument) AS instruments,
-           (SELECT count(*) FROM twin_cursor) AS twin_cursors,
-           (SELECT extract(epoch FROM now() - min(processed_until)) FROM twin_cursor) AS lag
-    """
-)
+#: How long a scrape waits for the store's figures.
+_STORE_TIMEOUT = timedelta(seconds=1)
 
 
 class StoreCollector(Collector):
-    """Reads three aggregates from the store at each scrape (index-only, well under 1 ms);
-    a database that does not answer within a second leaves them out."""
+    """Reads three aggregates from the store at each scrape (``provenance_store.store_figures``,
+    index-only, well under 1 ms); a database that does not answer within a second leaves them
+    out."""
 
     def __init__(self, engine: sa.Engine):
         self._engine = engine
@@ -35,23 +34,24 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         try:
             with self._engine.begin() as conn:
-                conn.execute(sa.text("SET LOCAL statement_timeout = 1000"))
-                row = conn.execute(_STORE_FIGURES).one()
+                figures = store.store_figures(conn=conn, statement_timeout=_STORE_TIMEOUT)
         except sa.exc.SQLAlchemyError as exc:
             log.warning("store figures unavailable for /metrics: %s", exc)
             return
         yield GaugeMetricFamily(
-            "beamtwin_instruments", "registered instruments", value=float(row.instruments)
+            "beamtwin_instruments", "registered instruments", value=figures.instruments
         )
         yield GaugeMetricFamily(
-            "beamtwin_twin_cursors", "instruments the twin worker follows", value=row.twin_cursors
+            "beamtwin_twin_cursors",
+            "instruments the twin worker follows",
+            value=figures.twin_cursors,
         )
-        if row.lag is not None:
+        if figures.twin_lag_s is not None:
             yield GaugeMetricFamily(
                 "beamtwin_twin_lag_seconds",
                 "now minus the oldest twin cursor: how far the slowest instrument's twin "
                 "estimates trail the wall clock [s]",
-                value=float(row.lag),
+                value=figures.twin_lag_s,
             )
 
 

@@ -1,5 +1,6 @@
 """The audit-report routes under ``/api/v1/reports``: an instrument over a period, or a
-proposal, as JSON, HTML or PDF (``api._reports`` builds and renders them).
+proposal, as JSON, HTML or PDF (``api._reports``: ``build_report`` then ``render_report``, as
+``beamtwin report`` does).
 
 Reports are for auditors, operators and admins; a viewer is refused (403): a report gathers
 the chain of custody and every flag of a period, which is more than a viewer's routes show.
@@ -7,13 +8,15 @@ the chain of custody and every flag of a period, which is more than a viewer's r
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 from pydantic import AwareDatetime
 
+import provenance_store as store
 from api import _reports as reports
 from api import _schemas as schemas
 from api._deps import (
@@ -26,6 +29,7 @@ from api._deps import (
     WriteConnDep,
 )
 from api._errors import Forbidden, InvalidRequest, TooLarge
+from api._settings import ApiSettings
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
 
@@ -72,23 +76,43 @@ def reporter(principal: PrincipalDep) -> Principal:
 Reporter = Annotated[Principal, Depends(reporter)]
 
 
-def _respond(report: dict[str, Any], fmt: str) -> Response:
-    render = {
-        "json": reports.render_json,
-        "html": reports.render_html,
-        "pdf": reports.render_pdf,
-    }[fmt]
+def _max_span(settings: ApiSettings) -> timedelta:
+    # Gap edges are read from raw samples: the limit of requests that read raw samples.
+    return timedelta(days=settings.api_max_raw_range_days)
+
+
+def _check_period(start: datetime | None, end: datetime | None) -> None:
+    if start is not None and end is not None and end <= start:
+        raise InvalidRequest(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
+
+
+def _report_response(
+    *,
+    conn: sa.Connection,
+    signer: store.AuditSigner | None,
+    settings: ApiSettings,
+    fmt: str,
+    gap_threshold_s: float,
+    **subject: Any,
+) -> Response:
+    """Build the report of ``subject`` (``build_report``'s subject and period arguments) and
+    answer it in format ``fmt`` as an attachment; a period over the limit is a 413."""
+    try:
+        report = reports.build_report(
+            conn=conn,
+            signer=signer,
+            gap_threshold=timedelta(seconds=gap_threshold_s),
+            max_span=_max_span(settings),
+            **subject,
+        )
+    except reports.ReportTooLarge as exc:
+        raise TooLarge(str(exc)) from exc
     filename = reports.report_filename(report, fmt)
     return Response(
-        content=render(report),
+        content=reports.render_report(report, fmt),
         media_type=reports.MEDIA_TYPES[fmt],
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
-
-
-def _max_span(settings: Any) -> timedelta:
-    # Gap edges are read from raw samples: the limit of requests that read raw samples.
-    return timedelta(days=settings.api_max_raw_range_days)
 
 
 @router.get("/instruments/{instrument_id}", response_class=Response, responses=_RESPONSES)
@@ -114,22 +138,22 @@ def instrument_report(
     verification, twin flags by severity, telemetry coverage and gaps, calibrations in force,
     key-channel plots and the chain of custody (inclusion proofs against a signed checkpoint,
     signed first when the audit log grew). The same store contents give the same bytes."""
-    if end <= start:
-        raise InvalidRequest(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
+    _check_period(start, end)
     if end - start > _max_span(settings):
         raise TooLarge(
             f"a report covers at most {settings.api_max_raw_range_days:g} days; ask for a "
             "shorter period"
         )
-    report = reports.build_report(
+    return _report_response(
         conn=conn,
+        signer=signer,
+        settings=settings,
+        fmt=format,
+        gap_threshold_s=gap_threshold,
         instrument_id=instrument_id,
         start=start,
         end=end,
-        signer=signer,
-        gap_threshold=timedelta(seconds=gap_threshold),
     )
-    return _respond(report, format)
 
 
 @router.get("/proposals/{proposal}", response_class=Response, responses=_RESPONSES)
@@ -157,20 +181,16 @@ def proposal_report(
     and plots of the period; the period is ``[start, end)`` or the span of the datasets."""
     if not proposal.isprintable():
         raise InvalidRequest("the proposal id must be printable")
-    if start is not None and end is not None and end <= start:
-        raise InvalidRequest(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
+    _check_period(start, end)
     instruments = None if principal.instruments is None else sorted(principal.instruments)
-    try:
-        report = reports.build_report(
-            conn=conn,
-            proposal=proposal,
-            start=start,
-            end=end,
-            instrument_ids=instruments,
-            signer=signer,
-            gap_threshold=timedelta(seconds=gap_threshold),
-            max_span=_max_span(settings),
-        )
-    except reports.ReportTooLarge as exc:
-        raise TooLarge(str(exc)) from exc
-    return _respond(report, format)
+    return _report_response(
+        conn=conn,
+        signer=signer,
+        settings=settings,
+        fmt=format,
+        gap_threshold_s=gap_threshold,
+        proposal=proposal,
+        start=start,
+        end=end,
+        instrument_ids=instruments,
+    )

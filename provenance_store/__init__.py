@@ -17,6 +17,8 @@ over it and Ed25519-signed checkpoints make changes detectable (``verify_audit_l
 REST API users, hashed bearer tokens and per-instrument grants live here too
 (``add_api_user``, ``create_api_token``, ``authenticate_api_token``, ``grant_instrument``).
 
+``store_figures`` reads the few aggregates the API's ``/metrics`` reports.
+
 The twin's output lives here too: state estimates, flags, the twin worker's cursor and
 versioned calibrations (``insert_estimates``, ``insert_flags``, ``save_twin_cursor``,
 ``store_calibration`` and their queries).
@@ -112,12 +114,14 @@ from provenance_store._instruments import get_instrument, list_instruments, regi
 from provenance_store._merkle import (
     consistency_proof,
     inclusion_proof,
+    inclusion_proofs,
     leaf_hash,
     node_hash,
     root_hash,
     verify_consistency,
     verify_inclusion,
 )
+from provenance_store._metrics import StoreFigures, store_figures
 from provenance_store._queries import (
     as_of,
     choose_bucket,
@@ -228,6 +232,7 @@ __all__ = [
     "SnapshotConflict",
     "SnapshotRecord",
     "StoreError",
+    "StoreFigures",
     "TooManySamples",
     "TwinCursor",
     "add_api_user",
@@ -268,6 +273,7 @@ __all__ = [
     "hash_token",
     "head_revision",
     "inclusion_proof",
+    "inclusion_proofs",
     "insert_estimates",
     "insert_flags",
     "insert_samples",
@@ -297,6 +303,7 @@ __all__ = [
     "set_api_user_disabled",
     "snapshot_history",
     "store_calibration",
+    "store_figures",
     "store_snapshot",
     "upgrade_schema",
     "verify_audit_log",

@@ -11,8 +11,9 @@ audit log of administrative actions (a million entries hash in about a second).
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 HASH_SIZE = 32
 
@@ -57,19 +58,47 @@ def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
     Raises:
         MerkleError: ``index`` is not a leaf of the tree.
     """
+    _check_leaf(leaves, index)
+    return _path(functools.partial(_mth, leaves), index, 0, len(leaves))
+
+
+def inclusion_proofs(leaves: Sequence[bytes], indices: Iterable[int]) -> dict[int, list[bytes]]:
+    """``PATH(m, D[n])`` for each ``m`` of ``indices``, by leaf index. The proofs share their
+    subtree hashes, so many proofs of one tree cost about one pass over it (``inclusion_proof``
+    rehashes the tree for each).
+
+    Raises:
+        MerkleError: an index is not a leaf of the tree.
+    """
+    wanted = sorted(set(indices))
+    for index in wanted:
+        _check_leaf(leaves, index)
+
+    @functools.cache
+    def subtree(lo: int, hi: int) -> bytes:
+        if hi - lo == 1:
+            return leaves[lo]
+        k = _split(hi - lo)
+        return node_hash(subtree(lo, lo + k), subtree(lo + k, hi))
+
+    return {m: _path(subtree, m, 0, len(leaves)) for m in wanted}
+
+
+def _check_leaf(leaves: Sequence[bytes], index: int) -> None:
     if not 0 <= index < len(leaves):
         raise MerkleError(f"leaf {index} is not in a tree of size {len(leaves)}")
-    return _path(leaves, index, 0, len(leaves))
 
 
-def _path(leaves: Sequence[bytes], m: int, lo: int, hi: int) -> list[bytes]:
+def _path(subtree: Callable[[int, int], bytes], m: int, lo: int, hi: int) -> list[bytes]:
+    """The audit path of leaf ``lo + m`` in the subtree ``[lo, hi)``; ``subtree(lo, hi)`` gives
+    ``MTH`` of the leaves ``[lo, hi)``."""
     n = hi - lo
     if n == 1:
         return []
     k = _split(n)
     if m < k:
-        return [*_path(leaves, m, lo, lo + k), _mth(leaves, lo + k, hi)]
-    return [*_path(leaves, m - k, lo + k, hi), _mth(leaves, lo, lo + k)]
+        return [*_path(subtree, m, lo, lo + k), subtree(lo + k, hi)]
+    return [*_path(subtree, m - k, lo + k, hi), subtree(lo, lo + k)]
 
 
 def consistency_proof(leaves: Sequence[bytes], first: int) -> list[bytes]:

@@ -18,8 +18,10 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+import api as reports
 import provenance_store as store
-from api import _reports as reports
+from api._reports import REPORT_SCHEMA
+from api._reports._format import iso
 from provenance_store import verify_inclusion
 from tests.api.conftest import World, auth
 from tests.provenance_store._support import (
@@ -316,7 +318,7 @@ def test_the_report_lists_the_injected_flags_by_severity(
 def test_coverage_and_gaps_are_found_from_rollups_and_edges(report: dict[str, Any]) -> None:
     holder = _channel(report, "holder.temperature")
     assert [(g["start"], g["end"]) for g in holder["gaps"]] == [
-        (reports._iso(HOLDER_HOLE[0]), reports._iso(HOLDER_HOLE[1]))
+        (iso(HOLDER_HOLE[0]), iso(HOLDER_HOLE[1]))
     ]
     assert holder["coverage"] == pytest.approx(1 - 900 / (HOURS * 3600), abs=1e-6)
     stage = _channel(report, "stage.x")
@@ -386,7 +388,7 @@ def test_all_three_formats_render(report: dict[str, Any], scenario: Scenario) ->
         assert ident in page
     assert page.count("disagrees</span>") >= len(scenario.disagreeing)
     for flag in scenario.flags:
-        assert f"<td>{flag.id}</td><td>{reports._iso(flag.time)}</td>" in page
+        assert f"<td>{flag.id}</td><td>{iso(flag.time)}</td>" in page
     pdf = reports.render_pdf(report)
     assert pdf.startswith(b"%PDF-")
     pages = pdf.count(b"/Type /Page\n") + pdf.count(b"/Type /Page ") + pdf.count(b"/Type /Page>")
@@ -394,9 +396,23 @@ def test_all_three_formats_render(report: dict[str, Any], scenario: Scenario) ->
     assert pages >= 3  # text pages and a page of plots
 
 
+def test_render_report_is_the_one_entry_point_of_the_three_formats(
+    report: dict[str, Any],
+) -> None:
+    renderers = {
+        "json": reports.render_json,
+        "html": reports.render_html,
+        "pdf": reports.render_pdf,
+    }
+    for fmt, render in renderers.items():
+        assert reports.render_report(report, fmt) == render(report), fmt
+    with pytest.raises(reports.ReportError, match="unknown report format"):
+        reports.render_report(report, "docx")
+
+
 def test_html_escapes_what_the_store_holds() -> None:
     report = {
-        "schema": reports.REPORT_SCHEMA,
+        "schema": REPORT_SCHEMA,
         "kind": "proposal",
         "subject": {"proposal": "<b>P&1</b>", "instruments": []},
         "period": None,
@@ -455,7 +471,7 @@ def test_a_proposal_report_covers_its_datasets_on_granted_instruments(
     mine = [d["id"] for d in full["datasets"] if d["instrument_id"] == scenario.instrument]
     assert mine == scenario.datasets
     assert scenario.instrument in full["subject"]["instruments"]
-    assert full["period"]["start"] == reports._iso(T0 + timedelta(minutes=1))  # first dataset
+    assert full["period"]["start"] == iso(T0 + timedelta(minutes=1))  # first dataset
     assert not any(d["instrument_id"] == scenario.instrument for d in hidden["datasets"])
     assert scenario.instrument not in reports.render_json(hidden).decode()
 

@@ -10,6 +10,7 @@ from provenance_store._merkle import (
     MerkleError,
     consistency_proof,
     inclusion_proof,
+    inclusion_proofs,
     leaf_hash,
     node_hash,
     root_hash,
@@ -65,6 +66,20 @@ def test_every_inclusion_proof_verifies_and_wrong_ones_do_not() -> None:
                 assert not verify_inclusion(tree[m], m, n, [*proof, proof[0]], root)
 
 
+def test_batch_inclusion_proofs_equal_the_single_ones() -> None:
+    for n in range(1, N_MAX + 1):
+        tree = LEAVES[:n]
+        every = inclusion_proofs(tree, range(n))
+        assert every == {m: inclusion_proof(tree, m) for m in range(n)}, n
+    # Any subset, in any order and with repeats, gives each index once.
+    some = inclusion_proofs(LEAVES[:37], [36, 3, 3, 0, 17])
+    assert sorted(some) == [0, 3, 17, 36]
+    root = _naive_root(LEAVES[:37])
+    for m, proof in some.items():
+        assert verify_inclusion(LEAVES[m], m, 37, proof, root)
+    assert inclusion_proofs(LEAVES[:5], []) == {}
+
+
 def test_every_consistency_proof_verifies_and_wrong_ones_do_not() -> None:
     roots = [_naive_root(LEAVES[:n]) for n in range(N_MAX + 1)]
     for n in range(N_MAX + 1):
@@ -83,6 +98,10 @@ def test_every_consistency_proof_verifies_and_wrong_ones_do_not() -> None:
 def test_proofs_refuse_positions_outside_the_tree() -> None:
     with pytest.raises(MerkleError):
         inclusion_proof(LEAVES[:4], 4)
+    with pytest.raises(MerkleError):
+        inclusion_proofs(LEAVES[:4], [0, 4])
+    with pytest.raises(MerkleError):
+        inclusion_proofs(LEAVES[:4], [-1])
     with pytest.raises(MerkleError):
         consistency_proof(LEAVES[:4], 5)
     assert not verify_inclusion(LEAVES[0], 0, 0, [], root_hash([]))
