@@ -31,6 +31,7 @@ import numpy as np
 import sqlalchemy as sa
 
 import provenance_store as store
+from api._errors import ApiError
 from provenance_store import node_hash, verify_inclusion
 
 REPORT_SCHEMA = "beamtwin.report.v1"
@@ -72,13 +73,19 @@ _SEVERITY_COLOURS = {"critical": "#c0392b", "warning": "#e67e22", "info": "#2980
 _RENDER_LOCK = threading.Lock()
 
 
-class ReportError(store.StoreError, ValueError):
+class ReportError(ApiError, ValueError):
     """A report that cannot be made from these arguments (neither or both subjects, a period
     that is missing or empty)."""
+
+    status = 422
+    code = "invalid_request"
 
 
 class ReportTooLarge(ReportError):
     """The report's period is longer than the caller allows (``max_span``)."""
+
+    status = 413
+    code = "too_large"
 
 
 # ---------------------------------------------------------------------------- helpers

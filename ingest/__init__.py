@@ -25,7 +25,17 @@ from ingest._deadletter import (
     dead_letter_headers,
     parse_dead_letter,
 )
-from ingest._errors import IngestError, PublishError, RejectedMessage
+from ingest._errors import (
+    FrameTypeError,
+    IngestError,
+    InvalidFrame,
+    NotADeadLetter,
+    PublishError,
+    RejectedMessage,
+    UnknownField,
+    UnknownSource,
+    VendorFormatError,
+)
 from ingest._publisher import Delivery, TelemetryPublisher, ensure_topics
 from ingest._register import Registration, prepare, publish_registrations
 from ingest._settings import (
@@ -76,12 +86,15 @@ __all__ = [
     "DeadLetterSender",
     "Delivery",
     "DirectoryWatcher",
+    "FrameTypeError",
     "IngestError",
     "IngestSettings",
     "IngestStats",
     "IngestWorker",
+    "InvalidFrame",
     "KnownChannel",
     "NormalizedField",
+    "NotADeadLetter",
     "PublishError",
     "Quality",
     "Registrar",
@@ -90,7 +103,10 @@ __all__ = [
     "TelemetryFrameV1",
     "TelemetryPublisher",
     "TimeSource",
+    "UnknownField",
+    "UnknownSource",
     "ValidatedFrame",
+    "VendorFormatError",
     "WatchStats",
     "WorkerStopped",
     "build_acquisition_event",

@@ -20,6 +20,7 @@ from twin._conventions import (
     velox_to_abtem,
 )
 from twin._detect import (
+    DetectionError,
     cusum_threshold,
     innovation_threshold,
     per_sample_probability,
@@ -100,6 +101,7 @@ from twin._snapshot import (
     FieldTolerance,
     QuantitySeries,
     SnapshotConfig,
+    SnapshotError,
     align_channels,
     build_snapshot,
     snapshot_channels,
@@ -177,6 +179,7 @@ __all__ = [
     "Convention",
     "ConventionError",
     "DefocusComparison",
+    "DetectionError",
     "DriftModel",
     "Estimate",
     "FieldSource",
@@ -191,6 +194,7 @@ __all__ = [
     "RandomWalk",
     "SmootherResult",
     "SnapshotConfig",
+    "SnapshotError",
     "StateEstimate",
     "StateEstimationError",
     "StateQuantity",

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 import provenance_store as store
 import twin
 from ingest import AcquisitionEventV1
+from workers._errors import InvalidEvent
 
 __all__ = [
     "COMPLETE_AFTER_S",
@@ -84,7 +85,7 @@ def _as_datetime(value: Any) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if not isinstance(value, datetime) or value.tzinfo is None:
-        raise ValueError(f"not an aware UTC time: {value!r}")
+        raise InvalidEvent(f"not an aware UTC time: {value!r}")
     return value.astimezone(UTC)
 
 
@@ -303,14 +304,14 @@ def compute_snapshot(
 
     Raises:
         provenance_store.InstrumentNotFound: the event's instrument is not registered.
-        ValueError: bad times in the event.
+        InvalidEvent: bad times in the event.
     """
     ev = _event_dict(event)
     instrument_id = str(ev["instrument_id"])
     start = _as_datetime(ev["start_time"])
     end = _as_datetime(ev.get("end_time") or ev["start_time"])
     if end < start:
-        raise ValueError("the acquisition ends before it starts")
+        raise InvalidEvent("the acquisition ends before it starts")
     base = config or twin.DEFAULT_SNAPSHOT_CONFIG
     cfg = base if lookback_s is None else dataclasses.replace(base, lookback_s=lookback_s)
     now = datetime.now(UTC) if now is None else _as_datetime(now)
