@@ -21,6 +21,10 @@ The twin's output lives here too: state estimates, flags, the twin worker's curs
 versioned calibrations (``insert_estimates``, ``insert_flags``, ``save_twin_cursor``,
 ``store_calibration`` and their queries).
 
+A verified snapshot's body is a versioned contract, ``SnapshotBodyV1``
+(``beamtwin.snapshot.v1``, JSON Schema in ``docs/schemas/snapshot-body.v1.json``), validated
+where it is built (``validate_snapshot_body``).
+
 A dataset's record exports as W3C PROV-JSON, an RO-Crate or a NeXus/HDF5 sidecar
 (``prov_json``, ``write_ro_crate``, ``write_nexus_sidecar``; docs/exports.md).
 
@@ -166,6 +170,18 @@ from provenance_store._records import (
     TwinCursor,
 )
 from provenance_store._samples import count_samples, insert_samples
+from provenance_store._snapshot_body import (
+    SNAPSHOT_BODY_SCHEMA_ID,
+    ChannelStatistics,
+    FieldVerdict,
+    SnapshotBodyV1,
+    SnapshotFlag,
+    SnapshotParameters,
+    SnapshotTelemetry,
+    SnapshotWindow,
+    WindowStatistics,
+    validate_snapshot_body,
+)
 from provenance_store._twin import (
     delete_twin_cursor,
     estimates_as_of,
@@ -184,6 +200,7 @@ __all__ = [
     "INSTRUMENT_ID_PATTERN",
     "QUANTITY_KINDS",
     "SEVERITIES",
+    "SNAPSHOT_BODY_SCHEMA_ID",
     "SUBSYSTEMS",
     "VERDICTS",
     "VERDICTS_WORST_FIRST",
@@ -202,12 +219,14 @@ __all__ = [
     "ChannelNotFound",
     "ChannelRecord",
     "ChannelSamples",
+    "ChannelStatistics",
     "Checkpoint",
     "CursorConflict",
     "DatasetNotFound",
     "DatasetRecord",
     "DatasetSummary",
     "EstimateRecord",
+    "FieldVerdict",
     "FlagIn",
     "FlagRecord",
     "Gap",
@@ -228,11 +247,17 @@ __all__ = [
     "SchemaTooNewError",
     "Series",
     "SeriesPoint",
+    "SnapshotBodyV1",
     "SnapshotConflict",
+    "SnapshotFlag",
+    "SnapshotParameters",
     "SnapshotRecord",
+    "SnapshotTelemetry",
+    "SnapshotWindow",
     "StoreError",
     "TooManySamples",
     "TwinCursor",
+    "WindowStatistics",
     "WrongType",
     "add_api_user",
     "all_audit_entries",
@@ -303,6 +328,7 @@ __all__ = [
     "store_calibration",
     "store_snapshot",
     "upgrade_schema",
+    "validate_snapshot_body",
     "verify_audit_log",
     "verify_consistency",
     "verify_inclusion",

@@ -55,7 +55,8 @@ class ComputedSnapshot:
     """A snapshot body and what it was computed with.
 
     Attributes:
-        body: the ``beamtwin.snapshot.v1`` body (JSON-ready).
+        body: the ``beamtwin.snapshot.v1`` body (JSON-ready), validated against
+            :class:`provenance_store.SnapshotBodyV1`.
         twin_version: the twin that derived the state (:data:`twin.TWIN_VERSION`).
         calibration_version: the calibration in force at the acquisition start (the twin's
             default calibration's version when the instrument has none stored).
@@ -305,6 +306,8 @@ def compute_snapshot(
     Raises:
         provenance_store.InstrumentNotFound: the event's instrument is not registered.
         InvalidEvent: bad times in the event.
+        provenance_store.InvalidRecord: the body does not follow ``beamtwin.snapshot.v1``
+            (:class:`provenance_store.SnapshotBodyV1`).
     """
     ev = _event_dict(event)
     instrument_id = str(ev["instrument_id"])
@@ -373,6 +376,8 @@ def compute_snapshot(
             body = twin.build_snapshot(
                 **common, history_channels=history[0], history_state=history[1]
             )
+    # The twin builds plain data; the contract is checked once, here, before it is stored.
+    store.validate_snapshot_body(body)
     return ComputedSnapshot(
         body=body,
         twin_version=twin.TWIN_VERSION,
