@@ -14,7 +14,7 @@ import provenance_store as store
 from api import _schemas as schemas
 from api._datasets import router as datasets_router
 from api._deps import get_principal
-from api._errors import install_error_handlers
+from api._errors import ApiError, install_error_handlers
 from api._metrics import ApiMetrics
 from api._report_routes import router as report_router
 from api._routes import router
@@ -33,7 +33,7 @@ Errors are `{"error": CODE, "detail": MESSAGE}`.
 """
 
 
-class ApiConfigError(ValueError):
+class ApiConfigError(ApiError, ValueError):
     """The settings cannot make an app (no database URL)."""
 
 

@@ -66,26 +66,11 @@ DatasetDep = Annotated[store.DatasetRecord, Depends(granted_dataset)]
 
 
 def _summary(snapshot: store.SnapshotRecord) -> schemas.SnapshotSummary:
-    return schemas.SnapshotSummary(
-        version=snapshot.version,
-        created_at=snapshot.created_at,
-        actor=snapshot.actor,
-        reason=snapshot.reason,
-        overall=snapshot.overall,
-        verdict_counts=snapshot.verdict_counts,
-        body_sha256=snapshot.body_sha256,
-        twin_version=snapshot.twin_version,
-        calibration_version=snapshot.calibration_version,
-        telemetry_complete=snapshot.telemetry_complete,
-    )
+    return schemas.SnapshotSummary.model_validate(snapshot, from_attributes=True)
 
 
 def _snapshot(snapshot: store.SnapshotRecord) -> schemas.Snapshot:
-    return schemas.Snapshot(
-        dataset_id=snapshot.dataset_id,
-        body=snapshot.body,
-        **_summary(snapshot).model_dump(),
-    )
+    return schemas.Snapshot.model_validate(snapshot, from_attributes=True)
 
 
 def _dataset_fields(record: store.DatasetRecord) -> dict[str, Any]:

@@ -101,9 +101,10 @@ def install_error_handlers(app: FastAPI) -> None:
         # The same answer whether the dataset does not exist or its instrument is not granted.
         return _response(404, "dataset_not_found", f"dataset {exc.dataset_id!r} not found")
 
-    @app.exception_handler(store.InvalidRecord)
-    async def invalid_record(_: Request, exc: store.InvalidRecord) -> JSONResponse:
-        # A record the store refuses (a correction without a reason, an unknown verdict).
+    @app.exception_handler(store.InvalidArgument)
+    async def invalid_argument(_: Request, exc: store.InvalidArgument) -> JSONResponse:
+        # A record or argument the store refuses (a correction without a reason, an unknown
+        # verdict, a naive time, end <= start); InvalidRecord is one.
         return _response(422, "invalid_request", str(exc))
 
     @app.exception_handler(store.SnapshotConflict)

@@ -142,15 +142,7 @@ def users(_: Admin, conn: ConnDep) -> list[schemas.User]:
 
 # ---------------------------------------------------------------------------- instruments
 def _instrument(record: store.InstrumentRecord) -> schemas.Instrument:
-    return schemas.Instrument(
-        id=record.id,
-        vendor=record.vendor,
-        model=record.model,
-        serial_number=record.serial_number,
-        control_software_version=record.control_software_version,
-        created_at=record.created_at,
-        updated_at=record.updated_at,
-    )
+    return schemas.Instrument.model_validate(record, from_attributes=True)
 
 
 @router.get(
@@ -604,23 +596,7 @@ def flags(
 
 def flag_of(f: store.FlagRecord) -> schemas.Flag:
     """The API's view of a stored twin flag (shared by the instrument and dataset routes)."""
-    return schemas.Flag(
-        id=f.id,
-        kind=f.kind,
-        quantity=f.quantity,
-        channel=f.channel,
-        time=f.time,
-        end_time=f.end_time,
-        expected=f.expected,
-        observed=f.observed,
-        residual=f.residual,
-        tolerance=f.tolerance,
-        severity=f.severity,
-        twin_version=f.twin_version,
-        calibration_version=f.calibration_version,
-        detail=f.detail,
-        created_at=f.created_at,
-    )
+    return schemas.Flag.model_validate(f, from_attributes=True)
 
 
 @router.get(
@@ -632,9 +608,7 @@ def flag_of(f: store.FlagRecord) -> schemas.Flag:
 def calibrations(instrument_id: InstrumentDep, conn: ConnDep) -> list[schemas.Calibration]:
     """Every calibration version of the instrument, by the time it came into force."""
     return [
-        schemas.Calibration(
-            version=c.version, valid_from=c.valid_from, body=c.body, created_at=c.created_at
-        )
+        schemas.Calibration.model_validate(c, from_attributes=True)
         for c in store.list_calibrations(conn=conn, instrument_id=instrument_id)
     ]
 

@@ -11,7 +11,9 @@ _T = "2026-03-02T08:00:00Z"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    # from_attributes: a schema whose fields match a store record is built from the record
+    # (``Instrument.model_validate(record, from_attributes=True)``), not field by field.
+    model_config = ConfigDict(frozen=True, from_attributes=True)
 
 
 class ErrorBody(_Model):

@@ -33,7 +33,17 @@ from ingest._deadletter import (
     dead_letter_headers,
     parse_dead_letter,
 )
-from ingest._errors import IngestError, PublishError, RejectedMessage
+from ingest._errors import (
+    FrameTypeError,
+    IngestError,
+    InvalidFrame,
+    NotADeadLetter,
+    PublishError,
+    RejectedMessage,
+    UnknownField,
+    UnknownSource,
+    VendorFormatError,
+)
 from ingest._publisher import Delivery, TelemetryPublisher, ensure_topics
 from ingest._register import Registration, prepare, publish_registrations
 from ingest._retry import TRANSIENT_DB_ERRORS, RetryPolicy, WorkerStopped, with_db
@@ -91,12 +101,15 @@ __all__ = [
     "Delivery",
     "DirectoryWatcher",
     "ErrorPolicy",
+    "FrameTypeError",
     "IngestError",
     "IngestSettings",
     "IngestStats",
     "IngestWorker",
+    "InvalidFrame",
     "KnownChannel",
     "NormalizedField",
+    "NotADeadLetter",
     "PublishError",
     "Quality",
     "Registrar",
@@ -106,7 +119,10 @@ __all__ = [
     "TelemetryFrameV1",
     "TelemetryPublisher",
     "TimeSource",
+    "UnknownField",
+    "UnknownSource",
     "ValidatedFrame",
+    "VendorFormatError",
     "WatchStats",
     "WorkerStopped",
     "build_acquisition_event",

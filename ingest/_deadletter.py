@@ -19,7 +19,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from ingest._errors import PublishError, RejectedMessage
+from ingest._errors import NotADeadLetter, PublishError, RejectedMessage
 from ingest._settings import DEADLETTER_TOPIC
 
 HEADER_PREFIX = "beamtwin.dlq."
@@ -117,7 +117,7 @@ def parse_dead_letter(
     """Read the ``beamtwin.dlq.*`` headers of a dead-letter record.
 
     Raises:
-        ValueError: when a header is missing or malformed (not a dead letter of beamtwin).
+        NotADeadLetter: when a header is missing or malformed (not a dead letter of beamtwin).
     """
     items = headers.items() if isinstance(headers, Mapping) else headers
     text: dict[str, str] = {}
@@ -128,7 +128,7 @@ def parse_dead_letter(
         h for h in (CODE, REASON, TOPIC, PARTITION, OFFSET, WORKER, FAILED_AT) if h not in text
     ]
     if missing:
-        raise ValueError(f"not a dead letter: header(s) {', '.join(missing)} missing")
+        raise NotADeadLetter(f"not a dead letter: header(s) {', '.join(missing)} missing")
     try:
         return DeadLetterInfo(
             code=text[CODE],
@@ -141,7 +141,7 @@ def parse_dead_letter(
             failed_at=datetime.fromisoformat(text[FAILED_AT]),
         )
     except ValueError as exc:
-        raise ValueError(f"malformed dead-letter header: {exc}") from None
+        raise NotADeadLetter(f"malformed dead-letter header: {exc}") from None
 
 
 class DeadLetterSender:

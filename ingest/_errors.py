@@ -25,3 +25,32 @@ class RejectedMessage(IngestError, ValueError):
 
 class PublishError(IngestError):
     """The broker did not confirm delivery of a published frame."""
+
+
+class InvalidFrame(IngestError, ValueError):
+    """A telemetry frame that cannot be built or published as asked: no tick, lengths that
+    differ, a malformed channel name or id, a channel twice, an instrument id that is missing
+    or differs from the frame's. The ingest would refuse such a frame; the publisher learns it
+    at the source."""
+
+
+class FrameTypeError(IngestError, TypeError):
+    """Tick times or counters that are not a one-dimensional integer array."""
+
+
+class NotADeadLetter(IngestError, ValueError):
+    """A record whose ``beamtwin.dlq.*`` headers are missing or malformed."""
+
+
+class UnknownSource(IngestError, ValueError):
+    """An acquisition-event source that is not one of :data:`ingest.SOURCES`."""
+
+
+class VendorFormatError(IngestError, ValueError):
+    """Vendor-file content that is not what its format says: a value that is not a number
+    with a unit, a malformed ``key = value`` line, a truncated log, a file without a
+    dataset."""
+
+
+class UnknownField(IngestError, KeyError):
+    """A normalisation rule for a field that is not in the field table."""

@@ -22,7 +22,7 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from ingest._errors import IngestError, PublishError
+from ingest._errors import IngestError, InvalidFrame, PublishError
 from ingest._settings import TELEMETRY_TOPIC
 from ingest._wire import ColumnInput, TelemetryFrameV1, build_frame, encode_frame
 
@@ -143,14 +143,14 @@ class TelemetryPublisher:
         """
         if isinstance(frame, TelemetryFrameV1):
             if instrument_id is not None and instrument_id != frame.instrument_id:
-                raise ValueError(
+                raise InvalidFrame(
                     f"instrument_id {instrument_id!r} differs from the frame's "
                     f"{frame.instrument_id!r}"
                 )
             instrument_id, raw = frame.instrument_id, encode_frame(frame)
         else:
             if instrument_id is None:
-                raise ValueError("instrument_id is required to publish raw bytes")
+                raise InvalidFrame("instrument_id is required to publish raw bytes")
             raw = bytes(frame)
         return self._send(instrument_id, raw)
 

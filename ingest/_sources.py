@@ -16,7 +16,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from ingest._acquisition import AcquisitionEventV1, encode_event
-from ingest._errors import PublishError
+from ingest._errors import PublishError, UnknownSource
 
 #: Kafka header naming what registered the dataset.
 SOURCE_HEADER = "beamtwin.source"
@@ -40,7 +40,7 @@ class AcquisitionPublisher:
 
     def __init__(self, bootstrap_servers: str, *, topic: str, source: str) -> None:
         if source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
+            raise UnknownSource(f"source must be one of {SOURCES}, not {source!r}")
         self.topic = topic
         self.source = source
         try:

@@ -52,7 +52,7 @@ from ingest._acquisition import (
     TimeSource,
     dataset_id_for,
 )
-from ingest._errors import RejectedMessage
+from ingest._errors import RejectedMessage, UnknownField, VendorFormatError
 from ingest._units import _pint_lock, unit_registry
 from twin import VELOX_DEFOCUS_TO_C10
 
@@ -196,7 +196,7 @@ def parse_text_quantity(text: str) -> tuple[float, str]:
     ``(225000.0, "1")``."""
     match = _TEXT_QUANTITY.match(text)
     if not match:
-        raise ValueError(f"{text!r} is not a number with a unit")
+        raise VendorFormatError(f"{text!r} is not a number with a unit")
     number, unit = float(match.group(1)), match.group(2)
     if unit.lower() in ("kx", "k x"):
         return number * 1000.0, "1"
@@ -205,7 +205,7 @@ def parse_text_quantity(text: str) -> tuple[float, str]:
 
 def _number(raw: Any) -> float:
     if isinstance(raw, bool):
-        raise ValueError("a boolean is not a number")
+        raise VendorFormatError("a boolean is not a number")
     if isinstance(raw, str):
         return float(raw.strip())
     return float(raw)
@@ -309,7 +309,7 @@ def normalize(
     candidates: dict[str, list[NormalizedField]] = {}
     for rule in rules:
         if rule.name not in table:
-            raise KeyError(f"rule for unknown field {rule.name!r}")
+            raise UnknownField(f"rule for unknown field {rule.name!r}")
         found = apply_rule(tree, rule, table[rule.name][0])
         if found is not None:
             candidates.setdefault(rule.name, []).append(found)
@@ -958,10 +958,10 @@ def parse_de_info(text: str) -> dict[str, str]:
             continue
         key, sep, value = line.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"line {n} is not 'key = value': {line[:80]!r}")
+            raise VendorFormatError(f"line {n} is not 'key = value': {line[:80]!r}")
         out[key.strip()] = value.strip()
     if not out:
-        raise ValueError("no 'key = value' lines")
+        raise VendorFormatError("no 'key = value' lines")
     return out
 
 
@@ -1094,13 +1094,15 @@ def _check_complete_csv(path: Path) -> None:
     than register a dataset without its end."""
     text = _read_text(path)
     if not text.endswith("\n"):
-        raise ValueError("the last line is not complete (no line end): the file is truncated")
+        raise VendorFormatError(
+            "the last line is not complete (no line end): the file is truncated"
+        )
     lines = [line for line in text.splitlines() if line.strip()]
     if len(lines) < 2:
-        raise ValueError("fewer than two lines")
+        raise VendorFormatError("fewer than two lines")
     width = lines[0].count(",")
     if lines[-1].count(",") != width:
-        raise ValueError(
+        raise VendorFormatError(
             f"the last line has {lines[-1].count(',') + 1} fields, the header {width + 1}: "
             "the file is truncated"
         )
@@ -1180,7 +1182,7 @@ def _metadata(
 
 def _first(results: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     if not results:
-        raise ValueError("the reader found no dataset in the file")
+        raise VendorFormatError("the reader found no dataset in the file")
     return results[0]
 
 

@@ -27,7 +27,7 @@ import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from ingest._errors import RejectedMessage
+from ingest._errors import FrameTypeError, InvalidFrame, RejectedMessage
 from twin import CHANNEL_NAME_PATTERN, ChannelSpec, QuantityKind, Subsystem
 
 SCHEMA_ID = "beamtwin.telemetry.v1"
@@ -237,7 +237,7 @@ def utc_timestamp(when: datetime | None = None) -> str:
 def _int64_ticks(name: str, array: npt.ArrayLike) -> npt.NDArray[np.int64]:
     ticks = np.asarray(array)
     if ticks.ndim != 1 or (ticks.size and ticks.dtype.kind not in "iu"):
-        raise TypeError(f"{name} must be a 1-d integer array, not {ticks.dtype} {ticks.shape}")
+        raise FrameTypeError(f"{name} must be a 1-d integer array, not {ticks.dtype} {ticks.shape}")
     return np.ascontiguousarray(ticks, dtype=np.int64)
 
 
@@ -266,21 +266,21 @@ def build_frame(
         calibration_ids: channel name -> calibration id applied to its values.
 
     Raises:
-        ValueError / TypeError: when the frame would be refused by the ingest (lengths,
+        InvalidFrame / FrameTypeError: when the frame would be refused by the ingest (lengths,
             channel names, ids, a channel twice), so a publisher learns it at the source.
     """
     times = _int64_ticks("times_ns", times_ns)
     ticks = _int64_ticks("seqs", seqs)
     n = len(times)
     if n == 0:
-        raise ValueError("a frame needs at least one tick")
+        raise InvalidFrame("a frame needs at least one tick")
     if len(ticks) != n:
-        raise ValueError(f"seqs has {len(ticks)} entries but times_ns has {n}")
+        raise InvalidFrame(f"seqs has {len(ticks)} entries but times_ns has {n}")
     if not columns:
-        raise ValueError("a frame needs at least one column")
+        raise InvalidFrame("a frame needs at least one column")
     for label, ident in (("instrument_id", instrument_id), ("publisher_id", publisher_id)):
         if not _IDENTIFIER_RE.match(ident):
-            raise ValueError(f"{label} {ident!r} does not match {IDENTIFIER_PATTERN}")
+            raise InvalidFrame(f"{label} {ident!r} does not match {IDENTIFIER_PATTERN}")
     calibrations = calibration_ids or {}
     out_columns: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -292,15 +292,17 @@ def build_frame(
         else:
             name = channel
         if not _CHANNEL_RE.match(name):
-            raise ValueError(f"columns[{i}]: channel name {name!r} is not <subsystem>.<sensor>")
+            raise InvalidFrame(f"columns[{i}]: channel name {name!r} is not <subsystem>.<sensor>")
         if name in seen:
-            raise ValueError(f"columns[{i}]: channel {name} appears twice")
+            raise InvalidFrame(f"columns[{i}]: channel {name} appears twice")
         seen.add(name)
         if not unit or not unit.strip():
-            raise ValueError(f"columns[{i}] ({name}): unit is empty")
+            raise InvalidFrame(f"columns[{i}] ({name}): unit is empty")
         array = np.ascontiguousarray(values, dtype=np.float64)
         if array.shape != (n,):
-            raise ValueError(f"columns[{i}] ({name}): values have shape {array.shape}, not ({n},)")
+            raise InvalidFrame(
+                f"columns[{i}] ({name}): values have shape {array.shape}, not ({n},)"
+            )
         doc: dict[str, Any] = {"channel": name}
         if spec is not None:
             doc["subsystem"] = spec.subsystem.value

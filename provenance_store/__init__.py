@@ -23,6 +23,10 @@ The twin's output lives here too: state estimates, flags, the twin worker's curs
 versioned calibrations (``insert_estimates``, ``insert_flags``, ``save_twin_cursor``,
 ``store_calibration`` and their queries).
 
+A verified snapshot's body is a versioned contract, ``SnapshotBodyV1``
+(``beamtwin.snapshot.v1``, JSON Schema in ``docs/schemas/snapshot-body.v1.json``), validated
+where it is built (``validate_snapshot_body``).
+
 A dataset's record exports as W3C PROV-JSON, an RO-Crate or a NeXus/HDF5 sidecar
 (``prov_json``, ``write_ro_crate``, ``write_nexus_sidecar``; docs/exports.md).
 
@@ -97,12 +101,14 @@ from provenance_store._errors import (
     CursorConflict,
     DatasetNotFound,
     InstrumentNotFound,
+    InvalidArgument,
     InvalidRecord,
     SchemaOutdatedError,
     SchemaTooNewError,
     SnapshotConflict,
     StoreError,
     TooManySamples,
+    WrongType,
 )
 from provenance_store._export import (
     prov_document,
@@ -168,6 +174,18 @@ from provenance_store._records import (
     TwinCursor,
 )
 from provenance_store._samples import count_samples, insert_samples
+from provenance_store._snapshot_body import (
+    SNAPSHOT_BODY_SCHEMA_ID,
+    ChannelStatistics,
+    FieldVerdict,
+    SnapshotBodyV1,
+    SnapshotFlag,
+    SnapshotParameters,
+    SnapshotTelemetry,
+    SnapshotWindow,
+    WindowStatistics,
+    validate_snapshot_body,
+)
 from provenance_store._twin import (
     delete_twin_cursor,
     estimates_as_of,
@@ -186,6 +204,7 @@ __all__ = [
     "INSTRUMENT_ID_PATTERN",
     "QUANTITY_KINDS",
     "SEVERITIES",
+    "SNAPSHOT_BODY_SCHEMA_ID",
     "SUBSYSTEMS",
     "VERDICTS",
     "VERDICTS_WORST_FIRST",
@@ -204,18 +223,21 @@ __all__ = [
     "ChannelNotFound",
     "ChannelRecord",
     "ChannelSamples",
+    "ChannelStatistics",
     "Checkpoint",
     "CursorConflict",
     "DatasetNotFound",
     "DatasetRecord",
     "DatasetSummary",
     "EstimateRecord",
+    "FieldVerdict",
     "FlagIn",
     "FlagRecord",
     "Gap",
     "InstrumentIn",
     "InstrumentNotFound",
     "InstrumentRecord",
+    "InvalidArgument",
     "InvalidRecord",
     "LastValue",
     "NewApiToken",
@@ -229,12 +251,19 @@ __all__ = [
     "SchemaTooNewError",
     "Series",
     "SeriesPoint",
+    "SnapshotBodyV1",
     "SnapshotConflict",
+    "SnapshotFlag",
+    "SnapshotParameters",
     "SnapshotRecord",
+    "SnapshotTelemetry",
+    "SnapshotWindow",
     "StoreError",
     "StoreFigures",
     "TooManySamples",
     "TwinCursor",
+    "WindowStatistics",
+    "WrongType",
     "add_api_user",
     "all_audit_entries",
     "append_audit",
@@ -306,6 +335,7 @@ __all__ = [
     "store_figures",
     "store_snapshot",
     "upgrade_schema",
+    "validate_snapshot_body",
     "verify_audit_log",
     "verify_consistency",
     "verify_inclusion",

@@ -22,6 +22,7 @@ from provenance_store._errors import (
     ApiUserConflict,
     ApiUserNotFound,
     InstrumentNotFound,
+    InvalidArgument,
 )
 from provenance_store._instruments import instrument_exists
 from provenance_store._records import API_ROLES, ApiTokenRecord, ApiUserRecord, NewApiToken
@@ -142,12 +143,12 @@ def add_api_user(
 
     Raises:
         ApiUserConflict: the name is taken.
-        ValueError: an unknown role or an empty name (or one over 128 characters).
+        InvalidArgument: an unknown role or an empty name (or one over 128 characters).
     """
     if role not in API_ROLES:
-        raise ValueError(f"role {role!r} is not one of {API_ROLES}")
+        raise InvalidArgument(f"role {role!r} is not one of {API_ROLES}")
     if not name or len(name) > 128:
-        raise ValueError("a user name needs 1 to 128 characters")
+        raise InvalidArgument("a user name needs 1 to 128 characters")
     row = conn.execute(_ADD_USER, {"name": name, "role": role}).first()
     if row is None:
         raise ApiUserConflict(f"an API user named {name!r} exists already")

@@ -13,7 +13,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from provenance_store._audit import append_audit
-from provenance_store._errors import CalibrationConflict, InstrumentNotFound, StoreError
+from provenance_store._errors import (
+    CalibrationConflict,
+    InstrumentNotFound,
+    InvalidRecord,
+    StoreError,
+)
 from provenance_store._instruments import instrument_exists
 from provenance_store._records import CalibrationRecord
 from provenance_store._time import as_utc, require_utc
@@ -83,7 +88,7 @@ def store_calibration(
     """
     valid_from = require_utc("valid_from", valid_from)
     if not version:
-        raise ValueError("a calibration needs a version")
+        raise InvalidRecord("a calibration needs a version")
     if not isinstance(body, dict):
         raise StoreError(f"a calibration body must be a JSON object, not {type(body).__name__}")
     try:

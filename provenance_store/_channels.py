@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from provenance_store._errors import ChannelConflict, InstrumentNotFound
+from provenance_store._errors import ChannelConflict, InstrumentNotFound, InvalidRecord
 from provenance_store._instruments import instrument_exists
 from provenance_store._records import ChannelDeclaration, ChannelRecord, check_declaration
 from provenance_store._time import as_utc, require_utc
@@ -161,7 +161,7 @@ def _by_name(declarations: Sequence[ChannelDeclaration]) -> dict[str, ChannelDec
         check_declaration(decl)
         seen = decls.setdefault(decl.name, decl)
         if seen != decl:
-            raise ValueError(f"channel {decl.name} is declared twice, differently")
+            raise InvalidRecord(f"channel {decl.name} is declared twice, differently")
     return decls
 
 

@@ -35,6 +35,7 @@ from provenance_store._errors import (
     InstrumentNotFound,
     InvalidRecord,
     SnapshotConflict,
+    WrongType,
 )
 from provenance_store._records import (
     DATASET_SOURCES,
@@ -669,7 +670,7 @@ def search_datasets(
     """
     if instrument_ids is not None:
         if isinstance(instrument_ids, str):
-            raise TypeError("instrument_ids must be a sequence of ids, not one string")
+            raise WrongType("instrument_ids must be a sequence of ids, not one string")
         if not instrument_ids:
             return []
     if verdict is not None and verdict not in VERDICTS:

@@ -171,6 +171,19 @@ class DatasetNotFound(StoreError, KeyError):
         return f"dataset {self.dataset_id!r} is not registered"
 
 
-class InvalidRecord(StoreError, ValueError):
-    """A dataset event or snapshot the store refuses: a missing or malformed field, an unknown
-    verdict or source, or a correction without a reason."""
+class InvalidArgument(StoreError, ValueError):
+    """An argument a store function refuses: a naive time, an end not after its start, a
+    limit, bucket, span or threshold that is not positive, an unknown role or flag kind, a
+    cursor that would move back."""
+
+
+class InvalidRecord(InvalidArgument):
+    """A record the store refuses: a dataset event or snapshot with a missing or malformed
+    field, an unknown verdict or source, a correction without a reason; a malformed instrument
+    id, channel declaration, sample batch, flag, estimate or calibration; a provenance graph
+    that PROV cannot express."""
+
+
+class WrongType(StoreError, TypeError):
+    """A value of the wrong type given to the store: one string where a sequence of names
+    belongs, a list where a numpy array belongs, a date that is not a ``datetime``."""

@@ -23,6 +23,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from provenance_store._audit import canonical_json
 from provenance_store._datasets import prov_id
+from provenance_store._errors import InvalidArgument, InvalidRecord
 
 if TYPE_CHECKING:
     import h5py
@@ -54,7 +55,7 @@ def _encode_local(local: str) -> str:
 def _iso(value: datetime) -> str:
     """``value`` as ISO 8601 in UTC with a ``Z``; naive datetimes are refused."""
     if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value.isoformat()} (times must be timezone-aware)")
+        raise InvalidArgument(f"naive datetime {value.isoformat()} (times must be timezone-aware)")
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -96,7 +97,7 @@ def _build_prov(graph: ProvGraph) -> ProvDocument:
     def qname(stable_id: str) -> Any:
         prefix, sep, local = stable_id.partition(":")
         if not sep or prefix != "beamtwin":
-            raise ValueError(f"PROV id {stable_id!r} is not a beamtwin: id")
+            raise InvalidRecord(f"PROV id {stable_id!r} is not a beamtwin: id")
         return ns[_encode_local(local)]
 
     def type_value(prov_type: str) -> Any:
@@ -137,7 +138,7 @@ def _build_prov(graph: ProvGraph) -> ProvDocument:
         elif node.kind == "agent":
             doc.agent(qname(node.id), attrs)
         else:
-            raise ValueError(f"PROV node {node.id}: unknown kind {node.kind!r}")
+            raise InvalidRecord(f"PROV node {node.id}: unknown kind {node.kind!r}")
 
     for rel in sorted(graph.relations, key=lambda r: (r.relation, r.subject, r.object)):
         attrs = attributes(rel.attributes)
@@ -161,7 +162,7 @@ def _build_prov(graph: ProvGraph) -> ProvDocument:
         elif rel.relation == "actedOnBehalfOf":
             doc.actedOnBehalfOf(subject, obj, other_attributes=attrs)
         else:
-            raise ValueError(f"unknown PROV relation {rel.relation!r} (one of {_RELATIONS})")
+            raise InvalidRecord(f"unknown PROV relation {rel.relation!r} (one of {_RELATIONS})")
     return doc
 
 

@@ -16,8 +16,10 @@ import sqlalchemy as sa
 from provenance_store._errors import (
     ChannelNotFound,
     InstrumentNotFound,
+    InvalidArgument,
     StoreError,
     TooManySamples,
+    WrongType,
 )
 from provenance_store._instruments import instrument_exists
 from provenance_store._records import (
@@ -77,7 +79,7 @@ def _resolve(
     params: dict[str, Any] = {"instrument_id": instrument_id}
     if names is not None:
         if isinstance(names, str):
-            raise TypeError("channels must be a sequence of channel names, not one string")
+            raise WrongType("channels must be a sequence of channel names, not one string")
         sql += " AND name = ANY(:names)"
         params["names"] = list(names)
     rows = conn.execute(sa.text(sql + " ORDER BY name"), params).all()
@@ -96,9 +98,9 @@ def choose_bucket(span: timedelta, max_points: int) -> timedelta:
     """The narrowest bucket from ``BUCKET_LADDER_US`` (or whole days) that splits ``span``
     into at most ``max_points`` buckets aligned to 2000-01-01T00:00Z, wherever it starts."""
     if max_points < 2:
-        raise ValueError("max_points must be at least 2")
+        raise InvalidArgument("max_points must be at least 2")
     if span <= timedelta(0):
-        raise ValueError("span must be positive")
+        raise InvalidArgument("span must be positive")
     # An unaligned span touches up to ceil(span / width) + 1 buckets.
     need = -(-duration_us(span) // (max_points - 1))
     for width in BUCKET_LADDER_US:
@@ -262,11 +264,11 @@ def query_range(
     start = require_utc("start", start)
     end = require_utc("end", end)
     if end <= start:
-        raise ValueError(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
+        raise InvalidArgument(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
     if max_points < 2:
-        raise ValueError("max_points must be at least 2")
+        raise InvalidArgument("max_points must be at least 2")
     if bucket is not None and bucket <= timedelta(0):
-        raise ValueError(f"bucket must be positive, got {bucket}")
+        raise InvalidArgument(f"bucket must be positive, got {bucket}")
     chans = _resolve(conn, instrument_id, channels)
     ids = [c.id for c in chans]
     params: dict[str, Any] = {"ids": ids, "start": start, "end": end}
@@ -421,9 +423,9 @@ def find_gaps(
     start = require_utc("start", start)
     end = require_utc("end", end)
     if end <= start:
-        raise ValueError(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
+        raise InvalidArgument(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
     if threshold <= timedelta(0):
-        raise ValueError(f"threshold must be positive, got {threshold}")
+        raise InvalidArgument(f"threshold must be positive, got {threshold}")
     chans = _resolve(conn, instrument_id, channels)
     names = {c.id: c.name for c in chans}
     rows = conn.execute(
@@ -500,7 +502,7 @@ def read_samples(
     start = require_utc("start", start)
     end = require_utc("end", end)
     if end <= start:
-        raise ValueError(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
+        raise InvalidArgument(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
     chans = _resolve(conn, instrument_id, channels)
     driver = conn.connection.driver_connection
     if not isinstance(driver, psycopg.Connection):

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from provenance_store._errors import InvalidRecord, WrongType
 from provenance_store._time import MAX_TIME_US, MIN_TIME_US, from_us
 
 #: Where on the column a sensor sits (the ``channel.subsystem`` CHECK constraint).
@@ -85,9 +86,9 @@ class InstrumentRecord:
 
 
 def check_instrument_id(instrument_id: str) -> str:
-    """``instrument_id`` if it is a well-formed persistent id, else ``ValueError``."""
+    """``instrument_id`` if it is a well-formed persistent id, else :class:`InvalidRecord`."""
     if not isinstance(instrument_id, str) or not _INSTRUMENT_ID_RE.match(instrument_id):
-        raise ValueError(
+        raise InvalidRecord(
             f"instrument id {instrument_id!r} is not a persistent id (letters, digits and "
             "'._:-', starting with a letter or digit, at most 128 characters)"
         )
@@ -127,27 +128,27 @@ class ChannelDeclaration:
 
 
 def check_declaration(decl: ChannelDeclaration) -> None:
-    """``ValueError`` unless ``decl`` names a known subsystem and quantity kind and has sane
+    """:class:`InvalidRecord` unless ``decl`` names a known subsystem and quantity kind and has sane
     limits."""
     if not decl.name or len(decl.name) > MAX_CHANNEL_NAME_LENGTH:
-        raise ValueError(
+        raise InvalidRecord(
             f"channel name {decl.name!r} must have 1 to {MAX_CHANNEL_NAME_LENGTH} characters"
         )
     if decl.subsystem not in SUBSYSTEMS:
-        raise ValueError(
+        raise InvalidRecord(
             f"channel {decl.name}: subsystem {decl.subsystem!r} is not one of {SUBSYSTEMS}"
         )
     if decl.quantity not in QUANTITY_KINDS:
-        raise ValueError(
+        raise InvalidRecord(
             f"channel {decl.name}: quantity {decl.quantity!r} is not one of {QUANTITY_KINDS}"
         )
     if not decl.canonical_unit or not decl.source_unit:
-        raise ValueError(f"channel {decl.name}: canonical_unit and source_unit must be given")
+        raise InvalidRecord(f"channel {decl.name}: canonical_unit and source_unit must be given")
     for label, limit in (("lower", decl.lower), ("upper", decl.upper)):
         if limit is not None and math.isnan(limit):
-            raise ValueError(f"channel {decl.name}: {label} limit is NaN")
+            raise InvalidRecord(f"channel {decl.name}: {label} limit is NaN")
     if decl.lower is not None and decl.upper is not None and decl.lower > decl.upper:
-        raise ValueError(
+        raise InvalidRecord(
             f"channel {decl.name}: lower limit {decl.lower} is above upper limit {decl.upper}"
         )
 
@@ -211,25 +212,29 @@ class SampleBatch:
         for name, dtype in _BATCH_DTYPES.items():
             array = getattr(self, name)
             if not isinstance(array, np.ndarray):
-                raise TypeError(f"SampleBatch.{name} must be a numpy array")
+                raise WrongType(f"SampleBatch.{name} must be a numpy array")
             if array.ndim != 1:
-                raise ValueError(f"SampleBatch.{name} must be one-dimensional, got {array.shape}")
+                raise InvalidRecord(
+                    f"SampleBatch.{name} must be one-dimensional, got {array.shape}"
+                )
             if array.dtype != dtype:
-                raise ValueError(f"SampleBatch.{name} must have dtype {dtype}, got {array.dtype}")
+                raise InvalidRecord(
+                    f"SampleBatch.{name} must have dtype {dtype}, got {array.dtype}"
+                )
             if n is None:
                 n = array.shape[0]
             elif array.shape[0] != n:
-                raise ValueError(
+                raise InvalidRecord(
                     f"SampleBatch arrays differ in length: {name} has {array.shape[0]}, "
                     f"channel_id has {n}"
                 )
         if n:
             if not np.isfinite(self.value).all():
-                raise ValueError("SampleBatch.value holds NaN or infinite values")
+                raise InvalidRecord("SampleBatch.value holds NaN or infinite values")
             for name in ("source_time_us", "ingest_time_us"):
                 times = getattr(self, name)
                 if times.min() < MIN_TIME_US or times.max() > MAX_TIME_US:
-                    raise ValueError(f"SampleBatch.{name} holds times outside years 1..9999")
+                    raise InvalidRecord(f"SampleBatch.{name} holds times outside years 1..9999")
 
     def __len__(self) -> int:
         return int(self.channel_id.shape[0])
@@ -441,9 +446,9 @@ class FlagIn:
     def __post_init__(self) -> None:
         check_instrument_id(self.instrument_id)
         if self.kind not in FLAG_KINDS:
-            raise ValueError(f"flag kind {self.kind!r} is not one of {FLAG_KINDS}")
+            raise InvalidRecord(f"flag kind {self.kind!r} is not one of {FLAG_KINDS}")
         if self.severity not in SEVERITIES:
-            raise ValueError(f"flag severity {self.severity!r} is not one of {SEVERITIES}")
+            raise InvalidRecord(f"flag severity {self.severity!r} is not one of {SEVERITIES}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from provenance_store._errors import InvalidArgument, WrongType
+
 #: The Unix epoch, 1970-01-01T00:00:00Z.
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Origin of every time bucket (rollups and ``date_bin``), 2000-01-01T00:00:00Z.
@@ -22,11 +24,11 @@ MAX_TIME_US = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - UNIX_EPO
 
 
 def require_utc(name: str, value: datetime) -> datetime:
-    """``value`` converted to UTC; a naive datetime is refused with ``ValueError``."""
+    """``value`` converted to UTC; a naive datetime is refused with :class:`InvalidArgument`."""
     if not isinstance(value, datetime):
-        raise TypeError(f"{name} must be a datetime, got {type(value).__name__}")
+        raise WrongType(f"{name} must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(
+        raise InvalidArgument(
             f"{name} must be timezone-aware (UTC); got the naive datetime {value.isoformat()}"
         )
     return value.astimezone(UTC)

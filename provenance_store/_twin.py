@@ -23,7 +23,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from provenance_store._errors import CursorConflict, InstrumentNotFound, StoreError
+from provenance_store._errors import (
+    CursorConflict,
+    InstrumentNotFound,
+    InvalidArgument,
+    InvalidRecord,
+    StoreError,
+    WrongType,
+)
 from provenance_store._instruments import instrument_exists
 from provenance_store._records import (
     FLAG_KINDS,
@@ -161,7 +168,7 @@ def _no_single_string(name: str, values: Sequence[str] | None) -> list[str] | No
     if values is None:
         return None
     if isinstance(values, str):
-        raise TypeError(f"{name} must be a sequence of strings, not one string")
+        raise WrongType(f"{name} must be a sequence of strings, not one string")
     return list(values)
 
 
@@ -169,7 +176,7 @@ def _check_range(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     start = require_utc("start", start)
     end = require_utc("end", end)
     if end <= start:
-        raise ValueError(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
+        raise InvalidArgument(f"end ({end.isoformat()}) must be after start ({start.isoformat()})")
     return start, end
 
 
@@ -205,7 +212,7 @@ def insert_estimates(*, conn: sa.Connection, estimates: Iterable[EstimateRecord]
     }
     for e in rows:
         if not math.isfinite(e.value):
-            raise ValueError(f"estimate of {e.quantity} at {e.time.isoformat()} is {e.value}")
+            raise InvalidRecord(f"estimate of {e.quantity} at {e.time.isoformat()} is {e.value}")
         columns["instrument_id"].append(e.instrument_id)
         columns["quantity"].append(e.quantity)
         columns["time"].append(require_utc("time", e.time))
@@ -316,7 +323,7 @@ def insert_flags(*, conn: sa.Connection, flags: Iterable[FlagIn]) -> int:
         time = require_utc("time", flag.time)
         end_time = None if flag.end_time is None else require_utc("end_time", flag.end_time)
         if end_time is not None and end_time < time:
-            raise ValueError(
+            raise InvalidRecord(
                 f"{flag.kind} flag ends ({end_time.isoformat()}) before it starts "
                 f"({time.isoformat()})"
             )
@@ -410,7 +417,7 @@ def query_flags(
         if allowed is not None:
             unknown = sorted(set(chosen) - set(allowed))
             if unknown:
-                raise ValueError(f"unknown flag {column}(s) {unknown}; known: {allowed}")
+                raise InvalidArgument(f"unknown flag {column}(s) {unknown}; known: {allowed}")
         where.append(f"{column} = ANY(:{column})")
         params[column] = chosen
     sql = _FLAG_SELECT
@@ -419,7 +426,7 @@ def query_flags(
     sql += " ORDER BY time, id"
     if limit is not None:
         if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
+            raise InvalidArgument(f"limit must be at least 1, got {limit}")
         sql += " LIMIT :limit"
         params["limit"] = limit
     rows = conn.execute(sa.text(sql), params).all()
@@ -431,7 +438,7 @@ def query_flags(
 # ---------------------------------------------------------------------------- the cursor
 def _json(value: dict[str, Any], *, what: str) -> str:
     if not isinstance(value, dict):
-        raise TypeError(f"{what} must be a JSON object (dict), not {type(value).__name__}")
+        raise WrongType(f"{what} must be a JSON object (dict), not {type(value).__name__}")
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
     except ValueError as exc:  # NaN or infinity: not JSON, and jsonb refuses it
@@ -480,7 +487,7 @@ def save_twin_cursor(
     until = require_utc("processed_until", processed_until)
     expected = None if expected_until is None else require_utc("expected_until", expected_until)
     if expected is not None and until <= expected:
-        raise ValueError(
+        raise InvalidArgument(
             f"the cursor only moves forward: {until.isoformat()} is not after "
             f"{expected.isoformat()}"
         )

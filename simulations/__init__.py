@@ -8,10 +8,13 @@ caller's business.
 
 from simulations._block import TelemetryBlock
 from simulations._errors import (
+    BlockError,
+    BlockTypeError,
     FaultError,
     HolderLogError,
     MicroscopeConfigError,
     SimulationError,
+    UnknownChannel,
 )
 from simulations._fault_suite import (
     FAULT_SUITE,
@@ -60,6 +63,8 @@ __all__ = [
     "FAULT_SUITE",
     "HOLDER_LOG_CHANNELS",
     "STANDARD_CHANNEL_MODELS",
+    "BlockError",
+    "BlockTypeError",
     "CaseResult",
     "ChannelModel",
     "Dropout",
@@ -82,6 +87,7 @@ __all__ = [
     "Stuck",
     "TelemetryBlock",
     "TruthFault",
+    "UnknownChannel",
     "VirtualMicroscope",
     "default_channel_model",
     "extra_channel_models",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from simulations._errors import BlockError, BlockTypeError, UnknownChannel
 from twin import ChannelSpec
 
 Float64Array = npt.NDArray[np.float64]
@@ -45,20 +46,20 @@ class TelemetryBlock:
     def __post_init__(self) -> None:
         n_channels, n_ticks = len(self.channels), len(self.times_ns)
         if len(self.units) != n_channels:
-            raise ValueError(f"{len(self.units)} units for {n_channels} channels")
+            raise BlockError(f"{len(self.units)} units for {n_channels} channels")
         if self.times_ns.dtype != np.int64 or self.seqs.dtype != np.int64:
-            raise TypeError("times_ns and seqs must be int64")
+            raise BlockTypeError("times_ns and seqs must be int64")
         if self.times_ns.shape != (n_ticks,) or self.seqs.shape != (n_ticks,):
-            raise ValueError("times_ns and seqs must be 1-d arrays of the same length")
+            raise BlockError("times_ns and seqs must be 1-d arrays of the same length")
         arrays: list[np.ndarray] = [self.times_ns, self.seqs]
         for name, maybe in (("values", self.values), ("true_values", self.true_values)):
             if maybe is None:
                 continue
             array: np.ndarray = maybe
             if array.dtype != np.float64:
-                raise TypeError(f"{name} must be float64, not {array.dtype}")
+                raise BlockTypeError(f"{name} must be float64, not {array.dtype}")
             if array.shape != (n_channels, n_ticks):
-                raise ValueError(f"{name} has shape {array.shape}, not {(n_channels, n_ticks)}")
+                raise BlockError(f"{name} has shape {array.shape}, not {(n_channels, n_ticks)}")
             arrays.append(array)
         for array in arrays:
             array.setflags(write=False)
@@ -80,7 +81,7 @@ class TelemetryBlock:
         for i, spec in enumerate(self.channels):
             if spec.name == channel:
                 return i
-        raise KeyError(channel)
+        raise UnknownChannel(channel)
 
     def reading(self, channel: str) -> Float64Array:
         """The sensor readings of one channel (a read-only view), in ``units[index]``."""
@@ -89,14 +90,14 @@ class TelemetryBlock:
     def truth(self, channel: str) -> Float64Array:
         """The true values of one channel; ``ValueError`` for a real recording."""
         if self.true_values is None:
-            raise ValueError("this block comes from a recording and carries no true values")
+            raise BlockError("this block comes from a recording and carries no true values")
         return self.true_values[self.index(channel)]
 
     @classmethod
     def concatenate(cls, blocks: Sequence[TelemetryBlock]) -> TelemetryBlock:
         """Join consecutive blocks of the same instrument and channels along time."""
         if not blocks:
-            raise ValueError("no blocks to concatenate")
+            raise BlockError("no blocks to concatenate")
         first = blocks[0]
         for block in blocks[1:]:
             if (
@@ -104,10 +105,10 @@ class TelemetryBlock:
                 or block.channels != first.channels
                 or block.units != first.units
             ):
-                raise ValueError("blocks differ in instrument, channels or units")
+                raise BlockError("blocks differ in instrument, channels or units")
         has_truth = [b.true_values is not None for b in blocks]
         if any(has_truth) and not all(has_truth):
-            raise ValueError("some blocks carry true values and some do not")
+            raise BlockError("some blocks carry true values and some do not")
         true_values = (
             np.concatenate([b.true_values for b in blocks if b.true_values is not None], axis=1)
             if all(has_truth)

@@ -31,3 +31,18 @@ class HolderLogError(SimulationError, ValueError):
         super().__init__(where + message)
         self.path = path
         self.line = line
+
+
+class BlockError(SimulationError, ValueError):
+    """A telemetry block that is inconsistent (units per channel, array lengths or shapes),
+    cut into blocks of no tick, joined with a block of other channels, or asked for true values
+    that a recording does not carry."""
+
+
+class BlockTypeError(SimulationError, TypeError):
+    """A telemetry block's arrays of the wrong dtype (times and counters int64, values
+    float64)."""
+
+
+class UnknownChannel(SimulationError, KeyError):
+    """A channel that the block or the holder log does not have."""

@@ -46,7 +46,7 @@ from types import MappingProxyType
 import numpy as np
 
 from simulations._block import Float64Array, Int64Array, TelemetryBlock
-from simulations._errors import HolderLogError
+from simulations._errors import BlockError, HolderLogError, UnknownChannel
 from twin import STANDARD_CHANNELS_BY_NAME, ChannelSpec, QuantityKind, Subsystem
 
 __all__ = [
@@ -187,7 +187,7 @@ class HolderLog:
         for i, spec in enumerate(self.channels):
             if spec.name == channel:
                 return i
-        raise KeyError(channel)
+        raise UnknownChannel(channel)
 
     def blocks(
         self, ticks_per_block: int, *, instrument_id: str = "protochips-holder"
@@ -198,7 +198,7 @@ class HolderLog:
         ``None`` (a recording has no known truth).
         """
         if ticks_per_block < 1:
-            raise ValueError(f"ticks_per_block must be >= 1, not {ticks_per_block}")
+            raise BlockError(f"ticks_per_block must be >= 1, not {ticks_per_block}")
         seqs = np.arange(self.n_samples, dtype=np.int64)
         for begin in range(0, self.n_samples, ticks_per_block):
             end = begin + ticks_per_block
@@ -226,13 +226,13 @@ def _number(text: str, what: str, path: str, line: int) -> float:
 
 def _zone(utc_offset_hours: float | None, timezone: dt.tzinfo | None) -> dt.tzinfo:
     if utc_offset_hours is not None and timezone is not None:
-        raise ValueError("give utc_offset_hours or timezone, not both")
+        raise HolderLogError("give utc_offset_hours or timezone, not both")
     if timezone is not None:
         return timezone
     if utc_offset_hours is None or utc_offset_hours == 0:
         return dt.UTC
     if not abs(utc_offset_hours) < 24:
-        raise ValueError(f"utc_offset_hours must be within (-24, 24), not {utc_offset_hours}")
+        raise HolderLogError(f"utc_offset_hours must be within (-24, 24), not {utc_offset_hours}")
     return dt.timezone(dt.timedelta(hours=utc_offset_hours))
 
 

@@ -527,7 +527,7 @@ class VirtualMicroscope:
     def generate(self, n_ticks: int) -> TelemetryBlock:
         """The next ``n_ticks`` ticks of telemetry (readings and true values)."""
         if n_ticks < 0:
-            raise ValueError(f"n_ticks must be >= 0, not {n_ticks}")
+            raise MicroscopeConfigError(f"n_ticks must be >= 0, not {n_ticks}")
         seqs = np.arange(self._next_seq, self._next_seq + n_ticks, dtype=np.int64)
         t_s: Float64Array = seqs * np.float64(self.period_s)
         times_ns = self._clock(seqs)
@@ -713,7 +713,7 @@ def iter_blocks(
     No pacing: blocks come as fast as they are generated (a publisher paces them).
     """
     if ticks_per_block < 1:
-        raise ValueError(f"ticks_per_block must be >= 1, not {ticks_per_block}")
+        raise MicroscopeConfigError(f"ticks_per_block must be >= 1, not {ticks_per_block}")
     produced = 0
     while n_blocks is None or produced < n_blocks:
         yield microscope.generate(ticks_per_block)

@@ -27,6 +27,7 @@ from twin._derive import (
     warm_up_derivation,
 )
 from twin._detect import (
+    DetectionError,
     cusum_threshold,
     innovation_threshold,
     per_sample_probability,
@@ -107,6 +108,7 @@ from twin._snapshot import (
     FieldTolerance,
     QuantitySeries,
     SnapshotConfig,
+    SnapshotError,
     align_channels,
     build_snapshot,
     snapshot_channels,
@@ -186,6 +188,7 @@ __all__ = [
     "Convention",
     "ConventionError",
     "DefocusComparison",
+    "DetectionError",
     "DriftModel",
     "Estimate",
     "FieldSource",
@@ -200,6 +203,7 @@ __all__ = [
     "RandomWalk",
     "SmootherResult",
     "SnapshotConfig",
+    "SnapshotError",
     "StateEstimate",
     "StateEstimationError",
     "StateQuantity",

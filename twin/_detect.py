@@ -26,14 +26,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from twin._errors import TwinError
+
 SECONDS_PER_DAY = 86_400.0
+
+
+class DetectionError(TwinError, ValueError):
+    """A detector asked for an impossible threshold (a false-alarm or sampling rate <= 0)."""
 
 
 def per_sample_probability(false_alarms_per_day: float, rate_hz: float) -> float:
     """False-alarm probability per sample that gives ``false_alarms_per_day`` [1/day] at a
     sampling rate of ``rate_hz`` [Hz]."""
     if false_alarms_per_day <= 0 or rate_hz <= 0:
-        raise ValueError("false-alarm rate and sampling rate must be positive")
+        raise DetectionError("false-alarm rate and sampling rate must be positive")
     return min(0.5, false_alarms_per_day / (SECONDS_PER_DAY * rate_hz))
 
 

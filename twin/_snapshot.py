@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from twin._errors import TwinError
 from twin._instrument import CORRECTOR_CHANNELS, INPUT_CHANNELS
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "FieldTolerance",
     "QuantitySeries",
     "SnapshotConfig",
+    "SnapshotError",
     "align_channels",
     "build_snapshot",
     "snapshot_channels",
@@ -69,6 +71,13 @@ __all__ = [
 ]
 
 SNAPSHOT_SCHEMA = "beamtwin.snapshot.v1"
+
+
+class SnapshotError(TwinError, ValueError):
+    """A snapshot asked of impossible inputs: a naive time or one that is not a time, an
+    acquisition that ends before it starts, a negative limit, series of unequal lengths."""
+
+
 #: Every verdict, worst first.
 VERDICTS: tuple[str, ...] = (
     "disagrees",
@@ -275,9 +284,9 @@ class SnapshotConfig:
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be finite and >= 0, not {value!r}")
+                raise SnapshotError(f"{name} must be finite and >= 0, not {value!r}")
         if self.stale_bin_s <= 0 or self.gap_threshold_s <= 0:
-            raise ValueError("stale_bin_s and gap_threshold_s must be > 0")
+            raise SnapshotError("stale_bin_s and gap_threshold_s must be > 0")
 
 
 DEFAULT_SNAPSHOT_CONFIG = SnapshotConfig()
@@ -346,7 +355,7 @@ def _finite_samples(time_us: Any, value: Any) -> tuple[np.ndarray, np.ndarray]:
     t = np.asarray(time_us, dtype=np.int64).reshape(-1)
     v = np.asarray(value, dtype=np.float64).reshape(-1)
     if len(t) != len(v):
-        raise ValueError("time_us and value must have the same length")
+        raise SnapshotError("time_us and value must have the same length")
     keep = np.isfinite(v)
     t, v = t[keep], v[keep]
     if len(t) > 1 and np.any(np.diff(t) < 0):
@@ -533,16 +542,16 @@ def _iso(us: int) -> str:
 def _to_us(value: Any) -> int:
     """``value`` (an aware datetime, an ISO 8601 string, or µs since the epoch) in µs."""
     if isinstance(value, bool):
-        raise TypeError("a time cannot be a bool")
+        raise SnapshotError("a time cannot be a bool")
     if isinstance(value, int | np.integer):
         return int(value)
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value.isoformat()}: times must be UTC-aware")
+            raise SnapshotError(f"naive datetime {value.isoformat()}: times must be UTC-aware")
         return (value - _EPOCH) // timedelta(microseconds=1)
-    raise TypeError(f"not a time: {value!r}")
+    raise SnapshotError(f"not a time: {value!r}")
 
 
 def _num(value: float | None) -> float | None:
@@ -668,12 +677,12 @@ def build_snapshot(
         only, equal for equal inputs.
 
     Raises:
-        ValueError: bad times (naive, end before start).
+        SnapshotError: bad times (naive, not a time, end before start).
     """
     start_us = _to_us(event["start_time"])
     end_us = _to_us(event.get("end_time") or event["start_time"])
     if end_us < start_us:
-        raise ValueError("the acquisition ends before it starts")
+        raise SnapshotError("the acquisition ends before it starts")
     lo_us = start_us - round(config.lookback_s * _US_PER_S)
     context_us = start_us - round(config.context_s * _US_PER_S)
 

@@ -5,6 +5,7 @@ computation and the snapshot worker (acquisition events -> datasets with verifie
 Only the CLI imports this package; it may import :mod:`ingest` (contracts, the consumer loop),
 :mod:`provenance_store`, :mod:`twin` and :mod:`simulations`, never :mod:`api`."""
 
+from workers._errors import InvalidEvent, WorkerError
 from workers._settings import SNAPSHOT_GROUP_ID, SnapshotSettings, TwinSettings
 from workers._snapshot_worker import SnapshotStats, SnapshotWorker
 from workers._snapshots import ComputedSnapshot, compute_snapshot, warm_up
@@ -14,6 +15,7 @@ __all__ = [
     "SNAPSHOT_GROUP_ID",
     "STATE_FORMAT",
     "ComputedSnapshot",
+    "InvalidEvent",
     "SnapshotSettings",
     "SnapshotStats",
     "SnapshotWorker",
@@ -21,6 +23,7 @@ __all__ = [
     "TwinStats",
     "TwinWorker",
     "WindowResult",
+    "WorkerError",
     "compute_snapshot",
     "warm_up",
 ]

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 import provenance_store as store
 import twin
 from ingest import AcquisitionEventV1
+from workers._errors import InvalidEvent
 
 __all__ = [
     "COMPLETE_AFTER_S",
@@ -49,7 +50,8 @@ class ComputedSnapshot:
     """A snapshot body and what it was computed with.
 
     Attributes:
-        body: the ``beamtwin.snapshot.v1`` body (JSON-ready).
+        body: the ``beamtwin.snapshot.v1`` body (JSON-ready), validated against
+            :class:`provenance_store.SnapshotBodyV1`.
         twin_version: the twin that derived the state (:data:`twin.TWIN_VERSION`).
         calibration_version: the calibration in force at the acquisition start (the twin's
             default calibration's version when the instrument has none stored).
@@ -79,7 +81,7 @@ def _as_datetime(value: Any) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if not isinstance(value, datetime) or value.tzinfo is None:
-        raise ValueError(f"not an aware UTC time: {value!r}")
+        raise InvalidEvent(f"not an aware UTC time: {value!r}")
     return value.astimezone(UTC)
 
 
@@ -279,14 +281,16 @@ def compute_snapshot(
 
     Raises:
         provenance_store.InstrumentNotFound: the event's instrument is not registered.
-        ValueError: bad times in the event.
+        InvalidEvent: bad times in the event.
+        provenance_store.InvalidRecord: the body does not follow ``beamtwin.snapshot.v1``
+            (:class:`provenance_store.SnapshotBodyV1`).
     """
     ev = _event_dict(event)
     instrument_id = str(ev["instrument_id"])
     start = _as_datetime(ev["start_time"])
     end = _as_datetime(ev.get("end_time") or ev["start_time"])
     if end < start:
-        raise ValueError("the acquisition ends before it starts")
+        raise InvalidEvent("the acquisition ends before it starts")
     base = config or twin.DEFAULT_SNAPSHOT_CONFIG
     cfg = base if lookback_s is None else dataclasses.replace(base, lookback_s=lookback_s)
     now = datetime.now(UTC) if now is None else _as_datetime(now)
@@ -348,6 +352,8 @@ def compute_snapshot(
             body = twin.build_snapshot(
                 **common, history_channels=history[0], history_state=history[1]
             )
+    # The twin builds plain data; the contract is checked once, here, before it is stored.
+    store.validate_snapshot_body(body)
     return ComputedSnapshot(
         body=body,
         twin_version=twin.TWIN_VERSION,
