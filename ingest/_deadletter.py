@@ -41,7 +41,9 @@ DEAD_LETTER_CODES: dict[str, str] = {
     "channel name's prefix",
     "non_finite": "a value is NaN or Infinity (send null for a tick without a reading)",
     "length_mismatch": "seqs or a column's values do not have one entry per tick",
-    "unknown_unit": "a unit is not one pint understands",
+    "unknown_unit": "a unit is outside the accepted unit grammar (a symbol or prefix not "
+    "in the list, a number, a nested or large power, too many factors, too long) or not one "
+    "pint understands",
     "unit_mismatch": "a unit is of another dimension than the channel's quantity kind",
     "out_of_limits": "a converted value lies outside the channel's physically plausible range",
     "quantity_mismatch": "a column's quantity kind differs from the registered channel's",
