@@ -96,6 +96,7 @@ from provenance_store._errors import (
     DatasetNotFound,
     InstrumentNotFound,
     InvalidRecord,
+    SampleValueOutOfRange,
     SchemaOutdatedError,
     SchemaTooNewError,
     SnapshotConflict,
@@ -163,7 +164,7 @@ from provenance_store._records import (
     SnapshotRecord,
     TwinCursor,
 )
-from provenance_store._samples import count_samples, insert_samples
+from provenance_store._samples import MAX_SAMPLE_MAGNITUDE, count_samples, insert_samples
 from provenance_store._twin import (
     delete_twin_cursor,
     estimates_as_of,
@@ -180,6 +181,7 @@ __all__ = [
     "DATASET_SOURCES",
     "FLAG_KINDS",
     "INSTRUMENT_ID_PATTERN",
+    "MAX_SAMPLE_MAGNITUDE",
     "QUANTITY_KINDS",
     "SEVERITIES",
     "SUBSYSTEMS",
@@ -221,6 +223,7 @@ __all__ = [
     "RangeLevel",
     "RangeResult",
     "SampleBatch",
+    "SampleValueOutOfRange",
     "SchemaOutdatedError",
     "SchemaTooNewError",
     "Series",
