@@ -57,7 +57,13 @@ from ingest._settings import (
 )
 from ingest._sources import SOURCE_HEADER, SOURCES, AcquisitionPublisher, source_of
 from ingest._units import conversion_to_canonical
-from ingest._validate import ChannelDeclaration, KnownChannel, ValidatedFrame, validate_frame
+from ingest._validate import (
+    ChannelDeclaration,
+    KnownChannel,
+    ValidatedFrame,
+    check_key,
+    validate_frame,
+)
 from ingest._vendor import build_acquisition_event, read_vendor_file
 from ingest._watch import DirectoryWatcher, Registrar, WatchStats
 from ingest._wire import (
@@ -127,6 +133,7 @@ __all__ = [
     "WorkerStopped",
     "build_acquisition_event",
     "build_frame",
+    "check_key",
     "conversion_to_canonical",
     "dataset_id_for",
     "dead_letter_headers",

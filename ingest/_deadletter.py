@@ -41,10 +41,15 @@ DEAD_LETTER_CODES: dict[str, str] = {
     "channel name's prefix",
     "non_finite": "a value is NaN or Infinity (send null for a tick without a reading)",
     "length_mismatch": "seqs or a column's values do not have one entry per tick",
-    "unknown_unit": "a unit is not one pint understands",
+    "unknown_unit": "a unit is outside the accepted unit grammar (a symbol or prefix not "
+    "in the list, a number, a nested or large power, too many factors, too long) or not one "
+    "pint understands",
     "unit_mismatch": "a unit is of another dimension than the channel's quantity kind",
-    "out_of_limits": "a converted value lies outside the channel's physically plausible range",
+    "out_of_limits": "a converted value lies outside the channel's physically plausible "
+    "range, or beyond the largest magnitude the store holds (1e100)",
     "quantity_mismatch": "a column's quantity kind differs from the registered channel's",
+    "key_mismatch": "the record's Kafka key is missing or is not the frame's instrument_id",
+    "too_many_channels": "the frame would give its instrument more channels than allowed",
     "future_time": "a tick lies further ahead of the ingest clock than allowed",
     "past_time": "a tick lies before the oldest accepted time",
     "unknown_instrument": "the instrument is not registered (and auto-registration is off)",

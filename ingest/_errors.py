@@ -13,8 +13,9 @@ class RejectedMessage(IngestError, ValueError):
     ``code`` is a short machine-readable reason (``malformed_json``, ``schema``,
     ``non_finite``, ``unknown_unit``, ``unit_mismatch``, ``out_of_limits``, ``future_time``,
     ``past_time``, ``too_large``, ``unknown_instrument``, ``unknown_channel``,
-    ``channel_conflict``; for files given to ``beamtwin register``: ``unknown_format``,
-    ``unreadable_file``); the message text says exactly what is wrong and where.
+    ``channel_conflict``, ``key_mismatch``, ``too_many_channels``; for files given to
+    ``beamtwin register``: ``unknown_format``, ``unreadable_file``); the message text says
+    exactly what is wrong and where.
     """
 
     def __init__(self, code: str, reason: str) -> None:

@@ -8,6 +8,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 TELEMETRY_TOPIC = "beamtwin.telemetry.v1"
 DEADLETTER_TOPIC = "beamtwin.deadletter.v1"
 ACQUISITIONS_TOPIC = "beamtwin.acquisitions.v1"
+#: Default of ``BEAMTWIN_INGEST_MAX_CHANNELS_PER_INSTRUMENT``.
+DEFAULT_MAX_CHANNELS_PER_INSTRUMENT = 1000
 
 
 class IngestSettings(BaseSettings):
@@ -33,6 +35,11 @@ class IngestSettings(BaseSettings):
     ingest_max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     #: Most samples (ticks x channels) in one frame.
     ingest_max_frame_samples: int = Field(default=200_000, ge=1)
+    #: Most channels one instrument may have; a frame that would register more is
+    #: dead-lettered (``too_many_channels``).
+    ingest_max_channels_per_instrument: int = Field(
+        default=DEFAULT_MAX_CHANNELS_PER_INSTRUMENT, ge=1
+    )
     #: Source times further ahead of the worker's clock than this are rejected [s].
     ingest_max_future_s: float = Field(default=300.0, ge=0)
     #: Source times before this year are rejected as absurd (real logs from years ago are fine).

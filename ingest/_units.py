@@ -1,6 +1,13 @@
 """Units at the ingest boundary: parse the unit a publisher sends, check that it fits the
 channel's quantity kind, and give the affine map to the kind's canonical unit.
 
+A unit string is untrusted input, and pint evaluates what it is given (``10**10**10`` would
+take it unbounded time and memory). So a unit is first checked against a small grammar
+(:func:`parse_unit`: known symbols and prefixes, products and quotients, small integer
+powers, bounded length), which takes time linear in its bounded length; only strings of that
+grammar reach pint. A wall-clock bound cannot interrupt pint in a worker thread (signals reach
+the main thread only), which is why the bound is the grammar's.
+
 One pint registry serves the process (building one takes a few hundred milliseconds), and
 every (unit, quantity kind) pair is resolved once: a frame pays a dictionary lookup per column,
 and the conversion itself is ``canonical = value * scale + offset`` on a numpy array.
@@ -9,7 +16,9 @@ and the conversion itself is ``canonical = value * scale + offset`` on a numpy a
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -35,9 +44,144 @@ def unit_registry() -> pint.UnitRegistry:
     return registry
 
 
-def _pint_name(unit: str) -> str:
-    """Pint reads ``1`` as a number, not a unit; the canonical dimensionless unit is ``1``."""
-    return "dimensionless" if unit.strip() == "1" else unit
+#: Longest unit string accepted [characters].
+MAX_UNIT_LENGTH = 32
+#: Most factors in one unit (``m**2/s`` has two).
+MAX_UNIT_FACTORS = 4
+#: Largest magnitude of a factor's integer exponent (``m**-3``).
+MAX_UNIT_EXPONENT = 4
+
+#: SI prefixes a symbol may carry (``u``, ``µ`` and ``μ`` are all micro).
+_PREFIX_SYMBOLS = ("f", "p", "n", "u", "\u00b5", "\u03bc", "m", "c", "k", "M", "G", "T")
+_PREFIX_NAMES = ("femto", "pico", "nano", "micro", "milli", "centi", "kilo", "mega", "giga", "tera")
+#: Units that take a prefix: those of beamtwin's quantity kinds (twin.CANONICAL_UNITS) and of
+#: the pressure gauges and vendor software that report them.
+_PREFIXABLE_SYMBOLS = frozenset({"V", "A", "m", "s", "Hz", "Pa", "K", "rad", "bar", "Torr", "torr"})
+_PREFIXABLE_NAMES = frozenset(
+    {"volt", "ampere", "amp", "meter", "metre", "second", "hertz", "pascal", "kelvin", "radian",
+     "bar", "torr"}
+)  # fmt: skip
+#: Units taken as they are, without a prefix.
+_PLAIN_UNITS = frozenset(
+    {"dimensionless", "%", "percent", "ppm", "count", "counts",
+     "\u00c5", "\u212b", "angstrom", "angstroms", "micron", "microns",
+     "deg", "degree", "degrees", "arcmin", "arcminute", "arcsec", "arcsecond",
+     "degC", "degF", "celsius", "fahrenheit", "degree_Celsius", "degree_Fahrenheit",
+     "psi", "atm", "mmHg", "min", "minute", "minutes", "h", "hour", "hours"}
+)  # fmt: skip
+_TOKEN_RE = re.compile(
+    r"\s*(?:(?P<name>[A-Za-z_%\u00b5\u03bc\u00c5\u212b]+)|(?P<number>[0-9]+)|(?P<op>\*\*|[*/^-]))"
+)
+
+
+class UnitSyntaxError(ValueError):
+    """A unit string outside the grammar of :func:`parse_unit`."""
+
+
+def _is_known_symbol(name: str) -> bool:
+    if name in _PLAIN_UNITS or name in _PREFIXABLE_SYMBOLS or name in _PREFIXABLE_NAMES:
+        return True
+    if name.endswith("s") and name[:-1] in _PREFIXABLE_NAMES:  # pint reads plurals
+        return True
+    for prefix in _PREFIX_SYMBOLS:
+        if name.startswith(prefix) and name[len(prefix) :] in _PREFIXABLE_SYMBOLS:
+            return True
+    for prefix in _PREFIX_NAMES:
+        if name.startswith(prefix):
+            rest = name[len(prefix) :]
+            if rest in _PREFIXABLE_NAMES or (rest[-1:] == "s" and rest[:-1] in _PREFIXABLE_NAMES):
+                return True
+    return False
+
+
+def _tokens(unit: str) -> list[tuple[str, str]]:
+    tokens: list[tuple[str, str]] = []
+    position, end = 0, len(unit.rstrip())
+    while position < end:
+        match = _TOKEN_RE.match(unit, position)
+        if match is None or match.end() == position:
+            bad = unit[position:end].lstrip()[:1]
+            raise UnitSyntaxError(f"character {bad!r} is not allowed in a unit")
+        kind = match.lastgroup
+        assert kind is not None
+        tokens.append((kind, match.group(kind)))
+        position = match.end()
+    return tokens
+
+
+def parse_unit(unit: str) -> str:
+    """Check ``unit`` against beamtwin's unit grammar; return it as pint is to read it.
+
+    The grammar: known unit symbols, each an SI prefix and a unit of one of beamtwin's
+    quantity kinds (``kV``, ``mTorr``, ``µm``, ``kilovolts``) or a unit taken as it is
+    (``degC``, ``Å``, ``%``, ``arcsec``, ``psi``), each with an optional integer exponent of
+    at most :data:`MAX_UNIT_EXPONENT` in magnitude (``m**2``, ``m^-1``), joined by ``*`` and
+    ``/``; ``1`` alone (dimensionless) or as a numerator (``1/s``). No numbers as factors, no
+    parentheses, no nested powers, at most :data:`MAX_UNIT_FACTORS` factors and
+    :data:`MAX_UNIT_LENGTH` characters. Checking takes time linear in the (bounded) length, and
+    a string of the grammar takes pint a small, bounded amount of work; a string outside it
+    (``10**10**10``, which pint would evaluate with unbounded time and memory) never reaches
+    pint.
+
+    Raises:
+        UnitSyntaxError: ``unit`` is outside the grammar; the message says why.
+    """
+    text = unit.strip()
+    if not text:
+        raise UnitSyntaxError("unit is empty (use '1' for a dimensionless value)")
+    if len(text) > MAX_UNIT_LENGTH:
+        raise UnitSyntaxError(f"unit is longer than {MAX_UNIT_LENGTH} characters")
+    if text == "1":
+        return "dimensionless"  # pint reads a lone 1 as a number
+    tokens = _tokens(text)
+    out: list[str] = []
+    pos = 0
+    if tokens[:2] == [("number", "1"), ("op", "/")]:
+        out.append("1/")
+        pos = 2
+    for factors in itertools.count(1):
+        if factors > MAX_UNIT_FACTORS:
+            raise UnitSyntaxError(f"unit has more than {MAX_UNIT_FACTORS} factors")
+        pos = _factor(tokens, pos, out)
+        if pos == len(tokens):
+            return "".join(out)
+        kind, value = tokens[pos]
+        if kind != "op" or value not in ("*", "/"):
+            raise UnitSyntaxError(
+                f"expected '*' or '/' between units, found {value!r} (numbers and nested "
+                "powers are not units)"
+            )
+        out.append(value)
+        pos += 1
+    raise AssertionError("unreachable")
+
+
+def _factor(tokens: list[tuple[str, str]], pos: int, out: list[str]) -> int:
+    """Read ``symbol [(** | ^) [-] integer]`` at ``pos`` into ``out``; the position after it."""
+    if pos >= len(tokens) or tokens[pos][0] != "name":
+        found = repr(tokens[pos][1]) if pos < len(tokens) else "the end"
+        raise UnitSyntaxError(f"expected a unit symbol, found {found}")
+    name = tokens[pos][1]
+    if not _is_known_symbol(name):
+        raise UnitSyntaxError(f"{name!r} is not a unit the ingest accepts")
+    out.append(name)
+    pos += 1
+    if pos == len(tokens) or tokens[pos] not in (("op", "**"), ("op", "^")):
+        return pos
+    pos += 1
+    sign = ""
+    if pos < len(tokens) and tokens[pos] == ("op", "-"):
+        sign, pos = "-", pos + 1
+    if pos >= len(tokens) or tokens[pos][0] != "number":
+        raise UnitSyntaxError(f"the exponent of {name!r} must be an integer")
+    exponent = int(tokens[pos][1])  # at most MAX_UNIT_LENGTH digits
+    if not 1 <= exponent <= MAX_UNIT_EXPONENT:
+        raise UnitSyntaxError(
+            f"the exponent of {name!r} must be a non-zero integer from -{MAX_UNIT_EXPONENT} "
+            f"to {MAX_UNIT_EXPONENT}"
+        )
+    out.append(f"**{sign}{exponent}")
+    return pos + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +229,15 @@ def _affine(registry: pint.UnitRegistry, units: Any, canonical: str) -> tuple[fl
 @functools.lru_cache(maxsize=4096)
 def _resolve(unit: str, quantity: QuantityKind) -> _Resolved | _Refused:
     # Failures are cached too: a publisher that keeps sending a bad unit costs one parse.
+    try:
+        pint_spelling = parse_unit(unit)
+    except UnitSyntaxError as exc:
+        return _Refused("unknown_unit", f"unit {unit[: MAX_UNIT_LENGTH + 8]!r} is refused: {exc}")
     registry = unit_registry()
-    canonical = _pint_name(quantity.canonical_unit)
-    if not unit.strip():
-        return _Refused("unknown_unit", "unit is empty (use '1' for a dimensionless value)")
+    canonical = parse_unit(quantity.canonical_unit)
     with _pint_lock:
         try:
-            units = registry.Unit(_pint_name(unit))
+            units = registry.Unit(pint_spelling)
         except Exception as exc:  # pint's parser raises many types on garbage input
             return _Refused("unknown_unit", f"unit {unit!r} is not a known unit ({exc})")
         expected_units = registry.Unit(canonical)
@@ -137,9 +283,10 @@ def conversion_to_canonical(
     a gain, ``%`` for a tilt), although pint counts both as dimensionless.
 
     Raises:
-        RejectedMessage: code ``unknown_unit`` when pint cannot parse ``unit``, code
-            ``unit_mismatch`` when it is of another dimension than ``quantity``; the reason
-            names ``channel``, the unit and the expected dimension.
+        RejectedMessage: code ``unknown_unit`` when ``unit`` is outside :func:`parse_unit`'s
+            grammar (unknown symbols, numbers, large or nested powers) or pint cannot read it,
+            code ``unit_mismatch`` when it is of another dimension than ``quantity``; the
+            reason names ``channel``, the unit and the expected dimension.
     """
     resolved = _resolve(unit, quantity)
     if isinstance(resolved, _Refused):
@@ -151,10 +298,14 @@ def conversion_to_canonical(
 def scaled_unit_name(unit: str, factor: float) -> str | None:
     """The unit ``factor`` times as large as ``unit``, as a symbol (``V``, 1000 -> ``kV``);
     ``None`` when pint has no prefixed unit for it (offset units such as ``degC``)."""
+    try:
+        pint_spelling = parse_unit(unit)
+    except UnitSyntaxError:
+        return None
     registry = unit_registry()
     with _pint_lock:
         try:
-            compact = registry.Quantity(factor, _pint_name(unit)).to_compact()
+            compact = registry.Quantity(factor, pint_spelling).to_compact()
         except Exception:
             return None
         if not math.isclose(float(compact.magnitude), 1.0, rel_tol=1e-9):

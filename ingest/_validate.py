@@ -8,7 +8,7 @@ frame's ``(channels, ticks)`` matrix; nothing loops over samples in Python.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,8 +16,10 @@ import numpy as np
 import numpy.typing as npt
 
 from ingest._errors import RejectedMessage
+from ingest._settings import DEFAULT_MAX_CHANNELS_PER_INSTRUMENT
 from ingest._units import conversion_to_canonical, scaled_unit_name
 from ingest._wire import ColumnV1, TelemetryFrameV1
+from provenance_store import MAX_SAMPLE_MAGNITUDE
 from twin import STANDARD_CHANNELS_BY_NAME, QuantityKind, Subsystem
 
 _NS_PER_S = 1_000_000_000
@@ -101,6 +103,8 @@ def validate_frame(
     max_samples: int,
     known_source_units: Mapping[str, str] | None = None,
     known_calibrations: Mapping[str, str | None] | None = None,
+    max_channels: int = DEFAULT_MAX_CHANNELS_PER_INSTRUMENT,
+    pending_channels: Collection[str] = (),
 ) -> ValidatedFrame:
     """Check ``frame`` and convert its readings to canonical units.
 
@@ -116,12 +120,20 @@ def validate_frame(
             unit is declared as a new channel version. ``None``: no such bookkeeping.
         known_calibrations: registered calibration id per channel; a column naming another
             calibration is declared as a new channel version.
+        max_channels: most channels the instrument may have
+            (``BEAMTWIN_INGEST_MAX_CHANNELS_PER_INSTRUMENT``); a frame that would register
+            more is refused.
+        pending_channels: names of the instrument's channels that earlier frames declared
+            but that are not registered yet (not in ``known_channels``); they count toward
+            ``max_channels``.
 
     Raises:
         RejectedMessage: ``too_large``, ``length_mismatch``, ``future_time``, ``past_time``,
             ``schema`` (a new channel without subsystem/quantity, or a subsystem that is not
-            the name's prefix), ``unknown_channel``, ``quantity_mismatch``, ``unknown_unit``,
-            ``unit_mismatch``, ``non_finite``, ``out_of_limits``.
+            the name's prefix), ``unknown_channel``, ``too_many_channels``,
+            ``quantity_mismatch``, ``unknown_unit``, ``unit_mismatch``, ``non_finite``,
+            ``out_of_limits`` (outside the channel's limits, or of a magnitude beyond what the
+            store holds, ``provenance_store.MAX_SAMPLE_MAGNITUDE``).
     """
     columns = frame.columns
     n_ticks, n_columns = len(frame.times_ns), len(columns)
@@ -149,6 +161,8 @@ def validate_frame(
         raise RejectedMessage("schema", f"channel(s) {', '.join(twice)} appear more than once")
     times_ns = np.asarray(frame.times_ns, dtype=np.int64)
     _check_times(times_ns, now_ns=now_ns, max_future_ns=max_future_ns, oldest_ns=oldest_ns)
+    if auto_register:
+        _check_channel_count(frame, known_channels, pending_channels, max_channels)
 
     resolved = [
         _resolve_column(
@@ -182,6 +196,17 @@ def validate_frame(
             f"columns[{c}].values[{k}] ({columns[c].channel}): {source[c, k]!r} "
             f"{columns[c].unit} is not finite in {resolved[c].quantity.canonical_unit}",
         )
+    beyond = present & (np.abs(canonical) > MAX_SAMPLE_MAGNITUDE)
+    if beyond.any():
+        c, k = np.argwhere(beyond)[0]
+        canon = resolved[c].quantity.canonical_unit
+        raise RejectedMessage(
+            "out_of_limits",
+            f"channel {columns[c].channel}: columns[{c}].values[{k}] = {source[c, k]:g} "
+            f"{columns[c].unit} (= {canonical[c, k]:g} {canon}) is beyond the largest "
+            f"magnitude stored telemetry may have, {MAX_SAMPLE_MAGNITUDE:g} {canon}; "
+            f"{int(beyond.sum())} reading(s) of the frame are",
+        )
     lower = np.array([-np.inf if r.lower is None else r.lower for r in resolved])
     upper = np.array([np.inf if r.upper is None else r.upper for r in resolved])
     outside = (canonical < lower[:, None]) | (canonical > upper[:, None])  # NaN: False
@@ -202,6 +227,56 @@ def validate_frame(
         first_time_ns=int(times_ns.min()),
         last_time_ns=int(times_ns.max()),
     )
+
+
+def check_key(frame: TelemetryFrameV1, key: bytes | str | None) -> None:
+    """Check that the Kafka key of ``frame``'s record is its ``instrument_id``.
+
+    The key is what puts all frames of an instrument on one partition, in order; a frame keyed
+    otherwise (or not at all) may be stored out of order with its instrument's other frames.
+
+    Raises:
+        RejectedMessage: ``key_mismatch``, when ``key`` is missing, not UTF-8, or another id.
+    """
+    if key is None:
+        raise RejectedMessage(
+            "key_mismatch",
+            f"the record has no key; frames of instrument {frame.instrument_id} must be keyed "
+            "by the instrument id (it keeps them on one partition, in order)",
+        )
+    text: str | None = key if isinstance(key, str) else None
+    shown = repr(key[:140])
+    if not isinstance(key, str):
+        try:
+            text = bytes(key).decode()
+            shown = repr(text[:140])
+        except UnicodeDecodeError:
+            shown = f"{bytes(key[:64])!r} (not UTF-8)"
+    if text != frame.instrument_id:
+        raise RejectedMessage(
+            "key_mismatch",
+            f"the record's key {shown} is not the frame's instrument_id "
+            f"{frame.instrument_id!r}; key every frame by its instrument id",
+        )
+
+
+def _check_channel_count(
+    frame: TelemetryFrameV1,
+    known_channels: Mapping[str, KnownChannel],
+    pending_channels: Collection[str],
+    max_channels: int,
+) -> None:
+    new = [c.channel for c in frame.columns if c.channel not in known_channels]
+    if not new:
+        return  # an instrument over a lowered cap can still send the channels it has
+    total = len(set(known_channels).union(pending_channels, new))
+    if total > max_channels:
+        raise RejectedMessage(
+            "too_many_channels",
+            f"the frame would give instrument {frame.instrument_id} {total} channels "
+            f"({len(new)} new, e.g. {new[0]}), more than the limit of {max_channels} "
+            "(BEAMTWIN_INGEST_MAX_CHANNELS_PER_INSTRUMENT)",
+        )
 
 
 # ---------------------------------------------------------------------------- times

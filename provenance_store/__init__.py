@@ -103,6 +103,7 @@ from provenance_store._errors import (
     InstrumentNotFound,
     InvalidArgument,
     InvalidRecord,
+    SampleValueOutOfRange,
     SchemaOutdatedError,
     SchemaTooNewError,
     SnapshotConflict,
@@ -173,7 +174,7 @@ from provenance_store._records import (
     SnapshotRecord,
     TwinCursor,
 )
-from provenance_store._samples import count_samples, insert_samples
+from provenance_store._samples import MAX_SAMPLE_MAGNITUDE, count_samples, insert_samples
 from provenance_store._snapshot_body import (
     SNAPSHOT_BODY_SCHEMA_ID,
     ChannelStatistics,
@@ -202,6 +203,7 @@ __all__ = [
     "DATASET_SOURCES",
     "FLAG_KINDS",
     "INSTRUMENT_ID_PATTERN",
+    "MAX_SAMPLE_MAGNITUDE",
     "QUANTITY_KINDS",
     "SEVERITIES",
     "SNAPSHOT_BODY_SCHEMA_ID",
@@ -247,6 +249,7 @@ __all__ = [
     "RangeLevel",
     "RangeResult",
     "SampleBatch",
+    "SampleValueOutOfRange",
     "SchemaOutdatedError",
     "SchemaTooNewError",
     "Series",

@@ -160,6 +160,20 @@ class TooManySamples(StoreError, ValueError):
         )
 
 
+class SampleValueOutOfRange(StoreError, ValueError):
+    """A sample value the rollups cannot hold: NaN, infinite, or of a magnitude beyond the
+    store's limit (``MAX_SAMPLE_MAGNITUDE``)."""
+
+    def __init__(self, value: float, index: int, limit: float):
+        self.value = value
+        self.index = index
+        self.limit = limit
+        super().__init__(
+            f"sample {index} of the batch has the value {value!r}; the store holds finite "
+            f"values of magnitude up to {limit:g}"
+        )
+
+
 class DatasetNotFound(StoreError, KeyError):
     """No dataset with this id is registered."""
 

@@ -30,6 +30,7 @@ from provenance_store._records import (
     RangeResult,
     Series,
 )
+from provenance_store._samples import held, held_m2, negligible_as_zero
 from provenance_store._time import (
     BUCKET_ORIGIN,
     BUCKET_ORIGIN_SQL,
@@ -139,13 +140,15 @@ _RAW = sa.text(
     ORDER BY channel_id, source_time
     """
 )
+# Values are clamped to the store's range (rows stored before it existed may lie outside),
+# so that avg and stddev_samp cannot overflow.
 _BUCKETED_RAW = sa.text(
     f"""
     SELECT channel_id, {_EPOCH_US.format("b")} AS t, n, mean, min, max, sd
     FROM (
         SELECT channel_id, date_bin(:bucket, source_time, {BUCKET_ORIGIN_SQL}) AS b,
-               count(*) AS n, avg(value) AS mean, min(value) AS min, max(value) AS max,
-               stddev_samp(value) AS sd
+               count(*) AS n, avg({held("value")}) AS mean, min({held("value")}) AS min,
+               max({held("value")}) AS max, stddev_samp({held("value")}) AS sd
         FROM telemetry_sample
         WHERE channel_id = ANY(:ids) AND source_time >= :start AND source_time < :end
         GROUP BY 1, 2
@@ -157,23 +160,29 @@ _BUCKETED_RAW = sa.text(
 
 def _bucketed_rollup(table: str) -> sa.TextClause:
     # Re-buckets rollup rows (which tile the coarser buckets exactly) with Chan et al.'s
-    # merge: mean = sum(n_i mean_i) / n, m2 = sum(m2_i + n_i (mean_i - mean)^2).
+    # merge: mean = sum(n_i mean_i) / n, m2 = sum(m2_i + n_i (mean_i - mean)^2). The guards
+    # (held, negligible_as_zero, held_m2) keep float8 arithmetic from overflowing or
+    # underflowing, which PostgreSQL reports as an error, whatever the rows hold.
+    deviation = negligible_as_zero("(mean - bucket_mean)")
     return sa.text(
         f"""
         WITH r AS (
             SELECT channel_id, date_bin(:bucket, bucket, {BUCKET_ORIGIN_SQL}) AS b,
-                   n, mean, m2, min, max
+                   n, {held("mean")} AS mean, {held_m2("m2")} AS m2,
+                   {held("min")} AS min, {held("max")} AS max
             FROM {table}
             WHERE channel_id = ANY(:ids) AND bucket >= :start AND bucket < :end
         ),
         w AS (
-            SELECT r.*, sum(n * mean) OVER p / sum(n::float8) OVER p AS bucket_mean
+            SELECT r.*,
+                   sum(n * {negligible_as_zero("mean")}) OVER p / sum(n::float8) OVER p
+                   AS bucket_mean
             FROM r WINDOW p AS (PARTITION BY channel_id, b)
         )
         SELECT channel_id, {_EPOCH_US.format("b")} AS t, sum(n)::int8 AS n,
                min(bucket_mean) AS mean, min(min) AS min, max(max) AS max,
                CASE WHEN sum(n) > 1 THEN
-                   sqrt(greatest(sum(m2 + n * (mean - bucket_mean) * (mean - bucket_mean)), 0)
+                   sqrt(greatest(sum(m2 + n * {deviation} * {deviation}), 0)
                         / (sum(n) - 1)::float8)
                END AS sd
         FROM w

@@ -16,7 +16,7 @@ import numpy as np
 import psycopg
 import sqlalchemy as sa
 
-from provenance_store._errors import InstrumentNotFound, StoreError
+from provenance_store._errors import InstrumentNotFound, SampleValueOutOfRange, StoreError
 from provenance_store._instruments import instrument_exists
 from provenance_store._records import SampleBatch
 from provenance_store._time import BUCKET_ORIGIN_SQL, PG_EPOCH_OFFSET_US
@@ -60,16 +60,62 @@ _COPY_TUPLE = np.dtype(
 )
 
 
+# ---------------------------------------------------------------------------- value range
+#: Largest magnitude of a sample value the store accepts [canonical unit of its channel].
+#: With at most one sample per channel and microsecond, every sum the rollups and the
+#: bucketed queries form (n x mean, n x squared deviations, over centuries of samples) stays
+#: far inside float8's range (about 1.8e308): PostgreSQL raises an error, not Infinity, on
+#: float8 overflow, so a larger value would break every later query of its buckets.
+MAX_SAMPLE_MAGNITUDE = 1e100
+#: Largest sum of squared deviations a rollup row can reach from values within
+#: MAX_SAMPLE_MAGNITUDE (about 4e216); rows from before the limit are capped at this.
+_MAX_M2 = 1e250
+#: Deviations and means smaller than this count as 0 in the rollup arithmetic: PostgreSQL
+#: also raises an error on a product or quotient that underflows to 0, which values below
+#: about 1e-154 would cause. No instrument reads such values; they are stored exactly, only
+#: their contribution to a rollup's mean and spread is dropped.
+_NEGLIGIBLE = 1e-150
+
+
+def held(expr: str) -> str:
+    """SQL: ``expr`` (float8) clamped to +-MAX_SAMPLE_MAGNITUDE (NaN to the upper bound), so
+    rollup rows stored before the limit existed cannot make the arithmetic overflow."""
+    bound = f"{MAX_SAMPLE_MAGNITUDE:g}::float8"
+    return f"least(greatest({expr}, -{bound}), {bound})"
+
+
+def negligible_as_zero(expr: str) -> str:
+    """SQL: ``expr`` (float8), or 0 where its magnitude is below the underflow guard."""
+    return f"(CASE WHEN abs({expr}) < {_NEGLIGIBLE:g}::float8 THEN 0::float8 ELSE {expr} END)"
+
+
+def held_m2(expr: str) -> str:
+    """SQL: a sum of squared deviations (>= 0), tiny ones as 0, huge or NaN ones capped."""
+    return (
+        f"(CASE WHEN {expr} < {_NEGLIGIBLE:g} THEN 0::float8 ELSE least({expr}, {_MAX_M2:g}) END)"
+    )
+
+
+def _check_values(value: np.ndarray) -> None:
+    magnitude = np.abs(value)
+    bad = ~(magnitude <= MAX_SAMPLE_MAGNITUDE)  # NaN: True
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise SampleValueOutOfRange(float(value[k]), k, MAX_SAMPLE_MAGNITUDE)
+
+
 def _merge_into(table: str, source: str) -> str:
     # Chan et al.'s parallel update of (n, mean, m2); rows are written in key order so
-    # concurrent writers lock rollup rows in the same order.
+    # concurrent writers lock rollup rows in the same order. The guards keep the arithmetic
+    # inside float8's range whatever an older row holds (see MAX_SAMPLE_MAGNITUDE).
+    delta = negligible_as_zero(f"({held('excluded.mean')} - {held('r.mean')})")
     return f"""
         INSERT INTO {table} AS r (channel_id, bucket, n, mean, m2, min, max)
         SELECT channel_id, bucket, n, mean, m2, min, max FROM {source} ORDER BY 1, 2
         ON CONFLICT (channel_id, bucket) DO UPDATE SET
             n = r.n + excluded.n,
-            mean = r.mean + (excluded.mean - r.mean) * (excluded.n::float8 / (r.n + excluded.n)),
-            m2 = r.m2 + excluded.m2 + (excluded.mean - r.mean) * (excluded.mean - r.mean)
+            mean = {held("r.mean")} + {delta} * (excluded.n::float8 / (r.n + excluded.n)),
+            m2 = {held_m2("r.m2")} + {held_m2("excluded.m2")} + {delta} * {delta}
                  * (r.n::float8 * excluded.n / (r.n + excluded.n)),
             min = least(r.min, excluded.min),
             max = greatest(r.max, excluded.max)
@@ -96,7 +142,7 @@ minutes AS (
 ),
 minutes_with_hour AS (
     SELECT m.*, date_bin(INTERVAL '1 hour', bucket, {BUCKET_ORIGIN_SQL}) AS hour,
-           sum(n * mean) OVER h / sum(n::float8) OVER h AS hour_mean
+           sum(n * {negligible_as_zero("mean")}) OVER h / sum(n::float8) OVER h AS hour_mean
     FROM minutes m
     WINDOW h AS (
         PARTITION BY channel_id, date_bin(INTERVAL '1 hour', bucket, {BUCKET_ORIGIN_SQL})
@@ -104,7 +150,8 @@ minutes_with_hour AS (
 ),
 hours AS (
     SELECT channel_id, hour AS bucket, sum(n)::int8 AS n, min(hour_mean) AS mean,
-           sum(m2 + n * (mean - hour_mean) * (mean - hour_mean)) AS m2,
+           sum({held_m2("m2")} + n * {negligible_as_zero("(mean - hour_mean)")}
+               * {negligible_as_zero("(mean - hour_mean)")}) AS m2,
            min(min) AS min, max(max) AS max
     FROM minutes_with_hour
     GROUP BY 1, 2
@@ -261,10 +308,13 @@ def insert_samples(*, conn: sa.Connection, batch: SampleBatch) -> int:
         How many samples were new.
 
     Raises:
+        SampleValueOutOfRange: a value is NaN, infinite or larger in magnitude than
+            :data:`MAX_SAMPLE_MAGNITUDE` (nothing is written).
         StoreError: the batch names channel ids that do not exist.
     """
     if len(batch) == 0:
         return 0
+    _check_values(batch.value)
     _check_channel_ids(conn, batch.channel_id)
     driver = _staging_ready(conn)
     # Key order: index-friendly inserts, and concurrent batches lock rows in the same order.

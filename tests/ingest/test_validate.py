@@ -9,12 +9,16 @@ import numpy as np
 import orjson
 import pytest
 
+import provenance_store as store
 from ingest import (
+    DEAD_LETTER_CODES,
+    IngestSettings,
     KnownChannel,
     RejectedMessage,
     TelemetryFrameV1,
     ValidatedFrame,
     build_frame,
+    check_key,
     decode_frame,
     validate_frame,
 )
@@ -327,8 +331,6 @@ def test_registered_limits_override_standard_ones() -> None:
 
 
 def test_conversion_overflow_is_non_finite() -> None:
-    gain = {"detector.gain": KnownChannel(4, QuantityKind.DIMENSIONLESS, Subsystem.DETECTOR)}
-    assert validate(frame([col("detector.gain", "%", [1e308])]), gain).n_samples == 1
     error = rejection(frame([col("detector.aux_x", "kHz", [1e306], "frequency")]))
     assert error.code == "non_finite"
     assert "columns[0].values[0]" in error.reason and "Hz" in error.reason
@@ -366,3 +368,92 @@ def test_duplicate_channels_of_a_frame_built_without_validation() -> None:
     bad = TelemetryFrameV1.model_construct(**{**dict(good), "columns": good.columns * 2})
     error = rejection(bad)
     assert error.code == "schema" and "stage.x" in error.reason
+
+
+# ---------------------------------------------------------------------------- value range
+@pytest.mark.parametrize(
+    ("unit", "value"), [("%", 1e308), ("1", -1e101), ("1", 1.5e100), ("%", 1.0000001e102)]
+)
+def test_values_beyond_what_the_store_holds_are_refused(unit: str, value: float) -> None:
+    # A channel without limits of its own: the store's range is the limit (1e308 stored
+    # would overflow the rollups' sums of squares and break every bucketed query).
+    gain = {"detector.gain": KnownChannel(4, QuantityKind.DIMENSIONLESS, Subsystem.DETECTOR)}
+    error = rejection(frame([col("detector.gain", unit, [1.0, value, None])]), gain)
+    assert error.code == "out_of_limits"
+    assert "columns[0].values[1]" in error.reason and "detector.gain" in error.reason
+    assert f"{store.MAX_SAMPLE_MAGNITUDE:g}" in error.reason
+
+
+def test_values_up_to_what_the_store_holds_are_accepted() -> None:
+    gain = {"detector.gain": KnownChannel(4, QuantityKind.DIMENSIONLESS, Subsystem.DETECTOR)}
+    limit = store.MAX_SAMPLE_MAGNITUDE
+    validated = validate(frame([col("detector.gain", "1", [limit, -limit, 1e-300, 0.0])]), gain)
+    assert validated.value.tolist() == [limit, -limit, 1e-300, 0.0]
+
+
+# ---------------------------------------------------------------------------- key
+def test_a_frame_keyed_by_its_instrument_passes() -> None:
+    f = frame([col("stage.x", "nm", [1.0], "length")])
+    check_key(f, b"nion-ustem-01")
+    check_key(f, "nion-ustem-01")
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [(None, "no key"), (b"other-stem", "'other-stem'"), (b"", "''"),
+     (b"nion-ustem-01 ", "'nion-ustem-01 '"), (b"\xff\xfe", "not UTF-8")],
+)  # fmt: skip
+def test_a_frame_keyed_otherwise_or_not_at_all_is_refused(key: bytes | None, says: str) -> None:
+    f = frame([col("stage.x", "nm", [1.0], "length")])
+    with pytest.raises(RejectedMessage) as caught:
+        check_key(f, key)
+    assert caught.value.code == "key_mismatch"
+    assert says in caught.value.reason and "nion-ustem-01" in caught.value.reason
+    assert "key_mismatch" in DEAD_LETTER_CODES
+
+
+# ---------------------------------------------------------------------------- channel count
+def _known(n: int) -> dict[str, KnownChannel]:
+    return {
+        f"detector.aux_{i}": KnownChannel(i, QuantityKind.DIMENSIONLESS, Subsystem.DETECTOR)
+        for i in range(n)
+    }
+
+
+def _new_columns(names: list[str]) -> list[dict[str, Any]]:
+    return [col(name, "1", [1.0], "dimensionless") for name in names]
+
+
+def test_the_default_channel_cap_is_the_settings_default() -> None:
+    assert IngestSettings().ingest_max_channels_per_instrument == 1000
+
+
+def test_a_frame_of_thousands_of_new_channels_is_refused() -> None:
+    f = frame(_new_columns([f"detector.c{i}" for i in range(5000)]))
+    error = rejection(f)
+    assert error.code == "too_many_channels"
+    assert "5000 channels" in error.reason and "limit of 1000" in error.reason
+
+
+def test_new_channels_up_to_the_cap_are_accepted_beyond_it_refused() -> None:
+    known = _known(8)
+    assert len(validate(frame(_new_columns(["stage.a", "stage.b"])), known, max_channels=10)
+               .declarations) == 2  # fmt: skip
+    error = rejection(
+        frame(_new_columns(["stage.a", "stage.b", "stage.c"])), known, max_channels=10
+    )
+    assert error.code == "too_many_channels" and "11 channels" in error.reason
+
+
+def test_channels_declared_by_earlier_frames_count_toward_the_cap() -> None:
+    known = _known(8)
+    f = frame(_new_columns(["stage.a"]))
+    assert validate(f, known, max_channels=10, pending_channels={"stage.z"}).n_samples == 1
+    error = rejection(f, known, max_channels=10, pending_channels={"stage.y", "stage.z"})
+    assert error.code == "too_many_channels"
+
+
+def test_an_instrument_over_the_cap_still_sends_its_channels() -> None:
+    known = _known(12)
+    f = frame([col("detector.aux_3", "1", [2.0])])
+    assert validate(f, known, max_channels=10).n_samples == 1
