@@ -45,7 +45,7 @@ from ingest._errors import IngestError, RejectedMessage
 from ingest._retry import RetryPolicy, with_db
 from ingest._settings import IngestSettings
 from ingest._validate import ChannelDeclaration as WireDeclaration
-from ingest._validate import KnownChannel, ValidatedFrame, validate_frame
+from ingest._validate import KnownChannel, ValidatedFrame, check_key, validate_frame
 from ingest._wire import decode_frame
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,7 @@ class IngestWorker:
         if raw is None:
             raise RejectedMessage("malformed_json", "empty (null) message value")
         frame = decode_frame(raw, max_bytes=self.settings.ingest_max_message_bytes)
+        check_key(frame, record.key)
         validated = self._validate(frame.instrument_id, frame, received_ns)
         batch = self._pending
         if batch.started is None:
@@ -267,6 +268,8 @@ class IngestWorker:
             max_future_ns=int(s.ingest_max_future_s * _NS_PER_S),
             oldest_ns=self._oldest_ns,
             max_samples=s.ingest_max_frame_samples,
+            # Declarations in flight are in ``known`` already: they count against the cap.
+            max_channels=s.ingest_max_channels_per_instrument,
         )
         for decl in validated.declarations:
             cache.declared[decl.name] = (_pending_channel(decl), decl.source_unit, decl.calibration)

@@ -9,7 +9,6 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-import pytest
 import sqlalchemy as sa
 from kafka import KafkaProducer
 
@@ -119,11 +118,6 @@ def test_hostile_frames_are_dead_lettered_and_the_worker_keeps_consuming(
             assert int(gain.n.sum()) == 60 and np.all(gain.max == 3.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the worker does not call ingest.check_key yet (ingest/_worker.py: _accept, after "
-    "decode_frame); remove this marker when it does",
-)
 def test_frames_keyed_otherwise_or_not_at_all_are_dead_lettered(
     database_url: str, engine: sa.Engine, kafka_bootstrap: str, unique_name
 ) -> None:
