@@ -39,7 +39,7 @@ from ingest._settings import (
 from ingest._sources import SOURCE_HEADER, SOURCES, AcquisitionPublisher, source_of
 from ingest._units import conversion_to_canonical
 from ingest._validate import ChannelDeclaration, KnownChannel, ValidatedFrame, validate_frame
-from ingest._vendor import build_acquisition_event, read_vendor_file
+from ingest._vendors import build_acquisition_event, read_vendor_file
 from ingest._watch import DirectoryWatcher, Registrar, WatchStats
 from ingest._wire import (
     SCHEMA_ID,

@@ -30,7 +30,7 @@ from ingest._wire import IDENTIFIER_PATTERN
 
 ACQUISITION_SCHEMA_ID = "beamtwin.acquisitions.v1"
 
-#: Version of the vendor-key -> state-field mapping in :mod:`ingest._vendor`; bump it when a
+#: Version of the vendor-key -> state-field mapping in :mod:`ingest._vendors`; bump it when a
 #: mapping rule, a unit inference or a quality rule changes, so that events normalized by
 #: different rules can be told apart.
 MAPPING_VERSION = "1.0.0"

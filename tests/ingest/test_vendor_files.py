@@ -31,16 +31,16 @@ from ingest._acquisition import (
     encode_event,
 )
 from ingest._schema import ACQUISITION_EVENT_FILE, SCHEMA_DIR
-from ingest._vendor import (
+from ingest._vendors import (
     VendorMetadata,
     build_acquisition_event,
     convert,
-    fill_from_standard,
-    json_safe,
-    parse_de_info,
-    parse_text_quantity,
     rosettasciio_version,
 )
+from ingest._vendors._direct_electron import parse_de_info
+from ingest._vendors._json import json_safe
+from ingest._vendors._quantities import parse_text_quantity
+from ingest._vendors._standard import fill_from_standard
 from twin import VELOX_DEFOCUS_TO_C10
 
 DM3 = "test_STEM_image.dm3"

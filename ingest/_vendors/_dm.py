@@ -1,0 +1,144 @@
+"""Gatan DigitalMicrograph (``.dm3``, ``.dm4``): the image's tag group, read with
+rosettasciio's ``digitalmicrograph`` reader."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from ingest._acquisition import INSTRUMENT_FIELDS, STATE_FIELDS
+from ingest._vendors._calling import call_reader
+from ingest._vendors._json import json_safe
+from ingest._vendors._metadata import VendorMetadata, first, metadata_of, set_start
+from ingest._vendors._quantities import number
+from ingest._vendors._rules import (
+    MISSING,
+    Rule,
+    both_energies,
+    constant,
+    lookup,
+    normalize,
+    normalize_with_units,
+)
+
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
+
+
+def _tags_path(result: Mapping[str, Any]) -> str:
+    """The tag group of the image the file is about (the first is often a thumbnail)."""
+    for key in result.get("mapping_keys") or []:
+        match = re.match(r"^(ImageList\.TagGroup\d+)\.ImageTags", key)
+        if match:
+            return match.group(1)
+    return "ImageList.TagGroup0"
+
+
+def _rules(base: str) -> list[Rule]:
+    tags = base + ".ImageTags"
+    info = tags + ".Microscope Info"
+    stage = info + ".Stage Position"
+    um = "DigitalMicrograph writes the stage position in µm (rosettasciio reads it so)"
+    deg = "DigitalMicrograph writes stage tilts in degrees"
+    dim = base + ".ImageData.Calibrations.Dimension.TagGroup0"
+    return [
+        *both_energies(
+            info + ".Voltage",
+            "V",
+            inferred="DigitalMicrograph writes Microscope Info.Voltage in V",
+            confirm=info + ".Formatted Voltage",
+            zero_is_placeholder=True,
+        ),
+        Rule(
+            "magnification",
+            info + ".Indicated Magnification",
+            "1",
+            zero_is_placeholder=True,
+        ),
+        Rule(
+            "camera_length",
+            info + ".STEM Camera Length",
+            "mm",
+            inferred="DigitalMicrograph's STEM Camera Length is in mm (135 here is a STEM "
+            "camera length in mm; rosettasciio reads it as mm)",
+            zero_is_placeholder=True,
+        ),
+        Rule("probe_current", info + ".Probe Current (nA)", "nA", zero_is_placeholder=True),
+        Rule("emission_current", info + ".Emission Current (µA)", "uA", zero_is_placeholder=True),
+        Rule("spherical_aberration", info + ".Cs(mm)", "mm", zero_is_placeholder=True),
+        Rule("stage_x", stage + ".Stage X", "um", inferred=um),
+        Rule("stage_y", stage + ".Stage Y", "um", inferred=um),
+        Rule("stage_z", stage + ".Stage Z", "um", inferred=um),
+        Rule("stage_alpha", stage + ".Stage Alpha", "deg", inferred=deg),
+        Rule("stage_beta", stage + ".Stage Beta", "deg", inferred=deg),
+        Rule(
+            "dwell_time",
+            tags + ".DigiScan.Sample Time",
+            "us",
+            inferred="DigiScan's Sample Time is the dwell time in µs (rosettasciio reads it so)",
+            zero_is_placeholder=True,
+        ),
+        Rule(
+            "exposure_time",
+            tags + ".Acquisition.Parameters.High Level.Exposure (s)",
+            "s",
+            zero_is_placeholder=True,
+        ),
+        Rule("pixel_size", dim + ".Scale", "text", zero_is_placeholder=True),
+        Rule("acquisition_mode", info + ".Illumination Mode", None),
+        Rule("acquisition_mode", info + ".Operation Mode", None),
+        Rule("detector", tags + ".Acquisition.Device.Name", None),
+        Rule("detector", tags + ".DataBar.Device Name", None),
+        Rule("operator", tags + ".Session Info.Operator", None),
+    ]
+
+
+def _instrument_rules(base: str) -> list[Rule]:
+    tags = base + ".ImageTags"
+    return [
+        Rule(
+            "model",
+            tags + ".Session Info.Microscope",
+            None,
+            note="as entered in DigitalMicrograph's session info",
+        ),
+        Rule(
+            "model",
+            tags + ".Microscope Info.Name",
+            None,
+            note="name of DigitalMicrograph's microscope interface",
+        ),
+        Rule("control_software_version", tags + ".GMS Version.Saved", None),
+        Rule("detector_model", tags + ".Acquisition.Device.Name", None),
+    ]
+
+
+def read_dm(path: Path) -> VendorMetadata:
+    from rsciio.digitalmicrograph import file_reader
+
+    result = first(call_reader(file_reader, path, lazy=True))
+    tree = json_safe(result["original_metadata"])
+    base = _tags_path(result)
+    # The pixel size's unit sits next to its scale.
+    dim = base + ".ImageData.Calibrations.Dimension.TagGroup0"
+    scale_unit = lookup(tree, dim + ".Units")
+    units = {dim + ".Scale": scale_unit} if isinstance(scale_unit, str) else {}
+    meta = metadata_of("gatan_dm", "rsciio.digitalmicrograph", tree, result)
+    meta.state = normalize_with_units(tree, _rules(base), STATE_FIELDS, units)
+    meta.instrument = normalize(tree, _instrument_rules(base), INSTRUMENT_FIELDS)
+    meta.instrument["control_software"] = constant("Gatan DigitalMicrograph", base)
+    filetime = lookup(tree, base + ".ImageTags.DataBar.Acquisition Time (OS)")
+    if filetime is not MISSING:
+        # Windows FILETIME: 100 ns ticks since 1601-01-01 UTC; the DataBar's date and time
+        # beside it are local time without a zone.
+        when = _FILETIME_EPOCH + timedelta(microseconds=number(filetime) / 10)
+        set_start(
+            meta,
+            when,
+            base + ".ImageTags.DataBar.Acquisition Time (OS)",
+            filetime,
+            "Windows FILETIME (100 ns since 1601, UTC)",
+        )
+    return meta
