@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from ingest._acquisition import INSTRUMENT_FIELDS, STATE_FIELDS
 from ingest._vendors._calling import call_reader
+from ingest._vendors._dm_times import set_dm_times
 from ingest._vendors._json import json_safe
-from ingest._vendors._metadata import VendorMetadata, first, metadata_of, set_start
-from ingest._vendors._quantities import number
+from ingest._vendors._metadata import VendorMetadata, first, metadata_of
 from ingest._vendors._rules import (
-    MISSING,
     Rule,
     both_energies,
     constant,
@@ -23,8 +21,6 @@ from ingest._vendors._rules import (
     normalize,
     normalize_with_units,
 )
-
-_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
 
 
 def _tags_path(result: Mapping[str, Any]) -> str:
@@ -86,6 +82,13 @@ def _rules(base: str) -> list[Rule]:
             "s",
             zero_is_placeholder=True,
         ),
+        Rule(
+            "dwell_time",
+            tags + ".SI.Acquisition.Pixel time (s)",
+            "s",
+            note="a spectrum image's per-pixel time is its dwell time",
+            zero_is_placeholder=True,
+        ),
         Rule("pixel_size", dim + ".Scale", "text", zero_is_placeholder=True),
         Rule("acquisition_mode", info + ".Illumination Mode", None),
         Rule("acquisition_mode", info + ".Operation Mode", None),
@@ -129,16 +132,5 @@ def read_dm(path: Path) -> VendorMetadata:
     meta.state = normalize_with_units(tree, _rules(base), STATE_FIELDS, units)
     meta.instrument = normalize(tree, _instrument_rules(base), INSTRUMENT_FIELDS)
     meta.instrument["control_software"] = constant("Gatan DigitalMicrograph", base)
-    filetime = lookup(tree, base + ".ImageTags.DataBar.Acquisition Time (OS)")
-    if filetime is not MISSING:
-        # Windows FILETIME: 100 ns ticks since 1601-01-01 UTC; the DataBar's date and time
-        # beside it are local time without a zone.
-        when = _FILETIME_EPOCH + timedelta(microseconds=number(filetime) / 10)
-        set_start(
-            meta,
-            when,
-            base + ".ImageTags.DataBar.Acquisition Time (OS)",
-            filetime,
-            "Windows FILETIME (100 ns since 1601, UTC)",
-        )
+    set_dm_times(meta, tree, base + ".ImageTags")
     return meta
