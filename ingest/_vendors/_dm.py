@@ -57,8 +57,8 @@ def _rules(base: str) -> list[Rule]:
             "camera_length",
             info + ".STEM Camera Length",
             "mm",
-            inferred="DigitalMicrograph's STEM Camera Length is in mm (135 here is a STEM "
-            "camera length in mm; rosettasciio reads it as mm)",
+            inferred="DigitalMicrograph writes the STEM Camera Length in mm (rosettasciio "
+            "reads it as mm)",
             zero_is_placeholder=True,
         ),
         Rule("probe_current", info + ".Probe Current (nA)", "nA", zero_is_placeholder=True),
@@ -122,7 +122,11 @@ def read_dm(path: Path) -> VendorMetadata:
     from rsciio.digitalmicrograph import file_reader
 
     result = first(call_reader(file_reader, path, lazy=True))
-    tree = json_safe(result["original_metadata"])
+    return dm_metadata(json_safe(result["original_metadata"]), result)
+
+
+def dm_metadata(tree: dict[str, Any], result: Mapping[str, Any]) -> VendorMetadata:
+    """The metadata of a DM file whose tag tree is ``tree`` (``result``: the reader's)."""
     base = _tags_path(result)
     # The pixel size's unit sits next to its scale.
     dim = base + ".ImageData.Calibrations.Dimension.TagGroup0"
