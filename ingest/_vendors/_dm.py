@@ -8,12 +8,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ingest._acquisition import INSTRUMENT_FIELDS, STATE_FIELDS
+from ingest._acquisition import INSTRUMENT_FIELDS, STATE_FIELDS, NormalizedField, Quality
 from ingest._vendors._calling import call_reader
 from ingest._vendors._dm_times import set_dm_times
 from ingest._vendors._json import json_safe
 from ingest._vendors._metadata import VendorMetadata, first, metadata_of
 from ingest._vendors._rules import (
+    MISSING,
     Rule,
     both_energies,
     constant,
@@ -134,7 +135,43 @@ def dm_metadata(tree: dict[str, Any], result: Mapping[str, Any]) -> VendorMetada
     units = {dim + ".Scale": scale_unit} if isinstance(scale_unit, str) else {}
     meta = metadata_of("gatan_dm", "rsciio.digitalmicrograph", tree, result)
     meta.state = normalize_with_units(tree, _rules(base), STATE_FIELDS, units)
+    diffraction = _diffraction_mode(tree, base + ".ImageTags.Microscope Info")
+    if diffraction is not None:
+        meta.state["acquisition_mode"] = diffraction
+        meta.state.pop("magnification", None)
     meta.instrument = normalize(tree, _instrument_rules(base), INSTRUMENT_FIELDS)
     meta.instrument["control_software"] = constant("Gatan DigitalMicrograph", base)
     set_dm_times(meta, tree, base + ".ImageTags")
     return meta
+
+
+def _diffraction_mode(tree: Mapping[str, Any], info: str) -> NormalizedField | None:
+    """``DIFFRACTION`` when the microscope was in (TEM) diffraction mode.
+
+    ``Operation Mode`` is ``IMAGING`` (TEM), ``SCANNING`` (STEM) or ``DIFFRACTION``; ``Imaging
+    Mode`` is the projector's mode. In STEM the projector is always in diffraction (the
+    detector sees the diffraction plane) and the scan magnification is real, so only a
+    non-scanning acquisition with either mode ``DIFFRACTION`` is a diffraction pattern.
+    """
+    modes = {key: lookup(tree, f"{info}.{key}") for key in _MODE_KEYS}
+    text = {key: str(v).upper() for key, v in modes.items() if v is not MISSING}
+    scanning = text.get("Operation Mode") == "SCANNING" or "STEM" in text.get(
+        "Illumination Mode", ""
+    )
+    said = [key for key in ("Operation Mode", "Imaging Mode") if text.get(key) == "DIFFRACTION"]
+    if scanning or not said:
+        return None
+    return NormalizedField(
+        value="DIFFRACTION",
+        unit=None,
+        source=f"{info}.{said[0]}",
+        source_value=modes[said[0]],
+        quality=Quality.OK,
+        note="diffraction mode ("
+        + ", ".join(f"{k} = {v!r}" for k, v in modes.items() if v is not MISSING)
+        + "): the camera length applies; the indicated magnification is not the "
+        "specimen's and is left out (it stays in original_metadata)",
+    )
+
+
+_MODE_KEYS = ("Operation Mode", "Imaging Mode", "Illumination Mode")

@@ -1,4 +1,5 @@
-"""Gatan DM files read right: notes describe the file at hand."""
+"""Gatan DM files read right: notes describe the file at hand, and a TEM diffraction pattern is
+registered as diffraction (camera length, no magnification), not as a TEM image."""
 
 from __future__ import annotations
 
@@ -45,3 +46,30 @@ def test_the_camera_length_note_describes_this_file(realdata: Path, camera_lengt
     note = field.note or ""
     assert "mm" in note
     assert "135" not in note, "a note must not quote another file's value"
+
+
+def test_a_tem_diffraction_pattern_is_diffraction(realdata: Path) -> None:
+    meta = _edited(
+        realdata,
+        STEM_DM3,
+        Operation_Mode="IMAGING",
+        Imaging_Mode="DIFFRACTION",
+        Illumination_Mode="TEM",
+    )
+    mode = meta.state["acquisition_mode"]
+    assert mode.value == "DIFFRACTION"
+    assert mode.source.endswith("Microscope Info.Imaging Mode")
+    assert "camera length" in (mode.note or "")
+    assert "magnification" not in meta.state
+    assert meta.state["camera_length"].value == pytest.approx(0.135)
+
+
+@pytest.mark.parametrize("name", [STEM_DM3, EDS_DM3])
+def test_stem_with_the_projector_in_diffraction_stays_stem(realdata: Path, name: str) -> None:
+    """Real STEM files: Operation Mode SCANNING, Imaging Mode DIFFRACTION (the projector's
+    mode in STEM): the scan magnification is kept."""
+    tree, result = _read(realdata, name)
+    assert _info(tree)["Imaging Mode"] == "DIFFRACTION"
+    meta = dm_metadata(tree, result)
+    assert meta.state["acquisition_mode"].value == "STEM NANOPROBE"
+    assert meta.state["magnification"].quality.value == "ok"
