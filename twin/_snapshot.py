@@ -184,6 +184,7 @@ UNVERIFIABLE_FIELDS: Mapping[str, str] = {
     "screen_current": "no telemetry channel measures the fluorescent-screen current",
     "exposure_time": "the twin does not follow the camera's exposure of this dataset",
     "frame_count": "the number of frames is a property of the data, not of the instrument",
+    "reciprocal_pixel_size": "a diffraction calibration; the twin does not model the detector",
     "holder_pressure": "the twin has no holder pressure quantity",
     "acquisition_mode": "a text field, not a measured quantity",
     "detector": "a text field, not a measured quantity",

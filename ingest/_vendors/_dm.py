@@ -91,6 +91,8 @@ def _rules(base: str) -> list[Rule]:
             zero_is_placeholder=True,
         ),
         Rule("pixel_size", dim + ".Scale", "text", zero_is_placeholder=True),
+        # A diffraction calibration (1/nm) is reciprocal, never a pixel size.
+        Rule("reciprocal_pixel_size", dim + ".Scale", "text", zero_is_placeholder=True),
         Rule("acquisition_mode", info + ".Illumination Mode", None),
         Rule("acquisition_mode", info + ".Operation Mode", None),
         Rule("detector", tags + ".Acquisition.Device.Name", None),

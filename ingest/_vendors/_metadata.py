@@ -115,25 +115,28 @@ def start_from_reader_metadata(meta: VendorMetadata) -> None:
 
 # ---------------------------------------------------------------------------- axes
 def pixel_size_from_axes(result: Mapping[str, Any]) -> dict[str, NormalizedField]:
-    """The pixel size the reader calibrated, from its last signal axis."""
+    """The calibration the reader gave its last signal axis: a ``pixel_size`` [m] for a length,
+    a ``reciprocal_pixel_size`` [1/m] for a diffraction axis (1/length), nothing otherwise."""
     axes = [a for a in result.get("axes") or [] if not a.get("navigate")]
     if not axes:
         return {}
     i = len(result["axes"]) - 1
     axis = axes[-1]
     unit = str(axis.get("units") or "")
-    try:
-        value = convert(float(axis["scale"]), unit, "m")
-    except Exception:
-        return {}
-    return {
-        "pixel_size": NormalizedField(
-            value=value,
-            unit="m",
-            source=f"rsciio:axes[{i}].scale",
-            source_value=json_safe(axis["scale"]),
-            source_unit=unit,
-            quality=Quality.OK,
-            note="calibration computed by rosettasciio's reader",
-        )
-    }
+    for name, canonical in (("pixel_size", "m"), ("reciprocal_pixel_size", "1/m")):
+        try:
+            value = convert(float(axis["scale"]), unit, canonical)
+        except Exception:
+            continue
+        return {
+            name: NormalizedField(
+                value=value,
+                unit=canonical,
+                source=f"rsciio:axes[{i}].scale",
+                source_value=json_safe(axis["scale"]),
+                source_unit=unit,
+                quality=Quality.OK,
+                note="calibration computed by rosettasciio's reader",
+            )
+        }
+    return {}

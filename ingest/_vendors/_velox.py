@@ -103,6 +103,7 @@ def _rules(tree: Mapping[str, Any]) -> list[Rule]:
         )
     if lookup(tree, "BinaryResult.PixelUnitX") is not MISSING:
         rules.append(Rule("pixel_size", _PIXEL_WIDTH, "text"))
+        rules.append(Rule("reciprocal_pixel_size", _PIXEL_WIDTH, "text"))
     return rules
 
 

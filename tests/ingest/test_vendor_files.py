@@ -539,3 +539,28 @@ def test_fields_only_rosettasciio_maps_are_filled_in() -> None:
     assert "rosettasciio" in (ht.note or "")
     assert meta.state["beam_energy"].value == 300_000.0
     assert meta.state["stage_x"].source == "Vendor.X", "a vendor rule's field is kept"
+
+
+# ------------------------------------------------------------------ diffraction calibrations
+TIA_DIFFRACTION = ["128x128x5-diffraction_preview.emi", "128x128x5-diffraction_preview_1.ser"]
+
+
+@pytest.mark.parametrize("name", TIA_DIFFRACTION)
+def test_tia_diffraction_calibration_is_reciprocal(realdata: Path, name: str) -> None:
+    """Axes in 1/nm (CalibrationDeltaX 42464134.6 1/m = 0.0425 1/nm): a reciprocal pixel
+    size, never a real-space ``pixel_size``; the series' first and last frame times."""
+    ev = event_of(realdata, name)
+    assert "pixel_size" not in ev.state
+    check(ev, "reciprocal_pixel_size", 42464134.612716675, "1/m", Quality.UNIT_AMBIGUOUS)
+    assert "diffraction" in (field(ev, "reciprocal_pixel_size").note or "")
+    check(ev, "frame_count", 5.0, "1")
+    assert ev.start_time == datetime(2016, 2, 22, 18, 18, 34, tzinfo=UTC)
+    assert ev.end_time >= ev.start_time
+    if name.endswith(".emi"):
+        check(ev, "camera_length", 1.1, "m")
+        assert "magnification" not in ev.state
+
+
+def test_an_image_calibration_stays_a_pixel_size(realdata: Path) -> None:
+    assert "reciprocal_pixel_size" not in event_of(realdata, EMI).state
+    assert "reciprocal_pixel_size" not in event_of(realdata, DM3).state
