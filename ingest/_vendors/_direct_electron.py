@@ -87,6 +87,31 @@ def _mark_disconnected(meta: VendorMetadata, tree: dict[str, str]) -> None:
         )
 
 
+#: What the DE server writes for a microscope value it could not read.
+_SENTINELS = frozenset({"-1", "unknown", ""})
+
+
+def _mark_suspect(meta: VendorMetadata, tree: dict[str, str]) -> None:
+    """When most of the file's ``Instrument ...`` values are the DE server's "not known"
+    sentinels, the microscope channel did not report: the microscope values that are not
+    sentinels themselves are the server's defaults too, most likely."""
+    instrument = {k: v for k, v in tree.items() if k.startswith("Instrument ")}
+    instrument.pop("Instrument Metadata", None)
+    unknown = [k for k, v in instrument.items() if v.strip().lower() in _SENTINELS]
+    if not instrument or len(unknown) * 2 <= len(instrument):
+        return
+    note = (
+        f"{len(unknown)} of the file's {len(instrument)} Instrument values are the DE "
+        "server's 'not known' sentinels (-1, Unknown): its microscope channel did not "
+        "report, so this value is most likely the server's default, not the microscope's"
+    )
+    for name in _FROM_MICROSCOPE & set(meta.state):
+        if meta.state[name].quality is Quality.OK:
+            meta.state[name] = meta.state[name].model_copy(
+                update={"quality": Quality.DISCONNECTED_DEFAULT, "note": note}
+            )
+
+
 def _set_times(meta: VendorMetadata, tree: dict[str, str]) -> None:
     if not start_from_epoch(
         meta, tree, "Timestamp (seconds since Epoch)", "seconds since the Unix epoch"
@@ -104,6 +129,7 @@ def _de_metadata(tree: dict[str, str], prefix: str) -> VendorMetadata:
     if "Scan - Enable" in tree and tree["Scan - Enable"].lower() != "enable":
         meta.state.pop("dwell_time", None)
     _mark_disconnected(meta, tree)
+    _mark_suspect(meta, tree)
     meta.instrument = normalize(tree, _INSTRUMENT, INSTRUMENT_FIELDS)
     meta.instrument["control_software"] = constant(
         "Direct Electron DE-Server", "Server Software Version"

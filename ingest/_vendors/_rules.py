@@ -51,6 +51,31 @@ class Rule:
 
 MISSING = object()
 
+#: Fields whose every reading is positive: a vendor's -1 there means "not known".
+POSITIVE_FIELDS = frozenset(
+    {
+        "high_tension",
+        "beam_energy",
+        "extraction_voltage",
+        "emission_current",
+        "probe_current",
+        "screen_current",
+        "spot_size",
+        "convergence_semiangle",
+        "magnification",
+        "camera_length",
+        "dwell_time",
+        "exposure_time",
+        "frame_count",
+        "pixel_size",
+        "reciprocal_pixel_size",
+        "holder_pressure",
+    }
+)
+#: Text vendors write when they do not know a value (compared in lower case).
+TEXT_SENTINELS = frozenset({"unknown", "n/a", "na", "none", "null", "-1", "undefined"})
+_TEXT_SENTINEL_NOTE = "the vendor's text for a value it does not know"
+
 
 def lookup(tree: Mapping[str, Any], path: str) -> Any:
     """The value at dotted ``path`` in ``tree`` (``MISSING`` when absent or empty)."""
@@ -81,13 +106,15 @@ def apply_rule(
         text = str(raw_json).strip()
         if rule.text_map is not None:
             text = rule.text_map.get(text, text)
+        unknown = text.lower() in TEXT_SENTINELS
         return NormalizedField(
             value=text,
             unit=None,
             source=rule.path,
             source_value=raw_json,
-            quality=Quality.OK,
-            note=rule.note or None,
+            quality=Quality.PLACEHOLDER if unknown else Quality.OK,
+            note="; ".join(filter(None, [rule.note, _TEXT_SENTINEL_NOTE if unknown else None]))
+            or None,
         )
     try:
         if rule.unit == "text":
@@ -129,6 +156,9 @@ def _quality(
     if read == 0.0 and rule.zero_is_placeholder:
         quality = Quality.PLACEHOLDER
         notes.append("the vendor writes 0 when the value is unknown")
+    elif read == -1.0 and rule.name in POSITIVE_FIELDS:
+        quality = Quality.PLACEHOLDER
+        notes.append(f"the vendor writes -1 when the value is unknown (a {rule.name} is > 0)")
     elif negative_zero or rule.rounded:
         if quality is Quality.OK:
             quality = Quality.ROUNDED

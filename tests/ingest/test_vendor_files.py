@@ -564,3 +564,32 @@ def test_tia_diffraction_calibration_is_reciprocal(realdata: Path, name: str) ->
 def test_an_image_calibration_stays_a_pixel_size(realdata: Path) -> None:
     assert "reciprocal_pixel_size" not in event_of(realdata, EMI).state
     assert "reciprocal_pixel_size" not in event_of(realdata, DM3).state
+
+
+# ------------------------------------------------------------------ vendor sentinels
+CUSTOM_INFO = "Custom_info.txt"
+
+
+def test_direct_electron_minus_one_is_not_known(realdata: Path) -> None:
+    """Custom_info.txt: Instrument Project Camera Length / Magnification = -1, Specimen Pixel
+    Size X = -1, Project Name = Unknown: sentinels, never ``ok``; the 300 kV beside them is
+    suspect (most Instrument values are sentinels) and says why."""
+    ev = event_of(realdata, CUSTOM_INFO)
+    for name in ("camera_length", "magnification", "pixel_size"):
+        f = field(ev, name)
+        assert f.quality is Quality.PLACEHOLDER, (name, f.quality)
+        assert "-1" in (f.note or "")
+    ht = field(ev, "high_tension")
+    assert ht.value == 300_000.0 and ht.quality is Quality.DISCONNECTED_DEFAULT
+    assert "sentinels" in (ht.note or "")
+    # Camera settings are not microscope values: still ok.
+    assert field(ev, "frame_count").quality is Quality.OK
+
+
+def test_unknown_text_is_a_placeholder() -> None:
+    from ingest._vendors._rules import Rule, apply_rule
+
+    found = apply_rule({"Camera Name": "Unknown"}, Rule("detector", "Camera Name", None), None)
+    assert found is not None and found.quality is Quality.PLACEHOLDER
+    named = apply_rule({"Camera Name": "DE-64"}, Rule("detector", "Camera Name", None), None)
+    assert named is not None and named.quality is Quality.OK
