@@ -11,9 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ingest._errors import RejectedMessage
+from ingest._vendors._blockfile import read_blockfile
 from ingest._vendors._calling import ReaderFailed, describe
 from ingest._vendors._direct_electron import read_de_info, read_mrc
 from ingest._vendors._dm import read_dm
+from ingest._vendors._mapped import read_bcf, read_merlin_hdr, read_mib, read_msa, read_prz
 from ingest._vendors._metadata import VendorMetadata
 from ingest._vendors._protochips import read_protochips
 from ingest._vendors._tia import read_tia
@@ -33,6 +35,13 @@ READERS: dict[str, tuple[Callable[[Path], VendorMetadata], str]] = {
     ".mrc": (read_mrc, "MRC, with a Direct Electron _info.txt beside it"),
     "_info.txt": (read_de_info, "Direct Electron acquisition info"),
     ".csv": (read_protochips, "Protochips holder log"),
+    ".bcf": (read_bcf, "Bruker Esprit BCF"),
+    ".mib": (read_mib, "Quantum Detectors Merlin MIB"),
+    ".hdr": (read_merlin_hdr, "Quantum Detectors Merlin header (with its .mib)"),
+    ".msa": (read_msa, "EMSA/MSA spectrum"),
+    ".ems": (read_msa, "EMSA/MSA spectrum"),
+    ".prz": (read_prz, "CEOS Panta Rhei PRZ"),
+    ".blo": (read_blockfile, "NanoMegas blockfile"),
 }
 
 
