@@ -28,8 +28,8 @@ _D = "ImageDescription"
 def _jeol_rules(tree: Mapping[str, Any]) -> list[Rule]:
     gun = f"{_D}.ElectronGun"
     stage = f"{_D}.GonioStage.StagePosition"
-    um = "JEOL writes gonio positions in µm (the holder limits beside them, ±1250, are µm)"
-    deg = "JEOL writes gonio tilts in degrees (the holder limits beside them, ±10, are °)"
+    unit, evidence, conclusive = stage_unit(tree)
+    deg = "JEOL writes gonio tilts in degrees (the holder's tilt limits beside them are °)"
     return [
         *both_energies(
             f"{gun}.AccelerationVoltage",
@@ -64,9 +64,16 @@ def _jeol_rules(tree: Mapping[str, Any]) -> list[Rule]:
             sign=-VELOX_DEFOCUS_TO_C10,
             note="JEOL's defocus sign is not documented; read like Thermo's (as C10)",
         ),
-        Rule("stage_x", f"{stage}.MX", "um", inferred=um),
-        Rule("stage_y", f"{stage}.MY", "um", inferred=um),
-        Rule("stage_z", f"{stage}.MZ", "um", inferred=um),
+        *(
+            Rule(
+                name,
+                f"{stage}.{key}",
+                unit,
+                inferred=None if conclusive else evidence,
+                note=evidence if conclusive else None,
+            )
+            for name, key in (("stage_x", "MX"), ("stage_y", "MY"), ("stage_z", "MZ"))
+        ),
         Rule("stage_alpha", f"{stage}.TX", "deg", inferred=deg),
         Rule("stage_beta", f"{stage}.TY", "deg", inferred=deg),
         Rule("operator", f"{_D}.Operator", None),
@@ -77,6 +84,50 @@ def _jeol_rules(tree: Mapping[str, Any]) -> list[Rule]:
         *_jeol_mode_rules(tree),
         *_jeol_camera_rules(tree),
     ]
+
+
+_LIMITS = {"MX": "LimitShiftX", "MY": "LimitShiftY", "MZ": "LimitShiftZ"}
+
+
+def stage_unit(tree: Mapping[str, Any]) -> tuple[str, str, bool]:
+    """The unit of SightX's stage positions (``MX``, ``MY``, ``MZ``), the evidence, and
+    whether it is conclusive.
+
+    The file states no unit. The holder's travel limits beside the positions
+    (``HolderInformation.LimitShiftX`` ...; ±1250, ±750) are µm: a goniometer travels about a
+    millimetre, not a micrometre. A position read as µm outside its limit cannot be µm; when
+    every position lies inside its limit read as nm, nm it is (conclusive). When the positions
+    fit the limits either way, the file does not tell: µm is kept and marked ambiguous.
+    """
+    positions = lookup(tree, f"{_D}.GonioStage.StagePosition")
+    holder = lookup(tree, f"{_D}.GonioStage.HolderInformation")
+    if not (isinstance(positions, Mapping) and isinstance(holder, Mapping)):
+        return "um", "no holder limits in the file to tell µm from nm; read as µm", False
+    ratios: dict[str, float] = {}
+    for key, limit_key in _LIMITS.items():
+        value, limits = positions.get(key), holder.get(limit_key)
+        if isinstance(value, int | float) and isinstance(limits, Mapping):
+            limit = max(abs(float(limits.get("Plus") or 0)), abs(float(limits.get("Minus") or 0)))
+            if limit > 0:
+                ratios[key] = abs(float(value)) / limit
+    if not ratios:
+        return "um", "no holder limits in the file to tell µm from nm; read as µm", False
+    worst = max(ratios, key=ratios.__getitem__)
+    if ratios[worst] > 1.0 and ratios[worst] / 1000 <= 1.0:
+        return (
+            "nm",
+            f"read as nm: as µm, {worst} would be {ratios[worst]:.3g}x its holder limit (the "
+            "limits are µm); as nm every position lies inside its limit",
+            True,
+        )
+    if ratios[worst] > 1.0:
+        return "um", f"{worst} lies outside its holder limit as µm and as nm; read as µm", False
+    return (
+        "um",
+        "read as µm: every position lies inside its holder limit (µm) read as µm or as nm, so "
+        "the file does not tell which",
+        False,
+    )
 
 
 def _jeol_mode_rules(tree: Mapping[str, Any]) -> list[Rule]:
@@ -117,7 +168,11 @@ def read_tiff(path: Path) -> VendorMetadata:
     from rsciio.tiff import file_reader
 
     result = first(call_reader(file_reader, path, lazy=True))
-    tree = json_safe(result["original_metadata"])
+    return tiff_metadata(json_safe(result["original_metadata"]), result)
+
+
+def tiff_metadata(tree: dict[str, Any], result: Mapping[str, Any]) -> VendorMetadata:
+    """The metadata of a TIFF whose tag tree is ``tree`` (``result``: the reader's)."""
     jeol = isinstance(tree.get(_D), Mapping) and "JEOL" in str(lookup(tree, f"{_D}.Manufacturer"))
     if not jeol:
         meta = metadata_of("tiff", "rsciio.tiff", tree, result)
