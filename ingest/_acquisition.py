@@ -33,7 +33,7 @@ ACQUISITION_SCHEMA_ID = "beamtwin.acquisitions.v1"
 #: Version of the vendor-key -> state-field mapping in :mod:`ingest._vendors`; bump it when a
 #: mapping rule, a unit inference or a quality rule changes, so that events normalized by
 #: different rules can be told apart.
-MAPPING_VERSION = "1.0.0"
+MAPPING_VERSION = "1.1.0"
 
 DATASET_ID_PATTERN = r"^ds-[0-9a-f]{32}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
