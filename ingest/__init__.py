@@ -64,7 +64,7 @@ from ingest._validate import (
     check_key,
     validate_frame,
 )
-from ingest._vendor import build_acquisition_event, read_vendor_file
+from ingest._vendors import build_acquisition_event, read_vendor_file
 from ingest._watch import DirectoryWatcher, Registrar, WatchStats
 from ingest._wire import (
     SCHEMA_ID,

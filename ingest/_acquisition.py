@@ -30,10 +30,10 @@ from ingest._wire import IDENTIFIER_PATTERN
 
 ACQUISITION_SCHEMA_ID = "beamtwin.acquisitions.v1"
 
-#: Version of the vendor-key -> state-field mapping in :mod:`ingest._vendor`; bump it when a
+#: Version of the vendor-key -> state-field mapping in :mod:`ingest._vendors`; bump it when a
 #: mapping rule, a unit inference or a quality rule changes, so that events normalized by
 #: different rules can be told apart.
-MAPPING_VERSION = "1.0.0"
+MAPPING_VERSION = "1.1.0"
 
 DATASET_ID_PATTERN = r"^ds-[0-9a-f]{32}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -91,6 +91,10 @@ STATE_FIELDS: dict[str, tuple[str | None, str]] = {
     "exposure_time": ("s", "exposure time of one frame"),
     "frame_count": ("1", "frames in the dataset"),
     "pixel_size": ("m", "calibrated size of one pixel at the specimen (x)"),
+    "reciprocal_pixel_size": (
+        "1/m",
+        "diffraction calibration: reciprocal-space size of one pixel (x)",
+    ),
     "holder_temperature": ("K", "specimen holder temperature at the start"),
     "holder_pressure": ("Pa", "gas pressure in the holder at the start"),
     "acquisition_mode": (None, "operating mode (TEM, STEM, diffraction ...) as the file says"),
@@ -133,6 +137,7 @@ StateFieldName = Literal[
     "exposure_time",
     "frame_count",
     "pixel_size",
+    "reciprocal_pixel_size",
     "holder_temperature",
     "holder_pressure",
     "acquisition_mode",
@@ -161,8 +166,8 @@ class NormalizedField(BaseModel):
         description="The value in `unit` (numbers) or as text (names, modes, times)."
     )
     unit: str | None = Field(
-        description="Canonical unit of the field (`V`, `eV`, `m`, `rad`, `s`, `A`, `K`, `Pa`, "
-        "`1`); null for text fields."
+        description="Canonical unit of the field (`V`, `eV`, `m`, `1/m`, `rad`, `s`, `A`, `K`, "
+        "`Pa`, `1`); null for text fields."
     )
     source: str = Field(
         min_length=1,

@@ -285,7 +285,7 @@ def build_event(
         RejectedMessage: ``unknown_instrument`` when the start document names no (valid)
             instrument; ``schema`` when the event does not validate.
     """
-    from ingest._vendor import convert  # pint; loaded only when a run ends
+    from ingest._vendors import convert  # pint; loaded only when a run ends
 
     start = run.start
     instrument_id = next(

@@ -28,7 +28,7 @@ from ingest._deadletter import DeadLetterSender
 from ingest._errors import RejectedMessage
 from ingest._publisher import ensure_topics
 from ingest._sources import AcquisitionPublisher
-from ingest._vendor import build_acquisition_event, file_digest, read_vendor_file
+from ingest._vendors import build_acquisition_event, file_digest, read_vendor_file
 from ingest._wire import IDENTIFIER_PATTERN
 
 _IDENTIFIER_RE = re.compile(IDENTIFIER_PATTERN)

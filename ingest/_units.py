@@ -25,7 +25,7 @@ from typing import Any
 
 import pint
 
-from ingest._errors import RejectedMessage
+from ingest._errors import IngestError, RejectedMessage
 from twin import QuantityKind
 
 #: Pint spells it ``torr``; vacuum gauges and vendor software say ``Torr`` (and ``mTorr``).
@@ -56,7 +56,9 @@ _PREFIX_SYMBOLS = ("f", "p", "n", "u", "\u00b5", "\u03bc", "m", "c", "k", "M", "
 _PREFIX_NAMES = ("femto", "pico", "nano", "micro", "milli", "centi", "kilo", "mega", "giga", "tera")
 #: Units that take a prefix: those of beamtwin's quantity kinds (twin.CANONICAL_UNITS) and of
 #: the pressure gauges and vendor software that report them.
-_PREFIXABLE_SYMBOLS = frozenset({"V", "A", "m", "s", "Hz", "Pa", "K", "rad", "bar", "Torr", "torr"})
+_PREFIXABLE_SYMBOLS = frozenset(
+    {"V", "A", "m", "s", "Hz", "Pa", "K", "rad", "bar", "Torr", "torr", "eV"}
+)  # fmt: skip
 _PREFIXABLE_NAMES = frozenset(
     {"volt", "ampere", "amp", "meter", "metre", "second", "hertz", "pascal", "kelvin", "radian",
      "bar", "torr"}
@@ -74,7 +76,7 @@ _TOKEN_RE = re.compile(
 )
 
 
-class UnitSyntaxError(ValueError):
+class UnitSyntaxError(IngestError, ValueError):
     """A unit string outside the grammar of :func:`parse_unit`."""
 
 

@@ -21,9 +21,11 @@ Verdicts (see :data:`VERDICTS`):
 * ``placeholder``: the file marks the value as a placeholder or a disconnected default, so it is
   never counted as agreement;
 * ``missing``: the twin knows the quantity but the file does not record it;
-* ``unverifiable``: the twin has no counterpart for the field, no telemetry for it, or the
-  telemetry was silent for longer than the staleness limit at the acquisition (the note says
-  which).
+* ``unverifiable``: the twin has no counterpart for the field, no telemetry for it, the
+  telemetry was silent for longer than the staleness limit at the acquisition, or the
+  acquisition time is only the file's modification time (the event's ``time_source`` is
+  ``file_mtime``: the window then says ``time_status: file_time`` and the note what the
+  comparison would have said); the note says which.
 
 Tolerance of a field (canonical unit), with the table :data:`FIELD_TOLERANCES`::
 
@@ -191,6 +193,7 @@ UNVERIFIABLE_FIELDS: Mapping[str, str] = {
     "screen_current": "no telemetry channel measures the fluorescent-screen current",
     "exposure_time": "the twin does not follow the camera's exposure of this dataset",
     "frame_count": "the number of frames is a property of the data, not of the instrument",
+    "reciprocal_pixel_size": "a diffraction calibration; the twin does not model the detector",
     "holder_pressure": "the twin has no holder pressure quantity",
     "acquisition_mode": "a text field, not a measured quantity",
     "detector": "a text field, not a measured quantity",
@@ -726,12 +729,14 @@ def build_snapshot(
         )
 
     reported_fields: Mapping[str, Any] = event.get("state") or {}
+    # A window from the file's modification time need not be the acquisition's.
+    file_time = event.get("time_source") == "file_mtime"
     fields_body: dict[str, Any] = {}
     for name in sorted(set(reported_fields) | set(FIELD_SOURCES)):
         entry = reported_fields.get(name)
         verdict = _field_verdict(name, entry, chan_data, state_data, start_us, lo_us, config)
         if verdict is not None:
-            fields_body[name] = verdict
+            fields_body[name] = _file_time(verdict) if file_time else verdict
 
     state_body: dict[str, Any] = {}
     used = {s.quantity: s for s in FIELD_SOURCES.values() if s.quantity is not None}
@@ -766,7 +771,11 @@ def build_snapshot(
         "schema": SNAPSHOT_SCHEMA,
         "dataset_id": event.get("dataset_id"),
         "instrument_id": event.get("instrument_id"),
-        "window": {"start": _iso(start_us), "end": _iso(end_us)},
+        "window": {
+            "start": _iso(start_us),
+            "end": _iso(end_us),
+            **({"time_status": "file_time"} if file_time else {}),
+        },
         "twin_version": twin_version,
         "calibration_version": calibration_version,
         "telemetry": {
@@ -787,6 +796,27 @@ def build_snapshot(
     }
     result: dict[str, Any] = _jsonable(body)
     return result
+
+
+#: Verdicts that compare the file's value with the telemetry of the window.
+_COMPARED = frozenset({"consistent", "disagrees", "stale"})
+
+
+def _file_time(verdict: dict[str, Any]) -> dict[str, Any]:
+    """``verdict`` when the window is the file's modification time (``file_time``): a
+    comparison with the telemetry then verifies nothing about the acquisition."""
+    if verdict["verdict"] not in _COMPARED:
+        return verdict
+    said = {"consistent": "agrees with", "disagrees": "disagrees with", "stale": "matches older"}
+    note = (
+        "file_time: the acquisition time is only the file's modification time; the value "
+        f"{said[verdict['verdict']]} the telemetry then, which need not be the acquisition's"
+    )
+    return {
+        **verdict,
+        "verdict": "unverifiable",
+        "note": "; ".join(filter(None, [note, verdict.get("note")])),
+    }
 
 
 def _expected(

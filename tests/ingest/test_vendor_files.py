@@ -31,16 +31,16 @@ from ingest._acquisition import (
     encode_event,
 )
 from ingest._schema import ACQUISITION_EVENT_FILE, SCHEMA_DIR
-from ingest._vendor import (
+from ingest._vendors import (
     VendorMetadata,
     build_acquisition_event,
     convert,
-    fill_from_standard,
-    json_safe,
-    parse_de_info,
-    parse_text_quantity,
     rosettasciio_version,
 )
+from ingest._vendors._direct_electron import parse_de_info
+from ingest._vendors._json import json_safe
+from ingest._vendors._quantities import parse_text_quantity
+from ingest._vendors._standard import fill_from_standard
 from twin import VELOX_DEFOCUS_TO_C10
 
 DM3 = "test_STEM_image.dm3"
@@ -539,3 +539,57 @@ def test_fields_only_rosettasciio_maps_are_filled_in() -> None:
     assert "rosettasciio" in (ht.note or "")
     assert meta.state["beam_energy"].value == 300_000.0
     assert meta.state["stage_x"].source == "Vendor.X", "a vendor rule's field is kept"
+
+
+# ------------------------------------------------------------------ diffraction calibrations
+TIA_DIFFRACTION = ["128x128x5-diffraction_preview.emi", "128x128x5-diffraction_preview_1.ser"]
+
+
+@pytest.mark.parametrize("name", TIA_DIFFRACTION)
+def test_tia_diffraction_calibration_is_reciprocal(realdata: Path, name: str) -> None:
+    """Axes in 1/nm (CalibrationDeltaX 42464134.6 1/m = 0.0425 1/nm): a reciprocal pixel
+    size, never a real-space ``pixel_size``; the series' first and last frame times."""
+    ev = event_of(realdata, name)
+    assert "pixel_size" not in ev.state
+    check(ev, "reciprocal_pixel_size", 42464134.612716675, "1/m", Quality.UNIT_AMBIGUOUS)
+    assert "diffraction" in (field(ev, "reciprocal_pixel_size").note or "")
+    check(ev, "frame_count", 5.0, "1")
+    assert ev.start_time == datetime(2016, 2, 22, 18, 18, 34, tzinfo=UTC)
+    assert ev.end_time >= ev.start_time
+    if name.endswith(".emi"):
+        check(ev, "camera_length", 1.1, "m")
+        assert "magnification" not in ev.state
+
+
+def test_an_image_calibration_stays_a_pixel_size(realdata: Path) -> None:
+    assert "reciprocal_pixel_size" not in event_of(realdata, EMI).state
+    assert "reciprocal_pixel_size" not in event_of(realdata, DM3).state
+
+
+# ------------------------------------------------------------------ vendor sentinels
+CUSTOM_INFO = "Custom_info.txt"
+
+
+def test_direct_electron_minus_one_is_not_known(realdata: Path) -> None:
+    """Custom_info.txt: Instrument Project Camera Length / Magnification = -1, Specimen Pixel
+    Size X = -1, Project Name = Unknown: sentinels, never ``ok``; the 300 kV beside them is
+    suspect (most Instrument values are sentinels) and says why."""
+    ev = event_of(realdata, CUSTOM_INFO)
+    for name in ("camera_length", "magnification", "pixel_size"):
+        f = field(ev, name)
+        assert f.quality is Quality.PLACEHOLDER, (name, f.quality)
+        assert "-1" in (f.note or "")
+    ht = field(ev, "high_tension")
+    assert ht.value == 300_000.0 and ht.quality is Quality.DISCONNECTED_DEFAULT
+    assert "sentinels" in (ht.note or "")
+    # Camera settings are not microscope values: still ok.
+    assert field(ev, "frame_count").quality is Quality.OK
+
+
+def test_unknown_text_is_a_placeholder() -> None:
+    from ingest._vendors._rules import Rule, apply_rule
+
+    found = apply_rule({"Camera Name": "Unknown"}, Rule("detector", "Camera Name", None), None)
+    assert found is not None and found.quality is Quality.PLACEHOLDER
+    named = apply_rule({"Camera Name": "DE-64"}, Rule("detector", "Camera Name", None), None)
+    assert named is not None and named.quality is Quality.OK

@@ -1,0 +1,111 @@
+"""Protochips in-situ holder logs (``.csv``): the header and the first reading of holder
+temperature and pressure, read with rosettasciio's ``protochips`` reader."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ingest._acquisition import STATE_FIELDS, NormalizedField, Quality, TimeSource
+from ingest._errors import VendorFormatError
+from ingest._vendors._calling import call_reader, read_text
+from ingest._vendors._json import json_safe
+from ingest._vendors._metadata import VendorMetadata, first, metadata_of, set_start
+from ingest._vendors._quantities import convert, pint_unit
+from ingest._vendors._rules import constant
+
+#: Log channels (the reader's signal titles, without the unit) -> state fields.
+_CHANNELS = {"Holder Temperature": "holder_temperature", "Holder Pressure": "holder_pressure"}
+
+
+def _check_complete_csv(path: Path) -> None:
+    """A log cut off while it was written (or copied) ends in a partial row: refuse it rather
+    than register a dataset without its end."""
+    text = read_text(path)
+    if not text.endswith("\n"):
+        raise VendorFormatError(
+            "the last line is not complete (no line end): the file is truncated"
+        )
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < 2:
+        raise VendorFormatError("fewer than two lines")
+    width = lines[0].count(",")
+    if lines[-1].count(",") != width:
+        raise VendorFormatError(
+            f"the last line has {lines[-1].count(',') + 1} fields, the header {width + 1}: "
+            "the file is truncated"
+        )
+
+
+def _first_readings(results: list[dict[str, Any]]) -> dict[str, NormalizedField]:
+    """The first reading of each holder channel, in its field's canonical unit."""
+    out: dict[str, NormalizedField] = {}
+    for result in results:
+        title = str((result.get("metadata") or {}).get("General", {}).get("title", ""))
+        match = re.match(r"^(.*?) \((.*)\)$", title)
+        if not match or result["first_value"] is None or match[1] not in _CHANNELS:
+            continue
+        channel, unit = match.group(1), match.group(2)
+        name = _CHANNELS[channel]
+        raw = float(result["first_value"])
+        canonical = STATE_FIELDS[name][0]
+        assert canonical is not None
+        out[name] = NormalizedField(
+            value=convert(raw, unit, canonical),
+            unit=canonical,
+            source=f"data:{channel}[0]",
+            source_value=raw,
+            source_unit=pint_unit(unit),
+            quality=Quality.OK,
+            note="first reading of the log; the unit from its header",
+        )
+    return out
+
+
+def _set_times(meta: VendorMetadata, header: Mapping[str, Any]) -> None:
+    start = header.get("Start time")
+    if start is None:
+        return
+    when = datetime.fromisoformat(str(np.datetime_as_string(start, unit="us")))
+    meta.time_source = TimeSource.FILE_METADATA_NO_ZONE
+    set_start(
+        meta,
+        when.replace(tzinfo=UTC),
+        "Protochips_header.Start time",
+        start,
+        "local time without a zone in the log; read as UTC",
+    )
+    times = (header.get("Time axis") or {}).get("value")
+    units = str((header.get("Time axis") or {}).get("units", "Milliseconds"))
+    if times is not None and len(times) and meta.start_time is not None:
+        last_s = convert(float(times[-1]), units, "s")
+        meta.end_time = meta.start_time + timedelta(seconds=last_s)
+
+
+def read_protochips(path: Path) -> VendorMetadata:
+    from rsciio.protochips import file_reader
+
+    _check_complete_csv(path)
+    results = call_reader(file_reader, path)
+    result = first(results)
+    header = result["original_metadata"].get("Protochips_header") or {}
+    tree = json_safe(result["original_metadata"])
+    meta = metadata_of("protochips_log", "rsciio.protochips", tree, result)
+    meta.state.update(_first_readings(results))
+    user = header.get("User")
+    if isinstance(user, str) and user:
+        meta.state["operator"] = NormalizedField(
+            value=user,
+            unit=None,
+            source="Protochips_header.User",
+            source_value=user,
+            quality=Quality.OK,
+        )
+    meta.instrument["vendor"] = constant("Protochips", "Protochips_header")
+    _set_times(meta, header)
+    return meta
