@@ -16,7 +16,6 @@ and the conversion itself is ``canonical = value * scale + offset`` on a numpy a
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import re
 import threading
@@ -141,7 +140,9 @@ def parse_unit(unit: str) -> str:
     if tokens[:2] == [("number", "1"), ("op", "/")]:
         out.append("1/")
         pos = 2
-    for factors in itertools.count(1):
+    factors = 0
+    while True:
+        factors += 1
         if factors > MAX_UNIT_FACTORS:
             raise UnitSyntaxError(f"unit has more than {MAX_UNIT_FACTORS} factors")
         pos = _factor(tokens, pos, out)
@@ -155,7 +156,6 @@ def parse_unit(unit: str) -> str:
             )
         out.append(value)
         pos += 1
-    raise AssertionError("unreachable")
 
 
 def _factor(tokens: list[tuple[str, str]], pos: int, out: list[str]) -> int:
