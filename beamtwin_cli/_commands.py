@@ -179,9 +179,7 @@ def instruments_list(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- REST API
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from api import ApiSettings, create_app
+    from api import ApiSettings, api_server, create_app
 
     settings = ApiSettings()
     if settings.database_url is None:
@@ -193,7 +191,7 @@ def serve(args: argparse.Namespace) -> int:
     host = args.host or settings.api_host
     port = args.port or settings.api_port
     print(f"serving the REST API on http://{host}:{port}/api/v1 (docs: /docs); Ctrl-C to stop")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    api_server(create_app(settings), host=host, port=port).run()
     return 0
 
 
