@@ -819,15 +819,19 @@ def audit_checkpoint(
     tags=["audit"],
 )
 def audit_entries(
-    _: Auditor,
+    principal: Auditor,
     conn: ConnDep,
     start_seq: Annotated[int, Query(ge=0, le=_MAX_SEQ, description="first entry")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="most entries to return")] = 100,
 ) -> list[schemas.AuditEntry]:
-    """Entries of the audit log from ``start_seq`` on, by sequence number."""
+    """Entries of the audit log from ``start_seq`` on, by sequence number. An auditor sees the
+    entries about the instruments granted to them (grants, calibrations, datasets,
+    snapshots; the other sequence numbers are gaps); admins see every entry."""
     return [
         schemas.AuditEntry(**e.to_json())
-        for e in store.audit_entries(conn=conn, start_seq=start_seq, limit=limit)
+        for e in store.audit_entries(
+            conn=conn, start_seq=start_seq, limit=limit, instruments=principal.instruments
+        )
     ]
 
 

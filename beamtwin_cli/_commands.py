@@ -436,7 +436,8 @@ def audit_verify(args: argparse.Namespace) -> int:
             entries = store.all_audit_entries(conn=conn)
             checkpoints = store.list_checkpoints(conn=conn)
             record_findings = store.verify_records(conn=conn)
-        source = "the database, with its dataset and snapshot records"
+            record_findings += store.verify_access_records(conn=conn)
+        source = "the database, with its dataset, snapshot, user, grant and token records"
     findings = store.verify_audit_log(entries, checkpoints, public_key=key, published=published)
     findings += record_findings
     for finding in findings:
@@ -447,6 +448,7 @@ def audit_verify(args: argparse.Namespace) -> int:
             "with the key stored beside each checkpoint, which proves nothing about who signed",
             file=sys.stderr,
         )
+    print(f"note: not covered: {store.AUDIT_NOT_COVERED}", file=sys.stderr)
     if not checkpoints and not published:
         print(
             "note: no checkpoint: only the entries' own hashes and sequence were checked",

@@ -41,8 +41,10 @@ from provenance_store._api_access import (
     revoke_api_token,
     revoke_instrument,
     set_api_user_disabled,
+    verify_access_records,
 )
 from provenance_store._audit import (
+    AUDIT_NOT_COVERED,
     AuditEntry,
     AuditRangeError,
     AuditSigner,
@@ -177,6 +179,7 @@ from provenance_store._twin import (
 
 __all__ = [
     "API_ROLES",
+    "AUDIT_NOT_COVERED",
     "DATASET_SOURCES",
     "FLAG_KINDS",
     "INSTRUMENT_ID_PATTERN",
@@ -299,6 +302,7 @@ __all__ = [
     "store_calibration",
     "store_snapshot",
     "upgrade_schema",
+    "verify_access_records",
     "verify_audit_log",
     "verify_consistency",
     "verify_inclusion",
