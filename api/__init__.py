@@ -23,12 +23,14 @@ from api._reports import (
     report_filename,
 )
 from api._settings import ApiSettings
+from api._streams import ApiServer, api_server
 
 __all__ = [
     "API_VERSION",
     "ROLE_CAPABILITIES",
     "ApiConfigError",
     "ApiError",
+    "ApiServer",
     "ApiSettings",
     "Forbidden",
     "InvalidRequest",
@@ -37,6 +39,7 @@ __all__ = [
     "ReportError",
     "ReportTooLarge",
     "TooLarge",
+    "api_server",
     "build_report",
     "create_app",
     "render_html",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,16 +10,19 @@ from contextlib import asynccontextmanager
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 import provenance_store as store
 from api import _schemas as schemas
 from api._datasets import router as datasets_router
-from api._deps import get_principal
-from api._errors import ApiError, install_error_handlers
+from api._deps import connection_slots, get_brief_principal
+from api._errors import ApiError, NotReady, install_error_handlers
 from api._metrics import ApiMetrics
 from api._report_routes import router as report_router
 from api._routes import router
+from api._security import SecurityHeaders, install_log_scrubbing
 from api._settings import ApiSettings
+from api._streams import StreamRegistry
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +80,19 @@ def create_app(settings: ApiSettings | None = None, *, engine: sa.Engine | None 
                 "the API needs a database: set BEAMTWIN_DATABASE_URL "
                 "(e.g. postgresql+psycopg://user@host:5432/beamtwin)"
             )
-        # Room for every admitted request (api._deps.connection_slots), and a few more for
-        # probes, metrics and the state streams' reads.
+        # Room for every admitted request and stream read (api._deps.connection_slots), and
+        # a few more for the metrics collector.
         engine = store.create_store_engine(
             settings.database_url.get_secret_value(),
-            pool_size=settings.api_db_read_connections + settings.api_db_write_connections,
+            pool_size=settings.api_db_read_connections
+            + settings.api_db_write_connections
+            + settings.api_db_stream_connections,
             max_overflow=5,
         )
+    install_log_scrubbing()
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Refuse to serve an old schema (the message names the upgrade command); a database
         # that is down at start is not fatal: /readyz says so until it answers.
         try:
@@ -93,7 +100,10 @@ def create_app(settings: ApiSettings | None = None, *, engine: sa.Engine | None 
                 store.check_schema(conn)
         except sa.exc.OperationalError as exc:
             log.warning("the database does not answer at start: %s", exc)
+        # Again: the server configured its logging after the app was made.
+        install_log_scrubbing()
         yield
+        app.state.streams.close_all()
         if owned:
             engine.dispose()
 
@@ -106,9 +116,12 @@ def create_app(settings: ApiSettings | None = None, *, engine: sa.Engine | None 
     app.state.settings = settings
     app.state.engine = engine
     app.state.audit_signer = signer
+    app.state.streams = StreamRegistry(settings.api_max_streams)
     metrics = ApiMetrics(engine)
     metrics.install(app)
     install_error_handlers(app)
+    private = ("/api/",) if settings.api_metrics_public else ("/api/", "/metrics")
+    app.add_middleware(SecurityHeaders, private_prefixes=private)
     app.include_router(router)
     app.include_router(datasets_router)
     app.include_router(report_router)
@@ -124,14 +137,39 @@ def create_app(settings: ApiSettings | None = None, *, engine: sa.Engine | None 
         responses={503: {"model": schemas.ErrorBody, "description": "not ready"}},
         tags=["operations"],
     )
-    def readyz(request: Request) -> schemas.Ready:
-        """Readiness: the database answers and its schema is at this code's revision."""
+    async def readyz(request: Request) -> schemas.Ready:
+        """Readiness: a request would get a database connection now (within
+        ``api_ready_timeout_s``: not when every read slot is taken or the pool is starved), the
+        database answers and its schema is at this code's revision."""
         eng: sa.Engine = request.app.state.engine
-        with eng.connect() as conn:
-            store.check_schema(conn)
+        slots = connection_slots(request, "read")
+
+        def check() -> None:
+            with eng.connect() as conn:
+                store.check_schema(conn)
+
+        async def probe() -> None:
+            # Through the requests' own admission: ready means a request would be served.
+            async with slots:
+                await run_in_threadpool(check)
+
+        task = asyncio.ensure_future(probe())
+        # A probe that outlives the answer still finishes (and gives its slot back) alone.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        timeout = settings.api_ready_timeout_s
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            raise NotReady(
+                f"no database connection within {timeout:g} s: every read slot is busy "
+                f"({settings.api_db_read_connections} of {settings.api_db_read_connections}) "
+                "or the database is slow"
+            ) from None
         return schemas.Ready(schema_revision=store.head_revision())
 
-    metrics_deps = [] if settings.api_metrics_public else [Depends(get_principal)]
+    # A token asked for /metrics is looked up on a connection given back before the
+    # collector takes its own.
+    metrics_deps = [] if settings.api_metrics_public else [Depends(get_brief_principal)]
 
     @app.get(
         "/metrics",
@@ -145,8 +183,11 @@ def create_app(settings: ApiSettings | None = None, *, engine: sa.Engine | None 
         },
         tags=["operations"],
     )
-    def prometheus_metrics() -> Response:
+    async def prometheus_metrics(request: Request) -> Response:
         """Prometheus metrics: request latency and counts by route, store figures."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # The store figures take a connection: admitted like a request's.
+        async with connection_slots(request, "read"):
+            text = await run_in_threadpool(generate_latest, metrics.registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     return app

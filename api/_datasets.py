@@ -15,19 +15,28 @@ from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Body, Depends, Path, Query, Response
-from pydantic import AwareDatetime
 
 import provenance_store as store
 from api import _schemas as schemas
-from api._deps import ConnDep, Principal, Reader, SettingsDep, WriteConnDep, require
+from api._deps import (
+    ConnDep,
+    Principal,
+    Reader,
+    SettingsDep,
+    WriteConnDep,
+    get_write_principal,
+    require,
+)
 from api._errors import InvalidRequest, SnapshotNotFound, TooLarge
 from api._routes import _ERRORS, Names, _names, flag_of
+from api._time import Time
 
 router = APIRouter(prefix="/api/v1", tags=["datasets"])
 
 _DATASET_ID = re.compile(r"^ds-[0-9a-f]{32}$")
 Verdict = Literal["consistent", "disagrees", "stale", "placeholder", "missing", "unverifiable"]
-Operator = Annotated[Principal, Depends(require("operate"))]
+# The write connection authenticates too: one connection per request.
+Operator = Annotated[Principal, Depends(require("operate", on=get_write_principal))]
 DatasetId = Annotated[
     str,
     Path(
@@ -102,10 +111,10 @@ def datasets(
     conn: ConnDep,
     instrument: Names = None,
     start: Annotated[
-        AwareDatetime | None,
+        Time | None,
         Query(description="acquisitions overlapping [start, end): ISO 8601 with a time zone"),
     ] = None,
-    end: Annotated[AwareDatetime | None, Query(description="ISO 8601, excluded")] = None,
+    end: Annotated[Time | None, Query(description="ISO 8601, excluded")] = None,
     operator: Annotated[str | None, Query(max_length=256, description="who acquired")] = None,
     proposal: Annotated[str | None, Query(max_length=256, description="proposal id")] = None,
     verdict: Annotated[

@@ -63,6 +63,28 @@ class TooLarge(ApiError):
     code = "too_large"
 
 
+class NotReady(ApiError):
+    """The server cannot serve now: no database connection came within the readiness timeout."""
+
+    status = 503
+    code = "not_ready"
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
+
+
+class TooManyStreams(ApiError):
+    """The server holds as many state streams as it may (``api_max_streams``), or is shutting
+    down."""
+
+    status = 503
+    code = "too_many_streams"
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "30"}
+
+
+#: The code of each status that Starlette or FastAPI raise themselves (an unknown route, a
+#: method the route does not have, a body that does not parse): only documented codes.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
 class SnapshotNotFound(ApiError):
     """The dataset has no verified snapshot (yet), or not the version asked for."""
 
@@ -159,5 +181,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _response(exc.status_code, code, str(exc.detail), exc.headers)
+        if exc.status_code in _HTTP_CODES:
+            return _response(
+                exc.status_code, _HTTP_CODES[exc.status_code], str(exc.detail), exc.headers
+            )
+        if exc.status_code >= 500:
+            log.error("HTTP error %d: %s", exc.status_code, exc.detail)
+            return _response(500, "internal_error", "internal server error")
+        # FastAPI answers 400 for a body it cannot parse (not JSON, or nested too deep for the
+        # parser): a request the client must change, like every other invalid parameter.
+        return _response(422, "invalid_request", f"the request is invalid: {exc.detail}")

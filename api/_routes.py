@@ -7,7 +7,7 @@ import asyncio
 import base64
 import logging
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -16,25 +16,31 @@ import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 import provenance_store as store
 from api import _schemas as schemas
 from api._deps import (
     Admin,
     Auditor,
+    BearerDep,
     ConnDep,
     InstrumentDep,
     PrincipalDep,
     Reader,
     SettingsDep,
     SignerDep,
+    StreamInstrumentDep,
+    WriteAuditor,
     WriteConnDep,
+    authenticate,
     connection_slots,
     get_engine,
 )
-from api._errors import InvalidRequest, TooLarge
+from api._errors import ApiError, InvalidRequest, TooLarge
+from api._streams import stream_registry
+from api._time import Time
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1")
@@ -57,11 +63,11 @@ _MAX_WIDTH_S = 10 * 366 * 86400.0
 _NAMED_BUCKETS = {"1m": timedelta(minutes=1), "1h": timedelta(hours=1)}
 
 Start = Annotated[
-    AwareDatetime,
+    Time,
     Query(description="range start, ISO 8601 with a time zone", examples=["2026-03-02T08:00Z"]),
 ]
 End = Annotated[
-    AwareDatetime,
+    Time,
     Query(
         description="range end (excluded), ISO 8601 with a time zone",
         examples=["2026-03-02T09:00Z"],
@@ -202,7 +208,7 @@ def state(
     instrument_id: InstrumentDep,
     conn: ConnDep,
     at: Annotated[
-        AwareDatetime | None,
+        Time | None,
         Query(description="the time, ISO 8601 with a time zone (default: now)"),
     ] = None,
     channel: Names = None,
@@ -263,9 +269,26 @@ def state_as_of(
 
 
 class EventStream(StreamingResponse):
-    """A ``text/event-stream`` (server-sent events) response."""
+    """A ``text/event-stream`` (server-sent events) response; ``on_close`` runs when the
+    response ends, however it ends (even when the body never started)."""
 
     media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        status_code: int = 200,
+        on_close: Callable[[], None] | None = None,
+    ):
+        super().__init__(content, status_code=status_code)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self._on_close is not None:
+                self._on_close()
 
 
 #: Shortest and longest pause between two state events [s].
@@ -279,12 +302,13 @@ _SSE_EXAMPLE = (
 _SSE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "event": {"type": "string", "enum": ["state", "error"]},
+        "event": {"type": "string", "enum": ["state", "error", "end"]},
         "id": {"type": "string", "description": "1, 2, ... in the stream"},
         "data": {
             "type": "string",
             "description": "state: the body of GET .../state (JSON, one line); error: "
-            '{"error": CODE, "detail": MESSAGE}',
+            '{"error": CODE, "detail": MESSAGE}; end: {"reason": "max_lifetime" or '
+            '"shutdown", "detail": MESSAGE}',
             "contentMediaType": "application/json",
         },
     },
@@ -302,7 +326,10 @@ _STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
         "description": error["description"],
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
     }
-    for status, error in _ERRORS.items()
+    for status, error in {
+        **_ERRORS,
+        503: {"description": "too many open streams, or the server is shutting down"},
+    }.items()
 }
 
 
@@ -314,7 +341,8 @@ _STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
         200: {
             "description": "server-sent events: `state` every `interval` seconds (the body of "
             "the state route as of the event's time), `error` before the server ends the "
-            "stream on a failure",
+            "stream on a failure or a revoked token or grant, `end` at the stream's maximum "
+            "lifetime or the server's shutdown",
             "content": {"text/event-stream": {"schema": _SSE_SCHEMA, "example": _SSE_EXAMPLE}},
         },
     },
@@ -322,8 +350,10 @@ _STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
 )
 async def state_stream(
     request: Request,
-    instrument_id: InstrumentDep,
+    instrument_id: StreamInstrumentDep,
     engine: EngineDep,
+    settings: SettingsDep,
+    credentials: BearerDep,
     interval: Annotated[
         float,
         Query(
@@ -341,46 +371,119 @@ async def state_stream(
 ) -> EventStream:
     """The instrument's state as server-sent events: one `state` event at once and then every
     ``interval`` seconds, each the body of ``GET .../state`` as of its time. The stream ends
-    when the client disconnects, or after ``max_events`` events."""
-    channels, quantities = _names(channel), _names(quantity)
+    when the client disconnects, after ``max_events`` events, when the token or the grant is
+    revoked (an `error` event), or at the server's maximum lifetime or shutdown (an `end`
+    event).
 
-    def read() -> bytes:
+    A stream holds no database connection between events: its token was looked up on a
+    connection given back at once, and each read (and each re-check of the token and grant,
+    every ``api_stream_recheck_s``) takes one of the streams' own slots for a moment."""
+    channels, quantities = _names(channel), _names(quantity)
+    token = None if credentials is None else credentials.credentials
+    streams = stream_registry(request.app)
+
+    def read(recheck: bool) -> bytes | dict[str, str]:
+        # One connection for the re-check and the state; a refusal ends the stream.
         with engine.connect() as conn:
+            if recheck:
+                refusal = _refusal(conn, token, instrument_id)
+                if refusal is not None:
+                    return refusal
             body = state_as_of(conn, instrument_id, datetime.now(UTC), channels, quantities)
+            conn.commit()  # keeps the token's last use noted by the re-check
         return body.model_dump_json().encode()
 
-    async def admitted_read() -> bytes:
-        async with connection_slots(request, "read"):
-            return await run_in_threadpool(read)
+    async def admitted_read(recheck: bool) -> bytes | dict[str, str]:
+        async with connection_slots(request, "stream"):
+            return await run_in_threadpool(read, recheck)
 
-    # The first state is read before the response starts, so an unknown channel or a database
-    # that does not answer is an ordinary error response, not a broken stream.
-    first = await admitted_read()
+    ticket = streams.admit()
+    try:
+        # The first state is read before the response starts, so an unknown channel or a
+        # database that does not answer is an ordinary error response, not a broken stream.
+        first = await admitted_read(False)
+    except BaseException:
+        ticket.release()
+        raise
+    assert isinstance(first, bytes)
+    loop = asyncio.get_running_loop()
+    opened = loop.time()
+    deadline = opened + settings.api_stream_max_lifetime_s
+    recheck_every = settings.api_stream_recheck_s
 
     async def events() -> AsyncIterator[bytes]:
-        data, sent = first, 0
+        data, sent, checked = first, 0, opened
         try:
             while True:
                 sent += 1
                 yield _sse("state", sent, data)
                 if max_events is not None and sent >= max_events:
                     return
-                # A client that leaves cancels this (the server notices the closed
-                # connection); the check covers servers that only tell when asked.
-                await asyncio.sleep(interval)
-                if await request.is_disconnected():
-                    return
-                try:
-                    data = await admitted_read()
-                except (sa.exc.SQLAlchemyError, store.StoreError) as exc:
-                    log.warning("state stream of %s fails: %s", instrument_id, exc)
-                    error = {"error": "stream_failed", "detail": "the state could not be read"}
-                    yield _sse("error", sent + 1, orjson.dumps(error))
-                    return
+                due = loop.time() + interval
+                while True:
+                    # Wake for the next event, the next re-check, the end of the stream's
+                    # life or the server's shutdown, whichever comes first.
+                    wake = min(due, checked + recheck_every, deadline)
+                    if await streams.wait_closing(wake - loop.time()):
+                        yield _sse("end", sent + 1, _END_SHUTDOWN)
+                        return
+                    # A client that leaves cancels this (the server notices the closed
+                    # connection); the check covers servers that only tell when asked.
+                    if await request.is_disconnected():
+                        return
+                    now = loop.time()
+                    if now >= deadline:
+                        yield _sse("end", sent + 1, _END_LIFETIME)
+                        return
+                    recheck = now >= checked + recheck_every
+                    if recheck or now >= due:
+                        try:
+                            answer = await admitted_read(recheck)
+                        except (sa.exc.SQLAlchemyError, store.StoreError) as exc:
+                            log.warning("state stream of %s fails: %s", instrument_id, exc)
+                            error = {
+                                "error": "stream_failed",
+                                "detail": "the state could not be read",
+                            }
+                            yield _sse("error", sent + 1, orjson.dumps(error))
+                            return
+                        if isinstance(answer, dict):
+                            log.info("state stream of %s refused: %s", instrument_id, answer)
+                            yield _sse("error", sent + 1, orjson.dumps(answer))
+                            return
+                        if recheck:
+                            checked = now
+                        if now >= due:
+                            data = answer
+                            break
         finally:
+            ticket.release()
             log.info("state stream of %s ended after %d event(s)", instrument_id, sent)
 
-    return EventStream(events(), headers={"Cache-Control": "no-cache"})
+    return EventStream(events(), on_close=ticket.release)
+
+
+_END_SHUTDOWN = orjson.dumps(
+    {"reason": "shutdown", "detail": "the server is shutting down; reconnect"}
+)
+_END_LIFETIME = orjson.dumps(
+    {"reason": "max_lifetime", "detail": "the stream reached its maximum lifetime; reconnect"}
+)
+
+
+def _refusal(conn: sa.Connection, token: str | None, instrument_id: str) -> dict[str, str] | None:
+    """Why a stream's caller may no longer read ``instrument_id`` (the error body), or None."""
+    try:
+        principal = authenticate(conn, token)
+    except ApiError as exc:
+        return {"error": exc.code, "detail": exc.detail}
+    if not principal.can("read") or not principal.sees(instrument_id):
+        # As on every route: an instrument no longer granted is one that does not exist.
+        return {
+            "error": "instrument_not_found",
+            "detail": f"instrument {instrument_id!r} not found",
+        }
+    return None
 
 
 # ---------------------------------------------------------------------------- telemetry
@@ -565,8 +668,8 @@ def flags(
     instrument_id: InstrumentDep,
     conn: ConnDep,
     settings: SettingsDep,
-    start: Annotated[AwareDatetime | None, Query(description="ISO 8601 with a time zone")] = None,
-    end: Annotated[AwareDatetime | None, Query(description="ISO 8601, excluded")] = None,
+    start: Annotated[Time | None, Query(description="ISO 8601 with a time zone")] = None,
+    end: Annotated[Time | None, Query(description="ISO 8601, excluded")] = None,
     kind: Annotated[
         list[str] | None, Query(description=f"one of {', '.join(store.FLAG_KINDS)}")
     ] = None,
@@ -675,7 +778,9 @@ def _b64(data: bytes) -> str:
     responses=_ERRORS,
     tags=["audit"],
 )
-def audit_checkpoint(_: Auditor, conn: WriteConnDep, signer: SignerDep) -> schemas.AuditCheckpoint:
+def audit_checkpoint(
+    _: WriteAuditor, conn: WriteConnDep, signer: SignerDep
+) -> schemas.AuditCheckpoint:
     """The newest signed checkpoint of the audit log; a new one is signed first when the log
     grew since the newest."""
     return schemas.AuditCheckpoint(**store.latest_checkpoint(conn=conn, signer=signer).to_json())
@@ -688,15 +793,19 @@ def audit_checkpoint(_: Auditor, conn: WriteConnDep, signer: SignerDep) -> schem
     tags=["audit"],
 )
 def audit_entries(
-    _: Auditor,
+    principal: Auditor,
     conn: ConnDep,
     start_seq: Annotated[int, Query(ge=0, le=_MAX_SEQ, description="first entry")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="most entries to return")] = 100,
 ) -> list[schemas.AuditEntry]:
-    """Entries of the audit log from ``start_seq`` on, by sequence number."""
+    """Entries of the audit log from ``start_seq`` on, by sequence number. An auditor sees the
+    entries about the instruments granted to them (grants, calibrations, datasets,
+    snapshots; the other sequence numbers are gaps); admins see every entry."""
     return [
         schemas.AuditEntry(**e.to_json())
-        for e in store.audit_entries(conn=conn, start_seq=start_seq, limit=limit)
+        for e in store.audit_entries(
+            conn=conn, start_seq=start_seq, limit=limit, instruments=principal.instruments
+        )
     ]
 
 

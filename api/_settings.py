@@ -36,6 +36,21 @@ class ApiSettings(BaseSettings):
     api_db_read_connections: int = Field(default=20, ge=1, le=1000)
     #: Database connections one server process writes with at the same time [connections].
     api_db_write_connections: int = Field(default=4, ge=1, le=1000)
+    #: Database connections the state streams share for their reads and re-checks; streams
+    #: never take the slots of short requests [connections].
+    api_db_stream_connections: int = Field(default=4, ge=1, le=1000)
+    #: State streams one server process keeps open at once; beyond, a new one is refused
+    #: (503 ``too_many_streams``).
+    api_max_streams: int = Field(default=200, ge=1, le=100_000)
+    #: How often an open stream checks again that its token is valid and its instrument
+    #: still granted [s].
+    api_stream_recheck_s: float = Field(default=5.0, gt=0, le=3600)
+    #: Longest life of one state stream; the client reconnects for more [s].
+    api_stream_max_lifetime_s: float = Field(default=3600.0, gt=0)
+    #: Longest wait of ``/readyz`` for a database connection before it answers not ready [s].
+    api_ready_timeout_s: float = Field(default=1.0, gt=0, le=60)
+    #: Longest wait at shutdown for responses to finish, after the streams were ended [s].
+    api_shutdown_grace_s: float = Field(default=10.0, gt=0)
     #: Serve ``/metrics`` without a token (it holds no instrument ids or data).
     api_metrics_public: bool = True
     #: Ed25519 key that signs audit checkpoints: a base64 raw 32-byte seed (``beamtwin audit

@@ -16,7 +16,9 @@ Run from the repository root: ``python bench/api.py [--quick]``. It uses
 ``BEAMTWIN_TEST_DATABASE_URL``, else PostgreSQL on 127.0.0.1:5432, else an embedded one; it
 creates and drops a throwaway database. The last lines are the figures::
 
-    api_asof_p99_ms, direct_asof_p99_ms, api_asof_p99_ratio, api_asof_rps, api_range_p99_ratio
+    api_asof_p99_ms, direct_asof_p99_ms, api_asof_p99_ratio, api_asof_rps, api_range_p99_ratio,
+    and with ``--streams N`` (default 60): the state-as-of p99 and rate of a second run beside
+    N open state streams (one event a second each), and its p99 over the run without streams.
 """
 
 from __future__ import annotations
@@ -154,15 +156,42 @@ def summary(name: str, latencies: list[float], elapsed: float) -> tuple[float, f
 
 
 # ---------------------------------------------------------------------------- API over HTTP
+async def _stream(client: httpx2.AsyncClient, path: str, opened: asyncio.Event) -> int:
+    """Read a state stream until cancelled; the number of events read."""
+    events = 0
+    async with client.stream("GET", path) as response:
+        if response.status_code != 200:
+            raise SystemExit(f"{path}: {response.status_code}")
+        async for line in response.aiter_lines():
+            if line.startswith("event: state"):
+                events += 1
+                opened.set()
+    return events
+
+
 async def _http_load(
-    base: str, token: str, make_url: Callable[[random.Random], str], seconds: float
+    base: str,
+    token: str,
+    make_url: Callable[[random.Random], str],
+    seconds: float,
+    streams: int = 0,
+    stream_path: str = "",
 ) -> tuple[list[float], float]:
+    """``CLIENTS`` clients asking ``make_url`` for ``seconds``, beside ``streams`` open state
+    streams (``stream_path``) on connections of their own."""
     limits = httpx2.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     headers = {"Authorization": f"Bearer {token}"}
     latencies: list[float] = []
-    async with httpx2.AsyncClient(
-        base_url=base, headers=headers, limits=limits, timeout=60
-    ) as client:
+    stream_limits = httpx2.Limits(max_connections=streams or 1, max_keepalive_connections=0)
+    async with (
+        httpx2.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client,
+        httpx2.AsyncClient(
+            base_url=base, headers=headers, limits=stream_limits, timeout=60
+        ) as stream_client,
+    ):
+        opened = [asyncio.Event() for _ in range(streams)]
+        readers = [asyncio.create_task(_stream(stream_client, stream_path, ev)) for ev in opened]
+        await asyncio.gather(*(ev.wait() for ev in opened))
         # Open the connections first, so the measurement sees keep-alive requests only.
         await asyncio.gather(*(client.get("/healthz") for _ in range(CLIENTS)))
         deadline = time.perf_counter() + seconds
@@ -180,6 +209,9 @@ async def _http_load(
         started = time.perf_counter()
         await asyncio.gather(*(one_client(k) for k in range(CLIENTS)))
         elapsed = time.perf_counter() - started
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
     return latencies, elapsed
 
 
@@ -218,6 +250,12 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=None, help="hours of telemetry")
     parser.add_argument("--seconds", type=float, default=None, help="length of each load phase")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=60,
+        help="state streams (one event a second) open beside a second state-as-of run; 0: none",
+    )
     args = parser.parse_args()
     hours = args.hours or (0.25 if args.quick else 4.0)
     seconds = args.seconds or (6.0 if args.quick else 20.0)
@@ -301,6 +339,20 @@ def main() -> None:
         api_asof_p99, api_asof_rps = summary("api state-as-of", lat, elapsed)
         lat, elapsed = _thread_load(engine, asof_direct, seconds)
         direct_asof_p99, _ = summary("direct state-as-of", lat, elapsed)
+        if args.streams:
+            lat, elapsed = asyncio.run(
+                _http_load(
+                    api,
+                    token,
+                    asof_url,
+                    seconds,
+                    streams=args.streams,
+                    stream_path=f"{state_path}/stream?interval=1",
+                )
+            )
+            streams_p99, streams_rps = summary(
+                f"api state-as-of beside {args.streams} streams", lat, elapsed
+            )
         lat, elapsed = asyncio.run(_http_load(api, token, range_url, seconds))
         api_range_p99, _ = summary("api telemetry range", lat, elapsed)
         lat, elapsed = _thread_load(engine, range_direct, seconds)
@@ -312,6 +364,10 @@ def main() -> None:
         print(f"api_asof_p99_ratio: {api_asof_p99 / direct_asof_p99:.2f}")
         print(f"api_asof_rps: {api_asof_rps:.0f}")
         print(f"api_range_p99_ratio: {api_range_p99 / direct_range_p99:.2f}")
+        if args.streams:
+            print(f"api_asof_p99_ms_with_{args.streams}_streams: {streams_p99:.1f}")
+            print(f"api_asof_rps_with_{args.streams}_streams: {streams_rps:.0f}")
+            print(f"api_asof_p99_ratio_streams_vs_none: {streams_p99 / api_asof_p99:.2f}")
     finally:
         if server is not None:
             server.terminate()

@@ -47,8 +47,10 @@ from provenance_store._api_access import (
     revoke_api_token,
     revoke_instrument,
     set_api_user_disabled,
+    verify_access_records,
 )
 from provenance_store._audit import (
+    AUDIT_NOT_COVERED,
     AuditEntry,
     AuditRangeError,
     AuditSigner,
@@ -200,6 +202,7 @@ from provenance_store._twin import (
 
 __all__ = [
     "API_ROLES",
+    "AUDIT_NOT_COVERED",
     "DATASET_SOURCES",
     "FLAG_KINDS",
     "INSTRUMENT_ID_PATTERN",
@@ -339,6 +342,7 @@ __all__ = [
     "store_snapshot",
     "upgrade_schema",
     "validate_snapshot_body",
+    "verify_access_records",
     "verify_audit_log",
     "verify_consistency",
     "verify_inclusion",

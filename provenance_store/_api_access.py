@@ -9,6 +9,7 @@ one index probe.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from dataclasses import replace
 from datetime import datetime
@@ -16,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from provenance_store._audit import append_audit
+from provenance_store._audit import append_audit, canonical_json
 from provenance_store._errors import (
     ApiTokenNotFound,
     ApiUserConflict,
@@ -370,3 +371,109 @@ def authenticate_api_token(*, conn: sa.Connection, token: str) -> tuple[ApiUserR
     if row.stale:
         conn.execute(_TOUCH, {"id": row.token_id})
     return _user(row), int(row.token_id)
+
+
+# ---------------------------------------------------------------------------- verification
+_ACCESS_ENTRIES = sa.text(
+    "SELECT seq, action, subject, before, after FROM audit_log "
+    "WHERE action LIKE 'user.%' OR action LIKE 'grant.%' OR action LIKE 'token.%' ORDER BY seq"
+)
+_LOG_START = sa.text("SELECT min(time) FROM audit_log")
+_ALL_GRANTS = sa.text(
+    "SELECT u.name AS user_name, g.instrument_id FROM api_grant g "
+    "JOIN api_user u ON u.id = g.user_id"
+)
+_ALL_TOKENS = sa.text(
+    f"SELECT {_TOKEN_COLUMNS} FROM api_token t JOIN api_user u ON u.id = t.user_id"
+)
+
+
+def _differences(recorded: Any, state: dict[str, Any]) -> list[str]:
+    now = json.loads(canonical_json(state))
+    recorded = recorded if isinstance(recorded, dict) else {}
+    return [
+        f"{key} was {json.dumps(recorded.get(key))}, is {json.dumps(now[key])}"
+        for key in sorted(now)
+        if recorded.get(key) != now[key]
+    ]
+
+
+def verify_access_records(*, conn: sa.Connection) -> list[str]:
+    """What is wrong with the user, grant and token rows, in words; empty when they verify.
+
+    Replays the audit log's ``user.*``, ``grant.*`` and ``token.*`` entries and compares the
+    result with the rows: a role, ``disabled`` flag, token label, expiry or revocation changed
+    in SQL, a grant added or removed in SQL, a user or token inserted or deleted in SQL.
+    Users and tokens created before the log's first entry (databases older than the audit
+    log) have no entry to compare with and are not checked. A token's hash is never recorded:
+    a token whose hash was replaced in SQL is not found.
+    """
+    users: dict[str, Any] = {}
+    grants: dict[tuple[str, str], tuple[bool, int]] = {}
+    tokens: dict[int, Any] = {}
+    for entry in conn.execute(_ACCESS_ENTRIES):
+        kind, _, name = entry.subject.partition(":")
+        if kind == "user":
+            users[name] = entry
+        elif kind == "grant":
+            state = entry.after if entry.after is not None else entry.before
+            key = (str(state.get("user")), str(state.get("instrument")))
+            grants[key] = (entry.after is not None, entry.seq)
+        elif kind == "token" and name.isdigit():
+            tokens[int(name)] = entry
+    start = conn.execute(_LOG_START).scalar_one()
+    predates = set()
+    findings: list[str] = []
+    for user in conn.execute(_LIST_USERS):
+        record = _user(user)
+        entry = users.pop(record.name, None)
+        if entry is None:
+            if start is None or record.created_at < start:
+                predates.add(record.name)
+            else:
+                findings.append(
+                    f"user {record.name} has no audit entry (row inserted outside beamtwin)"
+                )
+            continue
+        changed = _differences(entry.after, _user_state(record))
+        if changed:
+            findings.append(
+                f"user {record.name} differs from audit entry {entry.seq}: {'; '.join(changed)}"
+            )
+    findings += [
+        f"user {name} deleted (recorded in audit entry {entry.seq})"
+        for name, entry in sorted(users.items())
+    ]
+    for row in conn.execute(_ALL_GRANTS):
+        key = (row.user_name, row.instrument_id)
+        present, seq = grants.pop(key, (False, -1))
+        if present or row.user_name in predates:
+            continue
+        where = f"revoked in audit entry {seq}" if seq >= 0 else "no audit entry"
+        findings.append(
+            f"grant {key[0]}/{key[1]} exists but has {where} (inserted outside beamtwin)"
+        )
+    findings += [
+        f"grant {user}/{instrument} deleted (granted in audit entry {seq})"
+        for (user, instrument), (present, seq) in sorted(grants.items())
+        if present
+    ]
+    for row in conn.execute(_ALL_TOKENS):
+        token = _token(row)
+        entry = tokens.pop(token.id, None)
+        if entry is None:
+            if start is not None and token.created_at >= start:
+                findings.append(
+                    f"token {token.id} has no audit entry (row inserted outside beamtwin)"
+                )
+            continue
+        changed = _differences(entry.after, _token_state(token))
+        if changed:
+            findings.append(
+                f"token {token.id} differs from audit entry {entry.seq}: {'; '.join(changed)}"
+            )
+    findings += [
+        f"token {ident} deleted (recorded in audit entry {entry.seq})"
+        for ident, entry in sorted(tokens.items())
+    ]
+    return findings

@@ -24,14 +24,22 @@ MAX_TIME_US = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - UNIX_EPO
 
 
 def require_utc(name: str, value: datetime) -> datetime:
-    """``value`` converted to UTC; a naive datetime is refused with :class:`InvalidArgument`."""
+    """``value`` converted to UTC; a naive datetime, or one whose UTC time falls outside
+    ``datetime``'s range (``9999-12-31T23:59:59-14:00``), is refused with
+    :class:`InvalidArgument`."""
     if not isinstance(value, datetime):
         raise WrongType(f"{name} must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidArgument(
             f"{name} must be timezone-aware (UTC); got the naive datetime {value.isoformat()}"
         )
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidArgument(
+            f"{name} ({value.isoformat()}) is outside the times UTC can express "
+            "(0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z)"
+        ) from None
 
 
 def to_us(value: datetime) -> int:

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 import provenance_store as store
 from api import ApiConfigError, ApiSettings, create_app
 from provenance_store import verify_consistency, verify_inclusion
-from tests.api.conftest import World, auth
+from tests.api.conftest import Datasets, World, auth
 
 
 def _checkpoint(client: TestClient, token: str) -> store.Checkpoint:
@@ -30,8 +30,10 @@ def test_checkpoints_entries_and_proofs_verify(
     first = _checkpoint(client, token)
     assert first.signature_valid()
     assert first.tree_size > 0
+    # Every entry: the facility-wide role (an auditor sees those of its instruments).
     entries = client.get(
-        f"/api/v1/audit/entries?start_seq=0&limit={first.tree_size}", headers=auth(token)
+        f"/api/v1/audit/entries?start_seq=0&limit={first.tree_size}",
+        headers=auth(world.tokens["admin"]),
     ).json()
     assert [e["seq"] for e in entries] == list(range(first.tree_size))
     assert {"user.add", "grant.add", "token.create", "token.revoke"} <= {
@@ -67,6 +69,30 @@ def test_checkpoints_entries_and_proofs_verify(
             [base64.b64decode(p) for p in proof["path"]],
             second.root_hash,
         )
+
+
+def test_an_auditor_reads_only_the_entries_of_granted_instruments(
+    client: TestClient, world: World, datasets: Datasets
+) -> None:
+    def subjects(role: str) -> set[str]:
+        response = client.get(
+            "/api/v1/audit/entries?start_seq=0&limit=1000", headers=auth(world.tokens[role])
+        )
+        assert response.status_code == 200, response.text
+        return {e["subject"] for e in response.json()}
+
+    seen, everything = subjects("auditor"), subjects("admin")
+    mine = {f"calibration:{world.granted}/cal-1", f"dataset:{datasets.granted}"}
+    theirs = {f"calibration:{world.ungranted}/cal-1", f"dataset:{datasets.ungranted}"}
+    assert mine | theirs <= everything
+    assert mine <= seen
+    assert f"grant:{world.users['viewer']}/{world.granted}" in seen
+    assert any(s.startswith(f"snapshot:{datasets.granted}/") for s in seen)
+    # Nothing about the other instrument, its datasets and snapshots, and no user or token
+    # entries (they are facility-wide).
+    assert not seen & theirs
+    assert not [s for s in seen if datasets.ungranted in s or world.ungranted in s]
+    assert not [s for s in seen if s.startswith(("user:", "token:"))]
 
 
 @pytest.mark.parametrize(

@@ -107,3 +107,62 @@ def test_verify_online_and_offline_and_after_tampering(
     code, out, _ = _run(capsys, "audit", "verify", "--export", str(export))
     assert code == 1
     assert "checkpoint 5 signature invalid" in out.splitlines()
+
+
+def test_verify_names_user_grant_and_token_rows_changed_in_sql(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    empty_database_url: str,
+) -> None:
+    monkeypatch.setenv("BEAMTWIN_DATABASE_URL", empty_database_url)
+    monkeypatch.setenv("BEAMTWIN_AUDIT_SIGNING_KEY", store.AuditSigner.generate().seed_b64())
+    store.upgrade_schema(empty_database_url)
+    assert _run(capsys, "instruments", "register", "stem-01")[0] == 0
+    assert _run(capsys, "instruments", "register", "stem-02")[0] == 0
+    for name in ("alice", "bob"):
+        assert _run(capsys, "users", "add", name, "--role", "viewer")[0] == 0
+    assert _run(capsys, "users", "grant", "alice", "stem-01")[0] == 0
+    assert _run(capsys, "users", "grant", "bob", "stem-01")[0] == 0
+    assert _run(capsys, "tokens", "create", "alice")[0] == 0
+    assert _run(capsys, "tokens", "revoke", "1")[0] == 0
+    code, out, err = _run(capsys, "audit", "verify")
+    assert code == 0, out
+    # verify says what it does not check.
+    assert "not covered: the PROV graph (prov_node, prov_relation)" in err
+
+    # A superuser (no triggers on these tables) makes a viewer admin, grants and un-grants
+    # behind the log's back and brings a revoked token back.
+    eng = sa.create_engine(empty_database_url)
+    with eng.begin() as conn:
+        conn.execute(sa.text("UPDATE api_user SET role = 'admin' WHERE name = 'alice'"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO api_grant (user_id, instrument_id) "
+                "SELECT id, 'stem-02' FROM api_user WHERE name = 'alice'"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "DELETE FROM api_grant WHERE instrument_id = 'stem-01' AND "
+                "user_id = (SELECT id FROM api_user WHERE name = 'bob')"
+            )
+        )
+        conn.execute(sa.text("UPDATE api_token SET revoked_at = NULL WHERE id = 1"))
+    eng.dispose()
+    code, out, err = _run(capsys, "audit", "verify")
+    assert code == 1
+    found = out.splitlines()
+    assert any(
+        line.startswith("user alice differs from audit entry")
+        and 'role was "viewer", is "admin"' in line
+        for line in found
+    ), found
+    assert "grant alice/stem-02 exists but has no audit entry (inserted outside beamtwin)" in found
+    assert any(
+        line.startswith("grant bob/stem-01 deleted (granted in audit entry") for line in found
+    )
+    assert any(
+        line.startswith("token 1 differs from audit entry") and "revoked_at" in line
+        for line in found
+    ), found
+    assert len(found) == 4

@@ -107,6 +107,21 @@ def test_serve_runs_the_api_under_uvicorn(database_url: str, world: World) -> No
             assert len(json.load(r)) == 3
         with urllib.request.urlopen(f"{base}/readyz", timeout=5) as r:
             assert json.load(r)["status"] == "ready"
+        # An open state stream does not keep a terminated server alive: SIGTERM ends it
+        # with an `end` event and the process exits.
+        stream = urllib.request.urlopen(
+            urllib.request.Request(
+                f"{base}/api/v1/instruments/{world.granted}/state/stream?interval=0.25",
+                headers=auth(world.tokens["viewer"]),
+            ),
+            timeout=10,
+        )
+        assert stream.readline() == b"event: state\n"
+        proc.terminate()
+        assert proc.wait(timeout=15) is not None
+        rest = stream.read().decode()
+        stream.close()
+        assert "event: end" in rest and '"reason":"shutdown"' in rest
     finally:
         proc.terminate()
         proc.communicate(timeout=30)

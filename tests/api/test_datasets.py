@@ -441,7 +441,7 @@ def test_the_state_stream_yields_n_events(client: TestClient, world: World) -> N
     elapsed = time.monotonic() - started
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/event-stream")
-    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["cache-control"] == "no-store"
     assert response.text.endswith("\n\n")
     events = _events(response.text)
     assert [(e["event"], e["id"]) for e in events] == [

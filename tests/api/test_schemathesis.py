@@ -6,6 +6,8 @@ under this pytest version)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
@@ -56,6 +58,51 @@ def _ending(case: schemathesis.Case) -> schemathesis.Case:
     return case
 
 
+#: Times at and past the edges: offsets that push UTC past datetime's range, the supported
+#: range's bounds, Unix seconds, huge numbers.
+EXTREME_TIMES = [
+    "9999-12-31T23:59:59-14:00",
+    "0001-01-01T00:00:00+14:00",
+    "9999-12-31T23:59:59.999999Z",
+    "0001-01-01T00:00:00Z",
+    "1900-01-01T00:00:00Z",
+    "2500-01-01T00:00:00Z",
+    "2500-01-01T00:00:00.000001Z",
+    "1796226000",
+    "1e308",
+    "-1e308",
+    "NaN",
+]
+HUGE_NUMBERS = ["1e308", "-1e308", "inf", "nan", str(2**64), str(-(2**63) - 1), "1" * 400]
+_TIME_PARAMETERS = ("start", "end", "at")
+_NUMBER_PARAMETERS = (
+    "interval", "max_events", "max_points", "min_gap_s", "gap_threshold", "bucket", "limit",
+    "start_seq", "seq", "tree_size", "first", "second", "version",
+)  # fmt: skip
+
+
+def _deep_json(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _hostile(case: schemathesis.Case, draw: st.DrawFn) -> schemathesis.Case:
+    """Extreme datetimes and huge numbers in the query parameters the operation has."""
+    names = {p.name for p in case.operation.query}
+    query = dict(case.query or {})
+    for name in names & set(_TIME_PARAMETERS):
+        query[name] = draw(st.sampled_from(EXTREME_TIMES))
+    for name in names & set(_NUMBER_PARAMETERS):
+        if draw(st.booleans()):
+            query[name] = draw(st.sampled_from(HUGE_NUMBERS))
+    case.query = query
+    return case
+
+
+@st.composite
+def _hostile_cases(draw: st.DrawFn, strategy: st.SearchStrategy[schemathesis.Case]) -> Any:
+    return _hostile(draw(strategy), draw)
+
+
 def test_generated_requests_get_no_server_error(
     api_schema: schemathesis.BaseSchema, world: World, datasets: Datasets
 ) -> None:
@@ -73,6 +120,8 @@ def test_generated_requests_get_no_server_error(
         if "{dataset_id}" in operation.path:
             # Half the cases on a dataset with snapshots (corrections may add versions to it).
             strategy = st.one_of(strategy, strategy.map(lambda c: _on_dataset(c, datasets.fuzzed)))
+        if any(p.name in _TIME_PARAMETERS + _NUMBER_PARAMETERS for p in operation.query):
+            strategy = st.one_of(strategy, _hostile_cases(strategy))
         if operation.path.endswith("/state/stream"):
             strategy = strategy.map(_ending)
 
@@ -90,6 +139,8 @@ def test_generated_requests_get_no_server_error(
 
         run()
     assert not [s for s in statuses if s[1] >= 500]
+    # The hostile values were sent and refused, not only generated.
+    assert any(path.endswith("/telemetry") and code == 422 for path, code in statuses)
     # The generated cases reached the store code, not only the parameter checks.
     ok = {path for path, status in statuses if status == 200}
     assert "/api/v1/instruments/{instrument_id}/telemetry" in ok
@@ -99,3 +150,22 @@ def test_generated_requests_get_no_server_error(
     assert "/api/v1/datasets/{dataset_id}/snapshot" in ok
     assert "/api/v1/datasets/{dataset_id}/provenance" in ok
     assert "/api/v1/reports/instruments/{instrument_id}" in ok
+
+
+def test_deep_json_bodies_get_no_server_error(
+    client: TestClient, world: World, datasets: Datasets
+) -> None:
+    """Bodies nested deeper than any parser allows, on the route that takes a body: a
+    documented 4xx, never 5xx."""
+    url = f"/api/v1/datasets/{datasets.fuzzed}/snapshot/corrections"
+    headers = {**auth(world.tokens["admin"]), "Content-Type": "application/json"}
+    for body in (
+        _deep_json(50_000),
+        '{"reason": "x", "fields": ' + _deep_json(5_000) + "}",
+        '{"a":' * 20_000 + "1" + "}" * 20_000,
+        '{"reason": "x", "fields": {"high_tension": {"value": 1e308}}}',
+        '{"reason": "x", "fields": {"high_tension": {"value": ' + "9" * 5000 + "}}}",
+    ):
+        response = client.post(url, content=body, headers=headers)
+        assert 400 <= response.status_code < 500, (body[:60], response.text[:200])
+        assert response.json()["error"] in {"invalid_request", "validation_error"}
