@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 from beamtwin_cli import _audit, _db, _demo, _report, _serve, _sources, _users, _workers
-from beamtwin_cli._common import EXIT_USAGE, CommandError
+from beamtwin_cli._common import EXIT_BUG, EXIT_USAGE, user_error
 
 #: The command groups, in the order ``beamtwin --help`` lists them.
 _GROUPS = (_demo, _db, _workers, _serve, _users, _audit, _report, _sources)
@@ -26,8 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
             "Microscope digital twin and provenance tracking: telemetry ingest into a "
             "time-series store, state estimation, verified dataset snapshots."
         ),
+        epilog=(
+            "Exit status: 0 done; 1 done, and found a problem (a failed check or "
+            "verification, a file that could not be registered); 2 cannot run as asked (bad "
+            "input or settings, a database or broker that cannot be reached); 3 an unexpected "
+            "error (a bug: --debug shows its traceback); 130 interrupted. See docs/cli.md."
+        ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, show its traceback (by default: one line)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in _GROUPS:
         group.add_parsers(sub)
@@ -45,9 +57,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("kafka").setLevel(logging.ERROR)
     try:
         code: int = args.func(args)
-    except CommandError as exc:
-        print(f"beamtwin: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        return _report_error(exc, debug=args.debug)
     return code
+
+
+def _report_error(exc: Exception, *, debug: bool) -> int:
+    """One line on standard error and the exit status: 2 for an error about the input or the
+    environment, 3 for a bug (with ``debug``: the traceback too)."""
+    message = user_error(exc)
+    if debug and (message is None or exc.__cause__ is not None):
+        traceback.print_exception(exc, file=sys.stderr)
+    if message is not None:
+        print(f"beamtwin: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    print(
+        f"beamtwin: internal error: {type(exc).__name__}: {exc}"
+        + ("" if debug else " (run `beamtwin --debug ...` to see the traceback)"),
+        file=sys.stderr,
+    )
+    return EXIT_BUG

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import getpass
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,8 +35,61 @@ if TYPE_CHECKING:
 EXIT_USAGE = 2
 
 
+#: Exit status of an unexpected error (a bug): one line, or the traceback with ``--debug``.
+EXIT_BUG = 3
+
+#: The root error of each package (module, class name): raised on purpose, about the input or
+#: the environment, so a command reports its message in one line rather than a traceback.
+ROOT_ERRORS = (
+    ("ingest", "IngestError"),
+    ("provenance_store", "StoreError"),
+    ("api", "ApiError"),
+    ("api", "ApiConfigError"),
+    ("twin", "TwinError"),
+    ("simulations", "SimulationError"),
+    ("beamtwin_cli.embedded", "EmbeddedServiceError"),
+)
+
+
 class CommandError(Exception):
     """A command cannot run as asked; the message tells the user what to do."""
+
+
+def user_error(exc: BaseException) -> str | None:
+    """One line telling what went wrong when ``exc`` is about the input or the environment (a
+    package's root error, a file or a server that cannot be reached, invalid settings);
+    ``None`` for anything else (a bug)."""
+    if isinstance(exc, CommandError):
+        return str(exc)
+    for module_name, name in ROOT_ERRORS:
+        module = sys.modules.get(module_name)  # an error of a package that was never loaded
+        root = getattr(module, name, None)  # cannot have been raised
+        if isinstance(root, type) and isinstance(exc, root):
+            return _one_line(str(exc)) or type(exc).__name__
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    if sqlalchemy_exc is not None and isinstance(exc, sqlalchemy_exc.OperationalError):
+        return f"the database cannot be reached: {_one_line(str(exc.orig))}"
+    kafka_errors = sys.modules.get("kafka.errors")
+    if kafka_errors is not None and isinstance(exc, kafka_errors.KafkaError):
+        return f"the broker: {_one_line(str(exc)) or type(exc).__name__}"
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(exc, pydantic.ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
+        )
+        return f"invalid settings ({exc.title}): {problems}"
+    if isinstance(exc, OSError):
+        return _one_line(str(exc)) or type(exc).__name__
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    """``exc`` in one line: its message when it is a user error, else its type and message."""
+    return user_error(exc) or f"{type(exc).__name__}: {_one_line(str(exc))}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def add_database_url(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +176,46 @@ def open_store(args: argparse.Namespace) -> Iterator[sa.Connection]:
         eng.dispose()
 
 
+def database_exists(url: str) -> bool | None:
+    """Whether the database of ``url`` exists on its server (``None``: cannot tell, e.g. the
+    server does not answer or refuses the maintenance database)."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    target = make_url(url)
+    admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            found = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                {"name": target.database},
+            ).first()
+    except sa.exc.DBAPIError:
+        return None
+    finally:
+        admin.dispose()
+    return found is not None
+
+
+def create_database(url: str) -> None:
+    """Create the (missing) database of ``url`` on its server."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    target = make_url(url)
+    admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    quoted = '"' + str(target.database).replace('"', '""') + '"'
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+    except sa.exc.DBAPIError as exc:
+        raise CommandError(
+            f"cannot create database {target.database!r}: {str(exc.orig).strip()}"
+        ) from exc
+    finally:
+        admin.dispose()
+
+
 def known_instruments(eng: sa.Engine) -> set[str]:
     import provenance_store as store
 
@@ -188,7 +282,8 @@ def aware(name: str, text: str | None) -> datetime | None:
     except ValueError as exc:
         raise CommandError(f"--{name}: not an ISO 8601 time: {text!r}") from exc
     if value.tzinfo is None:
-        raise CommandError(f"--{name}: give a time zone (e.g. {text}Z)")
+        example = f"{text}Z" if "T" in text else f"{text}T00:00Z"
+        raise CommandError(f"--{name}: give a time zone (e.g. {example})")
     return value.astimezone(UTC)
 
 
@@ -269,4 +364,4 @@ def supervise(
         for thread in threads:
             thread.join(timeout=join_s)
     if errors:
-        raise CommandError(f"{what} failed: {errors[0]!r}")
+        raise CommandError(f"{what} failed: {describe(errors[0])}") from errors[0]

@@ -7,7 +7,10 @@ import sys
 from typing import TYPE_CHECKING
 
 from beamtwin_cli._common import (
+    CommandError,
     add_database_url,
+    create_database,
+    database_exists,
     database_url,
     engine,
     ingest_settings,
@@ -21,8 +24,19 @@ if TYPE_CHECKING:
 def add_parsers(sub: Subparsers) -> None:
     db = sub.add_parser("db", help="database schema management")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    up = db_sub.add_parser("upgrade", help="apply migrations up to the newest revision")
+    up = db_sub.add_parser(
+        "upgrade",
+        help="apply migrations up to the newest revision",
+        description=(
+            "Apply the migrations up to the newest revision. The database must exist; with "
+            "--create a missing one is created first (the server must accept CREATE DATABASE "
+            "from the URL's user)."
+        ),
+    )
     add_database_url(up)
+    up.add_argument(
+        "--create", action="store_true", help="create the database first when it does not exist"
+    )
     up.set_defaults(func=db_upgrade)
     chk = db_sub.add_parser("check", help="exit 1 unless the schema is at the newest revision")
     add_database_url(chk)
@@ -44,9 +58,21 @@ def add_parsers(sub: Subparsers) -> None:
 
 # ---------------------------------------------------------------------- db
 def db_upgrade(args: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
     import provenance_store as store
 
     url = database_url(args, ingest_settings())
+    if database_exists(url) is False:
+        name = make_url(url).database
+        if not args.create:
+            raise CommandError(
+                f"database {name!r} does not exist on {safe(url)}: `beamtwin db upgrade "
+                f"--create` creates it and applies the migrations (or create it yourself, "
+                f"e.g. `createdb {name}`, and run `beamtwin db upgrade` again)"
+            )
+        create_database(url)
+        print(f"created database {name!r}")
     store.upgrade_schema(url)
     eng = engine(url)
     print(f"database {safe(url)} is at revision {store.current_revision(eng)}")

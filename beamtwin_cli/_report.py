@@ -125,7 +125,8 @@ def report(args: argparse.Namespace) -> int:
         raise CommandError("an instrument report needs --start and --end")
     if args.gap_threshold <= 0:
         raise CommandError("--gap-threshold must be positive")
-    own = signer(api_settings())
+    settings = api_settings()
+    own = signer(settings)
     try:
         with open_store(args) as conn:
             built = reports.build_report(
@@ -137,6 +138,8 @@ def report(args: argparse.Namespace) -> int:
                 signer=own,
                 gap_threshold=timedelta(seconds=args.gap_threshold),
                 generated_at=aware("generated-at", args.generated_at),
+                # The API's limit (BEAMTWIN_API_MAX_RAW_RANGE_DAYS), with its message.
+                max_span=timedelta(days=settings.api_max_raw_range_days),
             )
     except reports.ReportError as exc:
         raise CommandError(str(exc)) from exc
