@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from beamtwin_cli._common import Subparsers
     from ingest import IngestSettings, IngestStats, TelemetryPublisher
+    from provenance_store import DatasetSummary
     from simulations import TelemetryBlock, VirtualMicroscope
     from twin import Calibration
     from workers import SnapshotSettings, SnapshotStats, TwinSettings, TwinStats
@@ -73,9 +74,9 @@ def add_parsers(sub: Subparsers) -> None:
     add(
         "--acquisition-every",
         type=float,
-        default=15.0,
-        help="register a virtual dataset every SECONDS of telemetry, so snapshots appear "
-        "(0: never)",
+        default=10.0,
+        help="register a virtual dataset every SECONDS of telemetry, so snapshots appear; "
+        "every other one states a wrong defocus (0: never)",
     )
     add(
         "--api-port",
@@ -232,6 +233,8 @@ class _DemoRun:
     twin: TwinStats | None = None
     snapshots: SnapshotStats | None = None
     published: int = 0
+    #: Deliberately malformed frames published.
+    bad_frames: int = 0
 
 
 def _run_demo(
@@ -269,15 +272,17 @@ def _run_demo(
             run, args, settings, broker, microscope, acquisitions
         )
         _print_intro(run, args, len(microscope.channels))
-        _progress_table(run, pub_thread)
+        table = _Table(run)
+        _progress_table(run, table, pub_thread)
         run.publish_stop.set()
         pub_thread.join(timeout=30)
         publisher.close()
         acquisitions.close()
-        _drain(run)
+        _drain(run, table)
         run.stop.set()
         for t in run.threads:
             t.join(timeout=30)
+        table.row()  # what the workers finished while stopping
     _summarize(run, eng, settings, before, len(microscope.channels), acquisitions)
     if run.errors:
         raise CommandError(f"the demo failed: {run.errors[0]!r}")
@@ -326,6 +331,7 @@ def _start_publishing(
         acquisitions.on_block(block)
         frames[0] += 1
         if args.bad_frame_every and frames[0] % args.bad_frame_every == 0:
+            run.bad_frames += 1
             # A deliberately wrong frame, as a misconfigured control PC sends it: the high
             # tension in kV labelled as V. The ingest must dead-letter it, not store it.
             publisher.publish_block(
@@ -356,6 +362,8 @@ def _start_publishing(
 
 
 def _print_intro(run: _DemoRun, args: argparse.Namespace, n_channels: int) -> None:
+    from beamtwin_cli.demo_acquisitions import WRONG_DEFOCUS_M
+
     print(
         f"virtual microscope {run.instrument}: {n_channels} channels at {args.rate_hz:g} Hz; "
         f"{args.workers} ingest worker(s); a twin worker estimating its state "
@@ -365,40 +373,76 @@ def _print_intro(run: _DemoRun, args: argparse.Namespace, n_channels: int) -> No
         flush=True,
     )
     print(
-        f"{'time':>6} {'stored':>10} {'samples/s':>10} {'lag':>6} {'dead letters':>13} "
-        f"{'estimates':>10} {'flags':>6} {'datasets':>9} {'snapshots':>10}"
+        f"the twin's first estimates come once its {run.twin_settings.twin_learn_s:g} s "
+        "learning window of telemetry is whole (the noise fit), then one window every "
+        f"{run.twin_settings.twin_window_s:g} s",
+        flush=True,
     )
+    if args.bad_frame_every:
+        print(
+            f"deliberately wrong: every {args.bad_frame_every}th frame gives the high tension in "
+            "kV labelled as V (a misconfigured control PC); the ingest should dead-letter it"
+        )
+    if args.acquisition_every > 0:
+        print(
+            "deliberately wrong: every other dataset's file states a defocus "
+            f"{WRONG_DEFOCUS_M * 1e9:g} nm off the microscope's; its snapshot should disagree"
+        )
 
 
-def _progress_table(run: _DemoRun, pub_thread: threading.Thread) -> None:
-    """One row a second until the publisher is done and the ingest has caught up."""
-    assert run.twin is not None and run.snapshots is not None
-    t0 = time.monotonic()
-    last_total, last_t = 0, t0
-    while not run.stop.is_set():
-        run.stop.wait(1.0)
-        if run.publish_stop.is_set() and pub_thread.is_alive():
-            print("stopping the virtual microscope; draining what it published ...")
+class _Table:
+    """The live progress table: a row at most once a second, from the workers' counters."""
+
+    def __init__(self, run: _DemoRun) -> None:
+        self.run = run
+        self.t0 = time.monotonic()
+        self._last_total, self._last_t = 0, self.t0
+        print(
+            f"{'time':>6} {'stored':>10} {'samples/s':>10} {'lag':>6} {'dead letters':>13} "
+            f"{'estimates':>10} {'flags':>6} {'datasets':>9} {'snapshots':>10}",
+            flush=True,
+        )
+
+    def row(self) -> int:
+        """Print a row; returns the ingest's lag (messages)."""
+        run = self.run
+        assert run.twin is not None and run.snapshots is not None
         now = time.monotonic()
         total = sum(s.samples_stored for s in run.ingest)
-        rate = (total - last_total) / max(now - last_t, 1e-9)
-        last_total, last_t = total, now
+        rate = (total - self._last_total) / max(now - self._last_t, 1e-9)
+        self._last_total, self._last_t = total, now
         lag = sum(s.lag for s in run.ingest)
         dead = sum(s.frames_dead_lettered for s in run.ingest)
         snaps = run.snapshots
         print(
-            f"{now - t0:6.1f} {total:10d} {rate:10.0f} {lag:6d} {dead:13d} "
+            f"{now - self.t0:6.1f} {total:10d} {rate:10.0f} {lag:6d} {dead:13d} "
             f"{run.twin.estimates_stored:10d} {run.twin.flags_stored:6d} "
             f"{snaps.datasets_registered:9d} {snaps.snapshots_stored + snaps.resnapshots:10d}",
             flush=True,
         )
-        if not pub_thread.is_alive() and lag == 0 and now - t0 > 1.0:
+        return lag
+
+    def tick(self) -> None:
+        """Wait a little, printing a row when a second has passed since the last one."""
+        time.sleep(0.2)
+        if time.monotonic() - self._last_t >= 1.0:
+            self.row()
+
+
+def _progress_table(run: _DemoRun, table: _Table, pub_thread: threading.Thread) -> None:
+    """One row a second until the publisher is done and the ingest has caught up."""
+    while not run.stop.is_set():
+        run.stop.wait(1.0)
+        if run.publish_stop.is_set() and pub_thread.is_alive():
+            print("stopping the virtual microscope; draining what it published ...")
+        lag = table.row()
+        if not pub_thread.is_alive() and lag == 0 and time.monotonic() - table.t0 > 1.0:
             break
 
 
-def _drain(run: _DemoRun) -> None:
+def _drain(run: _DemoRun, table: _Table) -> None:
     """Let the workers finish what was published: the ingest its backlog, the twin its last
-    whole window, the snapshot worker one more sweep."""
+    whole window, the snapshot worker one more sweep; the table goes on meanwhile."""
     assert run.twin is not None
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not run.errors:
@@ -406,7 +450,7 @@ def _drain(run: _DemoRun) -> None:
             time.time() - s.last_commit_at > 0.5 for s in run.ingest
         ):
             break
-        time.sleep(0.2)
+        table.tick()
     # A window is processed once it is whole, so the twin reaches the last whole window of
     # telemetry; the rest, the window in which the microscope stopped, would only show every
     # channel as a dropout.
@@ -417,12 +461,12 @@ def _drain(run: _DemoRun) -> None:
     while time.monotonic() < deadline and not run.errors and not run.stop.is_set():
         if run.twin.processed_until.get(run.instrument, 0.0) >= caught_up:
             break
-        time.sleep(0.2)
+        table.tick()
     # One more sweep of the snapshot worker re-verifies the last datasets with the twin's
     # final windows.
     sweep_at = time.monotonic() + run.snapshot_settings.snapshot_sweep_interval_s + 1
     while time.monotonic() < sweep_at and not run.errors and not run.stop.is_set():
-        time.sleep(0.2)
+        table.tick()
 
 
 # ---------------------------------------------------------------------- the summary
@@ -474,6 +518,39 @@ def _summarize(
         f"of {instrument} in the store, current verdicts: {_listed(verdicts)}"
         f"; {run.snapshots.resnapshots} new version(s) from late telemetry this run"
     )
+    _explain(run, settings, codes, {d.dataset.id: d for d in datasets}, acquisitions)
+
+
+def _explain(
+    run: _DemoRun,
+    settings: IngestSettings,
+    codes: dict[str, int],
+    datasets: dict[str, DatasetSummary],
+    acquisitions: _VirtualAcquisitions,
+) -> None:
+    """One line for each kind of deliberate error: what was wrong, what beamtwin did."""
+    from beamtwin_cli.demo_acquisitions import WRONG_DEFOCUS_M
+
+    if run.bad_frames:
+        dead = sum(codes.values())
+        print(
+            f"deliberately bad frames: {run.bad_frames} frame(s) gave the high tension 200 kV "
+            f"as '200 V'; the ingest dead-lettered {dead} frame(s) to {settings.deadletter_topic} "
+            f"({_listed(codes)}) and stored none of their values"
+        )
+    if acquisitions.wrong_ids:
+        found = []
+        for dataset_id in acquisitions.wrong_ids:
+            summary = datasets.get(dataset_id)
+            current = None if summary is None else summary.current
+            fields = {} if current is None else current.body.get("fields", {})
+            verdict = fields.get("defocus", {}).get("verdict", "not verified yet")
+            found.append(f"{dataset_id[:11]}.. defocus {verdict}")
+        print(
+            f"deliberately wrong datasets: {len(acquisitions.wrong_ids)} file(s) stated a defocus "
+            f"{WRONG_DEFOCUS_M * 1e9:g} nm off the microscope's; the snapshot worker found: "
+            + ", ".join(found)
+        )
 
 
 def _counts(keys: Iterable[str]) -> dict[str, int]:
@@ -489,8 +566,8 @@ def _listed(counts: dict[str, int]) -> str:
 
 class _VirtualAcquisitions:
     """Publishes an acquisition event of the virtual microscope every ``every_s`` seconds of
-    its telemetry (the last 2 s of blocks as the acquisition window); every fifth carries a
-    wrong defocus."""
+    its telemetry (the last 2 s of blocks as the acquisition window); every other one carries
+    a wrong defocus (:data:`WRONG_DEFOCUS_M`)."""
 
     def __init__(
         self, bootstrap: str, topic: str, *, every_s: float, calibration: Calibration
@@ -501,6 +578,7 @@ class _VirtualAcquisitions:
         self.calibration = calibration
         self.sent = 0
         self.wrong = 0
+        self.wrong_ids: list[str] = []
         self._blocks: list[TelemetryBlock] = []
         self._next_ns: int | None = None
         self._publisher = AcquisitionPublisher(bootstrap, topic=topic, source="register")
@@ -520,7 +598,7 @@ class _VirtualAcquisitions:
         if end_ns < self._next_ns:
             return
         self._next_ns = end_ns + int(self.every_s * 1e9)
-        wrong = (self.sent + 1) % 5 == 0
+        wrong = (self.sent + 1) % 2 == 0
         event = virtual_acquisition_event(
             TelemetryBlock.concatenate(self._blocks),
             self.calibration,
@@ -531,6 +609,8 @@ class _VirtualAcquisitions:
         self._publisher.flush()
         self.sent += 1
         self.wrong += wrong
+        if wrong:
+            self.wrong_ids.append(event.dataset_id)
 
     def close(self) -> None:
         self._publisher.close()
