@@ -60,11 +60,53 @@ def virtual_acquisition_event(
 ) -> AcquisitionEventV1:
     """The acquisition event of a virtual dataset recorded during ``block`` (a
     :class:`simulations.TelemetryBlock` with true values)."""
+    start = datetime.fromtimestamp(int(block.times_ns[0]) / 1e9, UTC)
+    end = datetime.fromtimestamp(int(block.times_ns[-1]) / 1e9, UTC)
+    state, metadata = _state(block, calibration, wrong=wrong)
+    content = canonical_json(
+        {"instrument_id": block.instrument_id, "number": number, "start": start.isoformat()}
+    )
+    sha256 = hashlib.sha256(content).hexdigest()
+    name = f"virtual-{number:05d}.emd"
+    return AcquisitionEventV1.model_validate(
+        {
+            "schema": ACQUISITION_SCHEMA_ID,
+            "dataset_id": dataset_id_for(sha256),
+            "instrument_id": block.instrument_id,
+            "start_time": start,
+            "end_time": end,
+            "time_source": "file_metadata",
+            "registered_at": datetime.now(UTC),
+            "file": {
+                "uri": f"virtual://{block.instrument_id}/{name}",
+                "name": name,
+                "sha256": sha256,
+                "size_bytes": len(content),
+                "format": "virtual",
+                "mtime": end,
+            },
+            "operator": operator,
+            "proposal": proposal,
+            "reader": {
+                "name": "beamtwin.virtual_microscope",
+                "version": "demo",
+                "mapping_version": MAPPING_VERSION,
+            },
+            "instrument": {},
+            "state": state,
+            "original_metadata": {"VirtualMicroscope": metadata},
+        }
+    )
+
+
+def _state(
+    block: Any, calibration: Any, *, wrong: bool
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The event's state fields and the "file's" metadata: the true state at the start of
+    ``block``, with the defocus off by :data:`WRONG_DEFOCUS_M` when ``wrong``."""
     from simulations import true_state
 
     truth = true_state(calibration, block)
-    start = datetime.fromtimestamp(int(block.times_ns[0]) / 1e9, UTC)
-    end = datetime.fromtimestamp(int(block.times_ns[-1]) / 1e9, UTC)
     state: dict[str, dict[str, Any]] = {}
     metadata: dict[str, Any] = {}
     for quantity, (name, factor) in _FIELDS.items():
@@ -104,40 +146,7 @@ def virtual_acquisition_event(
         ht["source_unit"] = "V"
         state["high_tension"] = ht
         metadata["high_tension"] = ht["value"]
-    content = canonical_json(
-        {"instrument_id": block.instrument_id, "number": number, "start": start.isoformat()}
-    )
-    sha256 = hashlib.sha256(content).hexdigest()
-    name = f"virtual-{number:05d}.emd"
-    return AcquisitionEventV1.model_validate(
-        {
-            "schema": ACQUISITION_SCHEMA_ID,
-            "dataset_id": dataset_id_for(sha256),
-            "instrument_id": block.instrument_id,
-            "start_time": start,
-            "end_time": end,
-            "time_source": "file_metadata",
-            "registered_at": datetime.now(UTC),
-            "file": {
-                "uri": f"virtual://{block.instrument_id}/{name}",
-                "name": name,
-                "sha256": sha256,
-                "size_bytes": len(content),
-                "format": "virtual",
-                "mtime": end,
-            },
-            "operator": operator,
-            "proposal": proposal,
-            "reader": {
-                "name": "beamtwin.virtual_microscope",
-                "version": "demo",
-                "mapping_version": MAPPING_VERSION,
-            },
-            "instrument": {},
-            "state": state,
-            "original_metadata": {"VirtualMicroscope": metadata},
-        }
-    )
+    return state, metadata
 
 
 def _unit(field: str) -> str:

@@ -42,10 +42,6 @@ FORBIDDEN: dict[str, set[str]] = {
 }  # fmt: skip
 
 
-#: Files whose private reach is being removed by work in progress (must end up empty).
-_PENDING = {"tests/api/test_cli.py"}
-
-
 def _sources(tree: str) -> list[Path]:
     return sorted(p for p in (ROOT / tree).rglob("*.py") if ".venv" not in p.parts)
 
@@ -134,7 +130,7 @@ def private_imports(tree: str) -> list[str]:
 def test_no_private_imports_across_packages(tree: str) -> None:
     if not (ROOT / tree).is_dir():
         pytest.skip(f"no {tree}/ in this checkout")
-    violations = [v for v in private_imports(tree) if v.split(":")[0] not in _PENDING]
+    violations = private_imports(tree)
     assert not violations, "private names reached across packages:\n" + "\n".join(violations)
 
 

@@ -69,7 +69,8 @@ def _candidate_windows(
     inner = counts[1:-1] if len(counts) > 2 else counts
     typical = float(np.median(inner[inner > 0])) if (inner > 0).any() else 0.0
     interval_s = width_us / 1e6 / typical if typical > 0 else math.inf
-    threshold_s = max(threshold_s, _INTERVALS_PER_GAP * interval_s)
+    # Without a typical bucket (every sample in the end buckets) the asked threshold stands.
+    threshold_s = max(threshold_s, _INTERVALS_PER_GAP * interval_s) if typical > 0 else threshold_s
     # A gap of g seconds removes about g / interval samples, at least half of them from one
     # bucket; ask for 40 % of what a threshold-long gap removes (and at least 2 samples).
     deficit = max(2.0, 0.4 * threshold_s / interval_s) if typical > 0 else 0.0

@@ -139,7 +139,7 @@ def test_demo_serves_the_api_with_a_printed_admin_token(
     capsys: pytest.CaptureFixture[str], database_url: str
 ) -> None:
     import provenance_store as store
-    from beamtwin_cli._commands import _start_demo_api
+    from beamtwin_cli._demo import _start_demo_api
 
     port = _free_port()
     engine = store.create_store_engine(database_url)
