@@ -132,10 +132,12 @@ from provenance_store._merkle import (
 )
 from provenance_store._metrics import StoreFigures, store_figures
 from provenance_store._queries import (
+    InstrumentClock,
     as_of,
     choose_bucket,
     find_gaps,
     first_sample_time,
+    instrument_clock,
     query_range,
     read_samples,
 )
@@ -239,6 +241,7 @@ __all__ = [
     "FlagIn",
     "FlagRecord",
     "Gap",
+    "InstrumentClock",
     "InstrumentIn",
     "InstrumentNotFound",
     "InstrumentRecord",
@@ -312,6 +315,7 @@ __all__ = [
     "insert_estimates",
     "insert_flags",
     "insert_samples",
+    "instrument_clock",
     "latest_checkpoint",
     "leaf_hash",
     "list_api_tokens",

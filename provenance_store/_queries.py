@@ -572,3 +572,57 @@ def first_sample_time(
         return None
     found = conn.execute(_FIRST_SAMPLE, {"ids": [c.id for c in chans], "after": after}).scalar()
     return None if found is None else as_utc(found)
+
+
+_LATEST_PER_CHANNEL = sa.text(
+    """
+    SELECT s.source_time, s.ingest_time
+    FROM channel c
+    CROSS JOIN LATERAL (
+        SELECT source_time, ingest_time FROM telemetry_sample t
+        WHERE t.channel_id = c.id
+        ORDER BY t.source_time DESC
+        LIMIT 1
+    ) s
+    WHERE c.instrument_id = :instrument_id
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentClock:
+    """How an instrument's own clock relates to the ingest's, from each channel's latest sample.
+
+    Attributes:
+        data_until: the latest source time of any sample (UTC): how far its data has come.
+        last_heard: the latest ingest time of those samples (UTC, the ingest's clock).
+        offset_s: median over channels of ``ingest_time - source_time`` of their latest sample
+            [s]: transport delay plus how far the instrument's clock runs behind the ingest's
+            (negative when it runs ahead).
+    """
+
+    data_until: datetime
+    last_heard: datetime
+    offset_s: float
+
+
+def instrument_clock(*, conn: sa.Connection, instrument_id: str) -> InstrumentClock | None:
+    """The instrument's clock as its latest samples show it (one backward index probe per
+    channel); ``None`` when it has no sample.
+
+    Raises:
+        InstrumentNotFound: the instrument is not registered.
+    """
+    rows = conn.execute(_LATEST_PER_CHANNEL, {"instrument_id": instrument_id}).all()
+    if not rows:
+        if not instrument_exists(conn, instrument_id):
+            raise InstrumentNotFound(instrument_id)
+        return None
+    offsets = sorted((r.ingest_time - r.source_time).total_seconds() for r in rows)
+    mid = len(offsets) // 2
+    median = offsets[mid] if len(offsets) % 2 else 0.5 * (offsets[mid - 1] + offsets[mid])
+    return InstrumentClock(
+        data_until=as_utc(max(r.source_time for r in rows)),
+        last_heard=as_utc(max(r.ingest_time for r in rows)),
+        offset_s=median,
+    )

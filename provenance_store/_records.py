@@ -375,6 +375,7 @@ FLAG_KINDS: tuple[str, ...] = (
     "dropout",
     "image_disagreement",
     "setting_change",
+    "clock_offset",
 )
 #: Severities of twin flags, least severe first (the ``twin_flag.severity`` CHECK constraint).
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")

@@ -40,6 +40,9 @@ class TwinSettings(BaseSettings):
     #: up to the next telemetry or the watermark) instead of window by window; no estimates
     #: are reported for it, the tracker flags it as dropouts when readings come back [s].
     twin_max_silence_s: float = Field(default=60.0, gt=0)
+    #: An instrument whose clock is further off the ingest's than this (transport delay
+    #: included) gets a ``clock_offset`` flag [s].
+    twin_clock_offset_tolerance_s: float = Field(default=5.0, gt=0)
     #: Backoff bounds when the database is unreachable, or an instrument's window failed [s].
     twin_retry_initial_s: float = Field(default=0.2, gt=0)
     twin_retry_max_s: float = Field(default=30.0, gt=0)

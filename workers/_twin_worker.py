@@ -78,6 +78,8 @@ class TwinStats:
     conflicts: int = 0
     #: instrument id -> end of its last committed window [s since the epoch].
     processed_until: dict[str, float] = field(default_factory=dict)
+    #: instrument id -> how far its clock runs behind the ingest's, transport included [s].
+    clock_offset_s: dict[str, float] = field(default_factory=dict)
     last_window_at: float = 0.0
 
 
@@ -110,6 +112,9 @@ class _Plan:
     #: First sample at or after ``end_us`` when the window is empty (None: none yet, or the
     #: window is not empty).
     next_sample_us: int | None
+    #: How far the instrument's clock runs behind the ingest's, transport included [s]
+    #: (:func:`provenance_store.instrument_clock`); 0 before it has telemetry.
+    clock_offset_s: float = 0.0
 
     @property
     def n_samples(self) -> int:
@@ -275,7 +280,13 @@ class TwinWorker:
             start_us = _to_us(first)
         else:
             start_us = _to_us(cursor.processed_until)
-        limit_us = now_us - round(s.twin_lateness_s * _US_PER_S)
+        # The watermark follows the instrument's own clock: "now" on its clock is the ingest's
+        # now minus the offset its latest samples show, so a publisher whose clock runs behind
+        # is not outrun (its windows would look silent), and one that falls silent still has
+        # its windows closed, on its own clock, to report the dropout.
+        clock = store.instrument_clock(conn=conn, instrument_id=instrument_id)
+        offset_s = 0.0 if clock is None else clock.offset_s
+        limit_us = now_us - round((offset_s + s.twin_lateness_s) * _US_PER_S)
         calibration, next_calibration_us = self._calibration(conn, instrument_id, start_us)
         # The first window of an instrument is the tracker's learning window (noise fit).
         length_s = s.twin_learn_s if cursor is None else s.twin_window_s
@@ -310,6 +321,7 @@ class TwinWorker:
             channels=channels,
             samples=samples,
             next_sample_us=next_sample_us,
+            clock_offset_s=offset_s,
         )
 
     def _calibration(
@@ -358,9 +370,11 @@ class TwinWorker:
             # come back). The window grid stays where it was, so the windows after the silence
             # are the ones a window-by-window walk would have reached.
             skipped = dataclasses.replace(state, until_s=skip_to / _US_PER_S)
+            packed = _pack_state(rate_hz, skipped)
+            packed["clock_flagged"] = _saved_clock_flagged(plan.cursor)
             return _Outcome(
                 end_us=skip_to,
-                state=_pack_state(rate_hz, skipped),
+                state=packed,
                 estimates=[],
                 flags=[],
                 calibration_version=plan.calibration.version,
@@ -374,13 +388,52 @@ class TwinWorker:
         # No telemetry, no estimate: a silent window would only repeat the last levels.
         estimates = [] if silent else self._estimate_records(plan, update.estimates)
         flags = [_flag_record(plan.instrument_id, f) for f in update.flags]
+        packed = _pack_state(rate_hz, update.state)
+        clock_flag = self._clock_flag(plan, _saved_clock_flagged(plan.cursor), packed)
+        if clock_flag is not None:
+            flags.append(clock_flag)
         return _Outcome(
             end_us=plan.end_us,
-            state=_pack_state(rate_hz, update.state),
+            state=packed,
             estimates=estimates,
             flags=flags,
             calibration_version=plan.calibration.version,
             skipped_silence=False,
+        )
+
+    def _clock_flag(
+        self, plan: _Plan, flagged: bool, packed: dict[str, Any]
+    ) -> store.FlagIn | None:
+        """A ``clock_offset`` flag when the instrument's clock is off by more than the
+        tolerance (once per episode: the cursor's state remembers an open one; an offset back
+        under half the tolerance closes it)."""
+        tolerance = self.settings.twin_clock_offset_tolerance_s
+        offset = plan.clock_offset_s
+        self.stats.clock_offset_s[plan.instrument_id] = offset
+        off = abs(offset) > tolerance
+        packed["clock_flagged"] = off or (flagged and abs(offset) > tolerance / 2)
+        if not off or flagged:
+            return None
+        direction = "behind" if offset > 0 else "ahead of"
+        return store.FlagIn(
+            instrument_id=plan.instrument_id,
+            kind="clock_offset",
+            quantity=None,
+            channel=None,
+            time=_from_us(plan.start_us),
+            end_time=None,
+            expected=0.0,
+            observed=offset,
+            residual=offset,
+            tolerance=tolerance,
+            severity="warning",
+            twin_version=twin.TWIN_VERSION,
+            calibration_version=plan.calibration.version,
+            detail={
+                "offset_s": offset,
+                "note": f"the instrument's clock runs {abs(offset):.1f} s {direction} the "
+                "ingest's (transport delay included); its windows follow its own clock",
+            },
         )
 
     def _end_of_silence(self, plan: _Plan) -> int | None:
@@ -577,6 +630,11 @@ def _unpack_state(cursor: store.TwinCursor | None) -> tuple[float | None, Mappin
     if not isinstance(rate, int | float) or not isinstance(tracker, Mapping):
         return None, None
     return float(rate), tracker
+
+
+def _saved_clock_flagged(cursor: store.TwinCursor | None) -> bool:
+    """Whether the cursor's state holds an open clock-offset episode."""
+    return bool(cursor is not None and cursor.state.get("clock_flagged"))
 
 
 def _measured_rate_hz(samples: Mapping[str, store.ChannelSamples]) -> float | None:
