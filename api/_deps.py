@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 import provenance_store as store
-from api._errors import Forbidden, NotAuthenticated
+from api._errors import Forbidden, NotAuthenticated, PoolMisuse
 from api._settings import ApiSettings
 
 Capability = Literal["read", "operate", "audit", "admin"]
@@ -108,7 +108,7 @@ async def _held(request: Request, kind: ConnectionKind) -> AsyncIterator[None]:
     the request holds a first."""
     held = request.scope.get("beamtwin.db_slot")
     if held is not None:
-        raise RuntimeError(
+        raise PoolMisuse(
             f"{request.url.path}: the request holds a {held} connection and asks for a {kind} "
             "one; waiting for a second connection while holding one can deadlock the pool"
         )

@@ -34,6 +34,14 @@ class ApiError(Exception):
         super().__init__(detail)
 
 
+class PoolMisuse(ApiError, RuntimeError):
+    """A route asked for a second pooled connection while holding one (a bug: waiting for a
+    second connection while holding one can deadlock the pool)."""
+
+    status = 500
+    code = "internal_error"
+
+
 class NotAuthenticated(ApiError):
     """No token, or one that is unknown, revoked or expired, or whose user is disabled."""
 

@@ -184,10 +184,11 @@ def test_poison_messages_are_dead_lettered_with_reasons(
 
     messages: list[tuple[str, bytes]] = []
     valid_ticks = 0
-    for i, bad in enumerate(poisons.values()):
+    for i, (code, bad) in enumerate(poisons.items()):
         messages.append((instrument, _three_channel_frame(instrument, 10 * i, 10)))
         valid_ticks += 10
-        messages.append((instrument, bad))
+        # Keyed as a correct publisher keys it: by the instrument the frame names.
+        messages.append(("no-such-instrument" if code == "unknown_instrument" else instrument, bad))
     messages.append((instrument, _three_channel_frame(instrument, 10 * len(poisons), 10)))
     valid_ticks += 10
     produce(kafka_bootstrap, topic, messages)
