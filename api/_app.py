@@ -117,7 +117,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: sa.Engine | None 
     app.state.engine = engine
     app.state.audit_signer = signer
     app.state.streams = StreamRegistry(settings.api_max_streams)
-    metrics = ApiMetrics(engine)
+    metrics = ApiMetrics(engine, per_instrument=not settings.api_metrics_public)
     metrics.install(app)
     install_error_handlers(app)
     private = ("/api/",) if settings.api_metrics_public else ("/api/", "/metrics")

@@ -24,12 +24,15 @@ _STORE_TIMEOUT = timedelta(seconds=1)
 
 
 class StoreCollector(Collector):
-    """Reads three aggregates from the store at each scrape (``provenance_store.store_figures``,
+    """Reads a few aggregates from the store at each scrape (``provenance_store.store_figures``,
     index-only, well under 1 ms); a database that does not answer within a second leaves them
     out."""
 
-    def __init__(self, engine: sa.Engine):
+    def __init__(self, engine: sa.Engine, *, per_instrument: bool = False):
+        """``per_instrument``: also report figures labelled with instrument ids (only for an
+        authenticated ``/metrics``: a public one names no instrument)."""
         self._engine = engine
+        self._per_instrument = per_instrument
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -53,12 +56,34 @@ class StoreCollector(Collector):
                 "estimates trail the wall clock [s]",
                 value=figures.twin_lag_s,
             )
+        yield from self._clock_offsets(figures)
+
+    def _clock_offsets(self, figures: store.StoreFigures) -> Iterator[Metric]:
+        offsets = figures.clock_offsets_s
+        if offsets:
+            yield GaugeMetricFamily(
+                "beamtwin_clock_offset_max_seconds",
+                "the largest clock offset of an instrument against the ingest, transport delay "
+                "included, as the twin worker last measured it [s]",
+                value=max(abs(v) for v in offsets.values()),
+            )
+        if not self._per_instrument:
+            return
+        family = GaugeMetricFamily(
+            "beamtwin_instrument_clock_offset_seconds",
+            "how far an instrument's clock runs behind the ingest's, transport delay included, "
+            "as the twin worker last measured it (negative: ahead) [s]",
+            labels=["instrument"],
+        )
+        for instrument_id, offset in offsets.items():
+            family.add_metric([instrument_id], offset)
+        yield family
 
 
 class ApiMetrics:
     """The app's own registry (one per app, so several apps in one process do not clash)."""
 
-    def __init__(self, engine: sa.Engine):
+    def __init__(self, engine: sa.Engine, *, per_instrument: bool = False):
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "beamtwin_api_request_duration_seconds",
@@ -72,7 +97,7 @@ class ApiMetrics:
             ["route", "method", "status"],
             registry=self.registry,
         )
-        self.registry.register(StoreCollector(engine))
+        self.registry.register(StoreCollector(engine, per_instrument=per_instrument))
 
     def install(self, app: FastAPI) -> None:
         app.add_middleware(_Measure, metrics=self)

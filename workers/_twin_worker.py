@@ -283,10 +283,12 @@ class TwinWorker:
         # The watermark follows the instrument's own clock: "now" on its clock is the ingest's
         # now minus the offset its latest samples show, so a publisher whose clock runs behind
         # is not outrun (its windows would look silent), and one that falls silent still has
-        # its windows closed, on its own clock, to report the dropout.
+        # its windows closed, on its own clock, to report the dropout. An offset within the
+        # tolerance is transport delay, which the lateness covers: the ingest's clock stands.
         clock = store.instrument_clock(conn=conn, instrument_id=instrument_id)
         offset_s = 0.0 if clock is None else clock.offset_s
-        limit_us = now_us - round((offset_s + s.twin_lateness_s) * _US_PER_S)
+        skew_s = offset_s if abs(offset_s) > s.twin_clock_offset_tolerance_s else 0.0
+        limit_us = now_us - round((skew_s + s.twin_lateness_s) * _US_PER_S)
         calibration, next_calibration_us = self._calibration(conn, instrument_id, start_us)
         # The first window of an instrument is the tracker's learning window (noise fit).
         length_s = s.twin_learn_s if cursor is None else s.twin_window_s
@@ -372,6 +374,7 @@ class TwinWorker:
             skipped = dataclasses.replace(state, until_s=skip_to / _US_PER_S)
             packed = _pack_state(rate_hz, skipped)
             packed["clock_flagged"] = _saved_clock_flagged(plan.cursor)
+            packed["clock_offset_s"] = plan.clock_offset_s
             return _Outcome(
                 end_us=skip_to,
                 state=packed,
@@ -412,6 +415,7 @@ class TwinWorker:
         self.stats.clock_offset_s[plan.instrument_id] = offset
         off = abs(offset) > tolerance
         packed["clock_flagged"] = off or (flagged and abs(offset) > tolerance / 2)
+        packed["clock_offset_s"] = offset
         if not off or flagged:
             return None
         direction = "behind" if offset > 0 else "ahead of"

@@ -70,3 +70,14 @@ def stored(engine: sa.Engine, channel_id: int) -> list[tuple[datetime, datetime,
             {"c": channel_id},
         ).all()
     return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def newest_migration() -> str:
+    """The highest-numbered migration file's revision (``0008`` for ``0008_clock_offset.py``):
+    the chain of migrations must end there."""
+    from pathlib import Path
+
+    import provenance_store
+
+    versions = Path(provenance_store.__file__).parent / "migrations" / "versions"
+    return max(p.name[:4] for p in versions.glob("[0-9][0-9][0-9][0-9]_*.py"))

@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 import provenance_store as store
 from provenance_store._engine import MIGRATIONS, _alembic_config
+from tests.provenance_store._support import newest_migration
 
 
 def _tables(url: str) -> set[str]:
@@ -53,10 +54,10 @@ def test_upgrade_builds_every_table_from_an_empty_database(
     }
     eng = store.create_store_engine(empty_database_url)
     try:
-        assert store.current_revision(eng) == store.head_revision() == "0005"
+        assert store.current_revision(eng) == store.head_revision() == newest_migration()
         store.check_schema(eng)  # does not raise
         store.upgrade_schema(empty_database_url)  # idempotent
-        assert store.current_revision(eng) == "0005"
+        assert store.current_revision(eng) == newest_migration()
     finally:
         eng.dispose()
 

@@ -149,3 +149,37 @@ def test_an_instrument_that_falls_silent_still_gets_its_dropout_on_its_own_clock
     assert _flags(engine, slow_id)["dropout"] >= 1
     # Its windows went on past the silence, on its own clock.
     assert stats.processed_until[slow_id] > T0.timestamp() + 60.0 + SETTINGS.twin_max_silence_s
+
+
+def test_the_offset_is_a_store_figure_and_a_metric_per_instrument(
+    engine: sa.Engine, database_url: str
+) -> None:
+    from fastapi.testclient import TestClient
+    from pydantic import SecretStr
+
+    from api import ApiSettings, create_app
+
+    slow_id, _ = _run_live(engine, behind_s=30.0)
+    with engine.connect() as conn:
+        figures = store.store_figures(conn=conn)
+    assert abs(figures.clock_offsets_s[slow_id] - 30.0) < 1.0
+    with engine.begin() as conn:
+        store.add_api_user(conn=conn, name=f"scraper-{slow_id}", role="admin", actor="test")
+        token = store.create_api_token(
+            conn=conn, name=f"scraper-{slow_id}", label="metrics", actor="test"
+        ).token
+    private = ApiSettings(database_url=SecretStr(database_url), api_metrics_public=False)
+    with TestClient(create_app(private)) as client:
+        text = client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).text
+    line = next(
+        x
+        for x in text.splitlines()
+        if x.startswith("beamtwin_instrument_clock_offset_seconds{")
+        and f'instrument="{slow_id}"' in x
+    )
+    assert abs(float(line.split()[-1]) - 30.0) < 1.0
+    public = ApiSettings(database_url=SecretStr(database_url), api_metrics_public=True)
+    with TestClient(create_app(public)) as client:
+        text = client.get("/metrics").text
+    assert slow_id not in text  # a public scrape names no instrument
+    assert "beamtwin_clock_offset_max_seconds" in text
