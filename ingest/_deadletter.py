@@ -62,6 +62,9 @@ DEAD_LETTER_CODES: dict[str, str] = {
     "not of the format its name says",
     "incomplete_run": "a bluesky document of a run whose start document was never seen (a "
     "stop, descriptor or event without its start)",
+    "dataset_conflict": "an acquisition event reuses a registered dataset id for another "
+    "acquisition (another file, instrument, operator, proposal or time); both versions are "
+    "named in the reason",
     "internal_error": "an unexpected error while handling the message, under a consumer whose "
     "error policy dead-letters such errors instead of stopping (the reason quotes the error)",
     "snapshot_failed": "the snapshot of a valid acquisition event could not be computed, "

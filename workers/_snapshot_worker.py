@@ -228,7 +228,7 @@ class SnapshotWorker:
         while True:
             attempt += 1
             try:
-                outcome = self._with_db(lambda conn: self._store(conn, doc, source))
+                outcome = self._with_db(lambda conn: self._store(conn, event, doc, source))
                 break
             except (store.InstrumentNotFound, RejectedMessage, WorkerStopped):
                 raise
@@ -282,7 +282,13 @@ class SnapshotWorker:
             raise RejectedMessage("schema", _describe(exc)) from None
         return event, doc
 
-    def _store(self, conn: sa.Connection, doc: Mapping[str, Any], source: str) -> Outcome:
+    def _store(
+        self,
+        conn: sa.Connection,
+        event: AcquisitionEventV1,
+        doc: Mapping[str, Any],
+        source: str,
+    ) -> Outcome:
         try:
             dataset, created = store.register_dataset(
                 conn=conn, event=doc, source=source, actor=REGISTER_ACTOR
@@ -290,6 +296,7 @@ class SnapshotWorker:
         except store.InstrumentNotFound as exc:
             raise RejectedMessage("unknown_instrument", str(exc)) from None
         if not created:
+            _check_same_acquisition(dataset, event)
             current = store.current_snapshot(conn=conn, dataset_id=dataset.id)
             if current is not None:
                 # A duplicate (a re-delivery, a file registered twice): nothing to add.
@@ -367,6 +374,40 @@ class SnapshotWorker:
 
     def _retried(self, exc: BaseException, delay_s: float) -> None:
         self.stats.db_retries += 1
+
+
+#: What makes two events with one dataset id the same acquisition (where the file lies and
+#: when the event was built may differ: a copied file, a registration repeated).
+_IDENTITY = (
+    ("instrument", "instrument_id", lambda e: e.instrument_id),
+    ("file SHA-256", "file_sha256", lambda e: e.file.sha256),
+    ("file size", "file_size", lambda e: e.file.size_bytes),
+    ("operator", "operator", lambda e: e.operator),
+    ("proposal", "proposal", lambda e: e.proposal),
+    ("start time", "start_time", lambda e: e.start_time),
+    ("end time", "end_time", lambda e: e.end_time),
+)
+
+
+def _check_same_acquisition(dataset: store.DatasetRecord, event: AcquisitionEventV1) -> None:
+    """A second event for a registered dataset id must describe the same acquisition; one that
+    names another file, operator, ... is a conflict, never a silent duplicate.
+
+    Raises:
+        RejectedMessage: ``dataset_conflict``, naming both versions of each field that differs.
+    """
+    differ = [
+        f"{label}: registered {getattr(dataset, attr)!s}, this event {get(event)!s}"
+        for label, attr, get in _IDENTITY
+        if getattr(dataset, attr) != get(event)
+    ]
+    if differ:
+        raise RejectedMessage(
+            "dataset_conflict",
+            f"dataset {dataset.id} is registered (from {dataset.file_uri}, by "
+            f"{dataset.source}) with other facts than this event's (from {event.file.uri}): "
+            + "; ".join(differ),
+        )
 
 
 def _describe(exc: pydantic.ValidationError) -> str:

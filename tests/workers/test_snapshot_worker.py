@@ -422,3 +422,40 @@ def test_the_snapshots_command(
     assert "datasets 1, duplicates 0, snapshots 1" in out.splitlines()[-1]
     with engine.connect() as conn:
         assert store.current_snapshot(conn=conn, dataset_id=event.dataset_id) is not None
+
+
+def test_a_second_event_naming_another_acquisition_under_one_id_is_a_dead_lettered_conflict(
+    database_url: str,
+    engine: sa.Engine,
+    kafka_bootstrap: str,
+    unique_name: Callable[[str], str],
+    running: Callable[[SnapshotSettings], SnapshotStats],
+) -> None:
+    """The same id with another operator (or file) is a conflict naming both versions; the
+    same event again (a re-delivery, a copy of the file elsewhere) is still a duplicate."""
+    topic, dlq, group = unique_name("acq"), unique_name("dlq"), unique_name("grp")
+    create_topics(kafka_bootstrap, {topic: 1, dlq: 1})
+    instrument = _register_instrument(engine, "conflict")
+    block = _microscope(instrument, seed=5).generate(20)
+    first = virtual_acquisition_event(block, CALIBRATION, number=1)
+    other_operator = first.model_copy(update={"operator": "mallory"})
+    copied = first.model_copy(
+        update={"file": first.file.model_copy(update={"uri": "file:///elsewhere/copy.dm4"})}
+    )
+    _publish(
+        kafka_bootstrap,
+        topic,
+        [(instrument, encode_event(e), []) for e in (first, other_operator, copied)],
+    )
+    stats = running(_settings(database_url, kafka_bootstrap, topic, dlq, group))
+    wait_until(lambda: stats.events_handled >= 3, 120, "the events")
+    assert stats.dead_letter_codes == {"dataset_conflict": 1}
+    assert stats.duplicates == 1
+    (letter,) = read_dead_letters(kafka_bootstrap, dlq, expected=1)
+    assert letter.headers["beamtwin.dlq.code"] == "dataset_conflict"
+    reason = letter.headers["beamtwin.dlq.reason"]
+    assert first.dataset_id in reason and "mallory" in reason
+    assert f"registered {first.operator}" in reason
+    with engine.connect() as conn:
+        kept = store.get_dataset(conn=conn, dataset_id=first.dataset_id)
+    assert kept is not None and kept.operator == first.operator
