@@ -182,6 +182,9 @@ FIELD_SOURCES: Mapping[str, FieldSource] = {
     "extraction_voltage": FieldSource(
         "V", None, 1.0, "gun.extraction_voltage", ("gun.extraction_voltage",)
     ),
+    "holder_pressure": FieldSource(
+        "Pa", None, 1.0, "holder.gas_pressure", ("holder.gas_pressure",)
+    ),
     "stage_alpha": FieldSource("rad", None, 1.0, "stage.alpha", ("stage.alpha",)),
     "stage_beta": FieldSource("rad", None, 1.0, "stage.beta", ("stage.beta",)),
 }
@@ -194,7 +197,6 @@ UNVERIFIABLE_FIELDS: Mapping[str, str] = {
     "exposure_time": "the twin does not follow the camera's exposure of this dataset",
     "frame_count": "the number of frames is a property of the data, not of the instrument",
     "reciprocal_pixel_size": "a diffraction calibration; the twin does not model the detector",
-    "holder_pressure": "the twin has no holder pressure quantity",
     "acquisition_mode": "a text field, not a measured quantity",
     "detector": "a text field, not a measured quantity",
     "holder": "a text field, not a measured quantity",
@@ -247,6 +249,8 @@ FIELD_TOLERANCES: Mapping[str, FieldTolerance] = {
     "stage_beta": FieldTolerance(abs_floor=math.radians(0.1), rel=0.0, resolution=1.7e-5),
     # Holder thermocouples: 0.5 K.
     "holder_temperature": FieldTolerance(abs_floor=0.5, rel=2e-3, resolution=0.01),
+    # Gas-cell pressure transducers: ~1 % of reading, 10 Pa (0.075 Torr) at the low end.
+    "holder_pressure": FieldTolerance(abs_floor=10.0, rel=0.01, resolution=1.0),
 }
 
 

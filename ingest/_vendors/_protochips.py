@@ -1,8 +1,15 @@
-"""Protochips in-situ holder logs (``.csv``): the header and the first reading of holder
-temperature and pressure, read with rosettasciio's ``protochips`` reader."""
+"""Protochips in-situ holder logs (``.csv``): the header with rosettasciio's ``protochips``
+reader, and the first reading of holder temperature and pressure from the log's own first row.
+
+The logger writes its header notes as rows of their own that repeat the first sample (time
+0), and later notes on rows with readings of their own; rosettasciio drops every row with a
+note and spreads the rest on a uniform time axis. The first reading is therefore taken from
+the first row, at time 0, as ``beamtwin replay-holder-log`` publishes it, so a registered log
+and its replayed telemetry agree."""
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -42,27 +49,41 @@ def _check_complete_csv(path: Path) -> None:
         )
 
 
-def _first_readings(results: list[dict[str, Any]]) -> dict[str, NormalizedField]:
-    """The first reading of each holder channel, in its field's canonical unit."""
+def _first_row(path: Path) -> dict[str, str]:
+    """The log's first row of readings (time 0), by column heading."""
+    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        row = next(reader, [])
+    return dict(zip(header, (cell.strip() for cell in row), strict=False))
+
+
+def _first_readings(results: list[dict[str, Any]], path: Path) -> dict[str, NormalizedField]:
+    """The first reading of each holder channel (the log's first row), in its field's
+    canonical unit; the unit from the reader's signal title (the log's unit notes)."""
+    row = _first_row(path)
     out: dict[str, NormalizedField] = {}
     for result in results:
         title = str((result.get("metadata") or {}).get("General", {}).get("title", ""))
         match = re.match(r"^(.*?) \((.*)\)$", title)
-        if not match or result["first_value"] is None or match[1] not in _CHANNELS:
+        if not match or match[1] not in _CHANNELS or not row.get(match[1]):
             continue
         channel, unit = match.group(1), match.group(2)
         name = _CHANNELS[channel]
-        raw = float(result["first_value"])
+        try:
+            raw = float(row[channel])
+        except ValueError:
+            continue
         canonical = STATE_FIELDS[name][0]
         assert canonical is not None
         out[name] = NormalizedField(
             value=convert(raw, unit, canonical),
             unit=canonical,
-            source=f"data:{channel}[0]",
+            source=f"row 1 (time 0): {channel}",
             source_value=raw,
             source_unit=pint_unit(unit),
             quality=Quality.OK,
-            note="first reading of the log; the unit from its header",
+            note="first reading of the log (its first row, at time 0); the unit from its notes",
         )
     return out
 
@@ -96,7 +117,7 @@ def read_protochips(path: Path) -> VendorMetadata:
     header = result["original_metadata"].get("Protochips_header") or {}
     tree = json_safe(result["original_metadata"])
     meta = metadata_of("protochips_log", "rsciio.protochips", tree, result)
-    meta.state.update(_first_readings(results))
+    meta.state.update(_first_readings(results, path))
     user = header.get("User")
     if isinstance(user, str) and user:
         meta.state["operator"] = NormalizedField(

@@ -443,8 +443,9 @@ def test_snapshot_channels_reads_the_inputs_of_derived_quantities_only_when_need
     assert twin.snapshot_channels(["magnification"]) == ()
     assert set(twin.snapshot_channels(["defocus"])) == set(twin.INPUT_CHANNELS)
     assert set(twin.snapshot_channels()) == set(twin.INPUT_CHANNELS) | {
-        "gun.extraction_voltage", "stage.alpha", "stage.beta",
+        "gun.extraction_voltage", "stage.alpha", "stage.beta", "holder.gas_pressure",
     }  # fmt: skip
+    assert twin.snapshot_channels(["holder_pressure"]) == ("holder.gas_pressure",)
 
 
 def test_align_channels_holds_each_channel_at_its_last_sample() -> None:
