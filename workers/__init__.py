@@ -7,12 +7,19 @@ Only the CLI imports this package; it may import :mod:`ingest` (contracts, the c
 
 from workers._errors import InvalidEvent, WorkerError
 from workers._settings import SNAPSHOT_GROUP_ID, SnapshotSettings, TwinSettings
-from workers._snapshot_worker import SnapshotStats, SnapshotWorker
+from workers._snapshot_worker import (
+    SNAPSHOT_ACTOR,
+    SNAPSHOT_REASON,
+    SnapshotStats,
+    SnapshotWorker,
+)
 from workers._snapshots import ComputedSnapshot, compute_snapshot, warm_up
 from workers._twin_worker import STATE_FORMAT, TwinStats, TwinWorker, WindowResult
 
 __all__ = [
+    "SNAPSHOT_ACTOR",
     "SNAPSHOT_GROUP_ID",
+    "SNAPSHOT_REASON",
     "STATE_FORMAT",
     "ComputedSnapshot",
     "InvalidEvent",

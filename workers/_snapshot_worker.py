@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 #: Who stores snapshots, in the audit log and the provenance graph.
 SNAPSHOT_ACTOR = "twin"
+#: Why the snapshot worker stores a dataset's first snapshot.
+SNAPSHOT_REASON = "acquisition"
 #: Who registers datasets on behalf of the registering tool.
 REGISTER_ACTOR = "worker:snapshots"
 #: How often a snapshot that fails to compute (not a database outage) is retried before the
@@ -310,7 +312,7 @@ class SnapshotWorker:
             calibration_version=computed.calibration_version,
             telemetry_complete=computed.telemetry_complete,
             actor=SNAPSHOT_ACTOR,
-            reason="acquisition",
+            reason=SNAPSHOT_REASON,
         )
         return Outcome(dataset.id, created, snapshot.version, snapshot_created)
 
