@@ -14,6 +14,7 @@ from ingest._acquisition import (
     Quality,
     TimeSource,
     dataset_id_for,
+    dataset_record,
     decode_event,
     encode_event,
 )
@@ -136,6 +137,7 @@ __all__ = [
     "check_key",
     "conversion_to_canonical",
     "dataset_id_for",
+    "dataset_record",
     "dead_letter_headers",
     "decode_event",
     "decode_frame",

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import hashlib
 from enum import StrEnum
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+import provenance_store as store
 from ingest._wire import IDENTIFIER_PATTERN
 
 ACQUISITION_SCHEMA_ID = "beamtwin.acquisitions.v1"
@@ -289,3 +291,31 @@ def encode_event(event: AcquisitionEventV1) -> bytes:
 def decode_event(raw: bytes) -> AcquisitionEventV1:
     """Parse one message value (raises pydantic's ``ValidationError``)."""
     return AcquisitionEventV1.model_validate_json(raw)
+
+
+def dataset_record(
+    event: AcquisitionEventV1, *, document: Mapping[str, Any] | None = None
+) -> store.DatasetIn:
+    """The dataset a validated acquisition event registers, for
+    :func:`provenance_store.register_dataset` (which then checks nothing twice).
+
+    Args:
+        document: the event's JSON object exactly as it was received (stored verbatim);
+            default: the model's own JSON dump.
+    """
+    return store.DatasetIn(
+        id=event.dataset_id,
+        instrument_id=event.instrument_id,
+        start_time=event.start_time,
+        end_time=event.end_time,
+        time_source=str(event.time_source.value),
+        file_uri=event.file.uri,
+        file_name=event.file.name,
+        file_sha256=event.file.sha256,
+        file_size=event.file.size_bytes,
+        file_format=event.file.format,
+        operator=event.operator,
+        proposal=event.proposal,
+        registered_at=event.registered_at,
+        event=document if document is not None else event.model_dump(mode="json", by_alias=True),
+    )

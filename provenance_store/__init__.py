@@ -157,6 +157,7 @@ from provenance_store._records import (
     ChannelDeclaration,
     ChannelRecord,
     ChannelSamples,
+    DatasetIn,
     DatasetRecord,
     DatasetSummary,
     EstimateRecord,
@@ -203,6 +204,7 @@ from provenance_store._twin import (
 )
 
 __all__ = [
+    "DatasetIn",
     "API_ROLES",
     "AUDIT_NOT_COVERED",
     "DATASET_SOURCES",

@@ -41,6 +41,7 @@ from provenance_store._records import (
     DATASET_SOURCES,
     VERDICTS,
     VERDICTS_WORST_FIRST,
+    DatasetIn,
     DatasetRecord,
     DatasetSummary,
     ProvGraph,
@@ -542,12 +543,51 @@ def _snapshot_prov(record: SnapshotRecord, instrument_id: str, *, correction: bo
     return prov
 
 
+def _dataset_in(event: Mapping[str, Any]) -> DatasetIn:
+    """The fields of an acquisition event's JSON object, checked (for callers that hand the
+    store a document rather than a validated event)."""
+    dataset_id = _text("dataset_id", event.get("dataset_id"))
+    if dataset_id is None or not _DATASET_ID.match(dataset_id):
+        raise InvalidRecord(f"dataset id {dataset_id!r} is not 'ds-' + 32 lower-case hex digits")
+    file = event.get("file")
+    if not isinstance(file, Mapping):
+        raise InvalidRecord("the event has no file object")
+    size = file.get("size_bytes")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidRecord(f"the event's file.size_bytes must be a count of bytes, got {size!r}")
+    instrument_id = _text("instrument_id", event.get("instrument_id"))
+    file_sha256 = _text("file.sha256", file.get("sha256"))
+    if file_sha256 is None or not _SHA256.match(file_sha256):
+        raise InvalidRecord(f"the event's file.sha256 {file_sha256!r} is not a SHA-256 in hex")
+    return DatasetIn(
+        id=dataset_id,
+        instrument_id=str(instrument_id),
+        start_time=_time("start_time", event.get("start_time")),
+        end_time=_time("end_time", event.get("end_time")),
+        time_source=str(_text("time_source", event.get("time_source"))),
+        file_uri=str(_text("file.uri", file.get("uri"))),
+        file_name=str(_text("file.name", file.get("name"))),
+        file_sha256=file_sha256,
+        file_size=size,
+        file_format=str(_text("file.format", file.get("format"))),
+        operator=_text("operator", event.get("operator"), optional=True),
+        proposal=_text("proposal", event.get("proposal"), optional=True),
+        registered_at=_time("registered_at", event.get("registered_at")),
+        event=event,
+    )
+
+
 # ---------------------------------------------------------------------------- datasets
 def register_dataset(
-    *, conn: sa.Connection, event: Mapping[str, Any], source: str, actor: str
+    *,
+    conn: sa.Connection,
+    event: Mapping[str, Any] | DatasetIn,
+    source: str,
+    actor: str,
 ) -> tuple[DatasetRecord, bool]:
-    """Register the dataset of an acquisition event (``beamtwin.acquisitions.v1``, as a JSON
-    object or its model dump) in the caller's transaction; idempotent on ``dataset_id``.
+    """Register the dataset of an acquisition event (``beamtwin.acquisitions.v1``: a
+    :class:`DatasetIn` built from the validated event, or the event's JSON object, whose fields
+    are then checked here) in the caller's transaction; idempotent on ``dataset_id``.
 
     The first registration of an id wins: registering it again (the same event, or another one
     with the same id) returns the stored record and ``created=False`` and writes nothing. A new
@@ -567,43 +607,32 @@ def register_dataset(
         InstrumentNotFound: the event's instrument is not registered.
         InvalidRecord: a missing or malformed field of the event, or an unknown ``source``.
     """
-    dataset_id = _text("dataset_id", event.get("dataset_id"))
-    if dataset_id is None or not _DATASET_ID.match(dataset_id):
-        raise InvalidRecord(f"dataset id {dataset_id!r} is not 'ds-' + 32 lower-case hex digits")
-    existing = conn.execute(_GET_DATASET, {"id": dataset_id}).first()
+    dataset = event if isinstance(event, DatasetIn) else _dataset_in(event)
+    existing = conn.execute(_GET_DATASET, {"id": dataset.id}).first()
     if existing is not None:
         return _dataset(existing), False
     if source not in DATASET_SOURCES:
         raise InvalidRecord(f"dataset source {source!r} is not one of {DATASET_SOURCES}")
-    file = event.get("file")
-    if not isinstance(file, Mapping):
-        raise InvalidRecord("the event has no file object")
-    size = file.get("size_bytes")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise InvalidRecord(f"the event's file.size_bytes must be a count of bytes, got {size!r}")
-    instrument_id = _text("instrument_id", event.get("instrument_id"))
-    file_sha256 = _text("file.sha256", file.get("sha256"))
-    if file_sha256 is None or not _SHA256.match(file_sha256):
-        raise InvalidRecord(f"the event's file.sha256 {file_sha256!r} is not a SHA-256 in hex")
     fields: dict[str, Any] = {
-        "id": dataset_id,
-        "instrument_id": instrument_id,
-        "start_time": _time("start_time", event.get("start_time")),
-        "end_time": _time("end_time", event.get("end_time")),
-        "time_source": _text("time_source", event.get("time_source")),
-        "file_uri": _text("file.uri", file.get("uri")),
-        "file_name": _text("file.name", file.get("name")),
-        "file_sha256": file_sha256,
-        "file_size": size,
-        "file_format": _text("file.format", file.get("format")),
-        "operator": _text("operator", event.get("operator"), optional=True),
-        "proposal": _text("proposal", event.get("proposal"), optional=True),
+        "id": dataset.id,
+        "instrument_id": dataset.instrument_id,
+        "start_time": dataset.start_time,
+        "end_time": dataset.end_time,
+        "time_source": dataset.time_source,
+        "file_uri": dataset.file_uri,
+        "file_name": dataset.file_name,
+        "file_sha256": dataset.file_sha256,
+        "file_size": dataset.file_size,
+        "file_format": dataset.file_format,
+        "operator": dataset.operator,
+        "proposal": dataset.proposal,
         "source": source,
-        "registered_at": _time("registered_at", event.get("registered_at")),
+        "registered_at": dataset.registered_at,
     }
-    if fields["end_time"] < fields["start_time"]:
+    dataset_id, instrument_id = dataset.id, dataset.instrument_id
+    if dataset.end_time < dataset.start_time:
         raise InvalidRecord(f"dataset {dataset_id}: end_time is before start_time")
-    event_text = canonical_json(event).decode()
+    event_text = canonical_json(dataset.event).decode()
     _serialize_writes(conn)
     head = conn.execute(_ROUND_TRIP, {"document": event_text, "instrument_id": instrument_id}).one()
     if not head.instrument_known:

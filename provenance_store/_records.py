@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -600,6 +601,35 @@ VERDICTS_WORST_FIRST: tuple[str, ...] = (
     "unverifiable",
     "consistent",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetIn:
+    """A dataset to register, from an acquisition event its producer has validated already
+    (``ingest.dataset_record`` builds it from the event's model): the store takes these
+    fields as they are and stores ``event`` (the event's JSON document) verbatim.
+
+    Attributes:
+        id: ``ds-`` + the first 32 hex digits of the file's SHA-256.
+        start_time, end_time, registered_at: aware datetimes (UTC).
+        file_size: [bytes].
+        event: the whole acquisition event as a JSON object.
+    """
+
+    id: str
+    instrument_id: str
+    start_time: datetime
+    end_time: datetime
+    time_source: str
+    file_uri: str
+    file_name: str
+    file_sha256: str
+    file_size: int
+    file_format: str
+    operator: str | None
+    proposal: str | None
+    registered_at: datetime
+    event: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

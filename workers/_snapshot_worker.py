@@ -55,6 +55,7 @@ from ingest import (
     RejectedMessage,
     RetryPolicy,
     WorkerStopped,
+    dataset_record,
     source_of,
     with_db,
 )
@@ -293,7 +294,10 @@ class SnapshotWorker:
     ) -> Outcome:
         try:
             dataset, created = store.register_dataset(
-                conn=conn, event=doc, source=source, actor=REGISTER_ACTOR
+                conn=conn,
+                event=dataset_record(event, document=doc),
+                source=source,
+                actor=REGISTER_ACTOR,
             )
         except store.InstrumentNotFound as exc:
             raise RejectedMessage("unknown_instrument", str(exc)) from None
@@ -303,7 +307,9 @@ class SnapshotWorker:
             if current is not None:
                 # A duplicate (a re-delivery, a file registered twice): nothing to add.
                 return Outcome(dataset.id, False, current.version, False)
-        computed = compute_snapshot(conn=conn, event=dataset.event)
+        # The event validated at the edge, passed on as the model (a duplicate without a
+        # snapshot describes the same acquisition: _check_same_acquisition said so).
+        computed = compute_snapshot(conn=conn, event=event)
         snapshot, snapshot_created = store.store_snapshot(
             conn=conn,
             dataset_id=dataset.id,
@@ -356,7 +362,10 @@ class SnapshotWorker:
         dataset = store.get_dataset(conn=conn, dataset_id=dataset_id)
         if dataset is None:
             return False
-        computed = compute_snapshot(conn=conn, event=dataset.event)
+        # The stored document is read back across the database: validated at that edge.
+        computed = compute_snapshot(
+            conn=conn, event=AcquisitionEventV1.model_validate(dataset.event)
+        )
         _, created = store.store_snapshot(
             conn=conn,
             dataset_id=dataset_id,

@@ -71,12 +71,6 @@ def _to_us(t: datetime) -> int:
     return (t - _EPOCH) // _ONE_US
 
 
-def _event_dict(event: AcquisitionEventV1 | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(event, AcquisitionEventV1):
-        return event.model_dump(mode="json", by_alias=True)
-    return dict(event)
-
-
 def _as_datetime(value: Any) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -258,7 +252,7 @@ def _history(
 def compute_snapshot(
     *,
     conn: sa.Connection,
-    event: AcquisitionEventV1 | Mapping[str, Any],
+    event: AcquisitionEventV1,
     lookback_s: float | None = None,
     now: datetime | None = None,
     config: twin.SnapshotConfig | None = None,
@@ -269,7 +263,8 @@ def compute_snapshot(
     Args:
         conn: a connection on the provenance store (read only; the caller owns the
             transaction).
-        event: the acquisition event (model or its JSON dict).
+        event: the acquisition event, validated (times reach the twin as datetimes: nothing
+            is parsed twice).
         lookback_s: history before the start searched for a stale value [s]; default
             ``config.lookback_s`` (:data:`DEFAULT_LOOKBACK_S`, 600 s).
         now: the time telemetry is counted up to for completeness (default: the wall clock);
@@ -285,10 +280,10 @@ def compute_snapshot(
         provenance_store.InvalidRecord: the body does not follow ``beamtwin.snapshot.v1``
             (:class:`provenance_store.SnapshotBodyV1`).
     """
-    ev = _event_dict(event)
-    instrument_id = str(ev["instrument_id"])
-    start = _as_datetime(ev["start_time"])
-    end = _as_datetime(ev.get("end_time") or ev["start_time"])
+    ev: dict[str, Any] = event.model_dump(mode="json", by_alias=True)
+    instrument_id = event.instrument_id
+    start, end = event.start_time.astimezone(UTC), event.end_time.astimezone(UTC)
+    ev["start_time"], ev["end_time"] = start, end
     if end < start:
         raise InvalidEvent("the acquisition ends before it starts")
     base = config or twin.DEFAULT_SNAPSHOT_CONFIG
@@ -299,8 +294,7 @@ def compute_snapshot(
 
     # Telemetry is waited for from the acquisition's end, or from its registration when the
     # dataset was registered later (a backlog of files, a replay).
-    registered = ev.get("registered_at")
-    waited_from = max(end, _as_datetime(registered)) if registered else end
+    waited_from = max(end, event.registered_at.astimezone(UTC))
     known = store.get_channels(conn=conn, instrument_id=instrument_id)
     present = [name for name in twin.snapshot_channels() if name in known]
     channels: dict[str, twin.ChannelSeries] = {}

@@ -607,3 +607,30 @@ def test_an_event_with_python_values_registers_with_a_stable_hash(
     assert record.event["time_source"] == "file_metadata"
     recomputed = store.canonical_json(dataset_hash_fields(record))
     assert record.record_sha256 == hashlib.sha256(recomputed).hexdigest()
+
+
+def test_a_validated_event_registers_as_its_fields_with_the_document_verbatim(
+    engine: sa.Engine, instrument_id: str
+) -> None:
+    """``ingest.dataset_record`` (fields from the validated model, the document as received)
+    registers once per id, with the model's fields and the document kept verbatim."""
+    from ingest import dataset_record
+
+    document = make_event(instrument_id, operator="bob")
+    model = AcquisitionEventV1.model_validate(document)
+    received = {**document, "publisher_note": "kept as received"}
+    with engine.begin() as conn:
+        record, created = store.register_dataset(
+            conn=conn, event=dataset_record(model, document=received), source="watch", actor="t"
+        )
+        again, created_again = store.register_dataset(
+            conn=conn, event=dataset_record(model), source="watch", actor="t"
+        )
+    assert created and not created_again and again.id == record.id == model.dataset_id
+    assert (record.start_time, record.end_time) == (model.start_time, model.end_time)
+    assert (record.file_sha256, record.file_size, record.operator) == (
+        model.file.sha256,
+        model.file.size_bytes,
+        "bob",
+    )
+    assert record.event["publisher_note"] == "kept as received"
