@@ -28,6 +28,8 @@ FAST = AdapterSettings(
 class Pipeline:
     engine: sa.Engine
     publisher: TelemetryPublisher
+    bootstrap: str
+    topic: str
 
     def stored(self, instrument: str, channel: str) -> list[tuple[datetime, float]]:
         """(source time, value in the canonical unit) of one channel, in time order."""
@@ -81,7 +83,7 @@ def pipeline(
             kafka_bootstrap, publisher_id="adapter-test", topic=topic, linger_ms=0
         ) as publisher,
     ):
-        yield Pipeline(engine=engine, publisher=publisher)
+        yield Pipeline(engine=engine, publisher=publisher, bootstrap=kafka_bootstrap, topic=topic)
 
 
 @dataclass

@@ -4,63 +4,22 @@ coming back is a dropout and a recovery."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from adapters import TFS_MAPPING, TemscriptSource
+from tests.adapters._temscript import NullServer, free_port
 from tests.adapters.conftest import Pipeline, running_adapter
 from tests.ingest._support import wait_until
 
 temscript = pytest.importorskip("temscript", reason="temscript not installed (beamtwin[tfs])")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class NullServer:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        exe = shutil.which("temscript-server") or str(
-            Path(sys.executable).parent / "temscript-server"
-        )
-        self.process = subprocess.Popen(
-            [exe, "--null", "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def answers() -> bool:
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", self.port)) == 0
-
-        wait_until(answers, 15, "temscript-server")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-    def client(self) -> object:
-        return temscript.RemoteMicroscope(("127.0.0.1", self.port), timeout=5)
-
-
 @pytest.fixture()
 def null_server() -> Iterator[NullServer]:
-    server = NullServer(_free_port())
+    server = NullServer(free_port())
     server.start()
     try:
         yield server
@@ -76,8 +35,8 @@ def test_defocus_and_stage_changes_arrive_in_si_units(
     with running_adapter(source, pipeline, instrument) as run:
         pipeline.wait_for(instrument, "gun.high_tension", lambda v: True, 30)
         microscope = null_server.client()
-        microscope.set_defocus(-1.5e-6)  # type: ignore[attr-defined]
-        microscope.set_stage_position({"x": 2e-5, "y": -1e-5, "a": 0.1})  # type: ignore[attr-defined]
+        microscope.set_defocus(-1.5e-6)
+        microscope.set_stage_position({"x": 2e-5, "y": -1e-5, "a": 0.1})
         pipeline.wait_for(instrument, "objective.C10", lambda v: v == pytest.approx(-1.5e-6), 3)
         pipeline.wait_for(instrument, "stage.x", lambda v: v == pytest.approx(2e-5), 3)
         pipeline.wait_for(instrument, "stage.alpha", lambda v: v == pytest.approx(0.1), 3)
@@ -104,7 +63,7 @@ def test_the_server_going_away_is_a_dropout_and_the_adapter_reconnects(
         time.sleep(0.5)  # several reconnection attempts fail meanwhile
         assert not run.stats.source_up and run.stats.dropouts == 1
         null_server.start()
-        null_server.client().set_defocus(-2e-6)  # type: ignore[attr-defined]
+        null_server.client().set_defocus(-2e-6)
         pipeline.wait_for(instrument, "objective.C10", lambda v: v == pytest.approx(-2e-6), 10)
     assert run.stats.recoveries == 1
     assert [s.source_up for s in run.statuses] == [True, False, True]
