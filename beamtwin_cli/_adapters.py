@@ -136,15 +136,30 @@ def start_adapter(
     return thread
 
 
-def start_usim_adapter(
-    broker: str, topic: str, instrument: str, stop: threading.Event, errors: list[BaseException]
-) -> tuple[UsimInstrument, Adapter, threading.Thread]:
-    """Nion Swift's simulated instrument and an adapter publishing it (``demo --source usim``);
-    the caller stops the thread with ``stop``, then closes the publisher and the instrument."""
-    from adapters import Adapter, AdapterSettings, NionSource, UsimInstrument
-    from ingest import TelemetryPublisher
+class UsimFeed:
+    """Nion Swift's simulated instrument published by the Nion adapter, on a thread
+    (``beamtwin demo --source usim``). :meth:`close` once the thread has ended."""
 
-    usim = UsimInstrument()
-    publisher = TelemetryPublisher(broker, topic=topic, publisher_id="adapter-usim")
-    adapter = Adapter(NionSource(), publisher, instrument_id=instrument, settings=AdapterSettings())
-    return usim, adapter, start_adapter(adapter, stop, errors)
+    def __init__(self, broker: str, topic: str, instrument: str) -> None:
+        from adapters import Adapter, AdapterSettings, NionSource, UsimInstrument
+        from ingest import TelemetryPublisher
+
+        self.usim = UsimInstrument()
+        self.publisher = TelemetryPublisher(broker, topic=topic, publisher_id="adapter-usim")
+        self.adapter = Adapter(
+            NionSource(), self.publisher, instrument_id=instrument, settings=AdapterSettings()
+        )
+
+    def start(
+        self, stop: threading.Event, errors: list[BaseException], duration_s: float | None
+    ) -> threading.Thread:
+        """Publish until ``stop`` is set or ``duration_s`` has passed."""
+        if duration_s is not None:
+            timer = threading.Timer(duration_s, self.adapter.stop)
+            timer.daemon = True
+            timer.start()
+        return start_adapter(self.adapter, stop, errors)
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.usim.close()
