@@ -129,23 +129,24 @@ class Adapter:
         self._moving_until = -math.inf
         self._unsubscribe: Callable[[], None] | None = None
         self._look_at_all = False
+        self._connected = False
 
     # ------------------------------------------------------------------ running
     def run(self, stop: threading.Event | None = None) -> None:
         """Poll until ``stop`` is set (or :meth:`stop` is called); returns after closing the
         source. Vendor errors never escape; only a bug of the adapter itself would."""
         stop = stop or self._stop
-        backoff = self.settings.adapter_retry_initial_s
+        initial = backoff = self.settings.adapter_retry_initial_s
         try:
             while not (stop.is_set() or self._stop.is_set()):
-                if not self.stats.source_up:
-                    if self._connect():
-                        backoff = self.settings.adapter_retry_initial_s
-                    else:
-                        self._sleep(stop, backoff)
-                        backoff = min(2 * backoff, self.settings.adapter_retry_max_s)
-                        continue
-                self._poll_when_due(stop)
+                # Backoff after a failed connect and after a failed read alike, so a source that
+                # connects but cannot be read is not hammered either.
+                ok = self._connect() if not self._connected else self._poll_when_due(stop)
+                if ok is False:
+                    self._sleep(stop, backoff)
+                    backoff = min(2 * backoff, self.settings.adapter_retry_max_s)
+                elif self.stats.source_up:
+                    backoff = initial
         finally:
             self._disconnect()
             self._caller.close()
@@ -163,23 +164,24 @@ class Adapter:
                 return
             self._stop.wait(min(left, _MAX_WAIT_S))
 
-    def _poll_when_due(self, stop: threading.Event) -> None:
+    def _poll_when_due(self, stop: threading.Event) -> bool | None:
+        """Poll once when due (or woken); None when no poll was due yet."""
         period = 1.0 / self.settings.adapter_optics_hz
         due = self._last_poll_mono + period if self.stats.polls else -math.inf
         now = time.monotonic()
         if now < due:
             woken = self._wake.wait(min(due - now, _MAX_WAIT_S))
             if stop.is_set() or self._stop.is_set():
-                return
+                return None
             if not woken and time.monotonic() < due:
-                return
+                return None
             if woken:  # a change was announced: look at every group, the stage too
                 self._wake.clear()
                 self._look_at_all = True
                 early = self._last_poll_mono + _MIN_EVENT_INTERVAL_S - time.monotonic()
                 if early > 0:
                     time.sleep(early)
-        self.poll_once()
+        return self.poll_once()
 
     _last_poll_mono = -math.inf
 
@@ -198,9 +200,11 @@ class Adapter:
                 log.warning("%s: change events unavailable: %s", self.source.name, exc)
         self._last.clear()  # the first read after (re)connecting is published whole
         self._last_full = -math.inf
+        self._connected = True
         return True
 
     def _disconnect(self) -> None:
+        self._connected = False
         if self._unsubscribe is not None:
             try:
                 self._unsubscribe()

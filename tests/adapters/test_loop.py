@@ -4,6 +4,7 @@ when, the frame contract, the time stamps, and the mapping checks."""
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -150,3 +151,27 @@ def test_a_bad_mapping_is_refused_before_anything_is_published(
 ) -> None:
     with pytest.raises(MappingError, match=message):
         check_mapping([ROWS[0], row])
+
+
+def test_a_source_that_connects_but_cannot_be_read_is_retried_with_backoff() -> None:
+    class Unreadable(DictSource):
+        reads = 0
+
+        def read(self) -> dict[str, float | None]:
+            Unreadable.reads += 1
+            raise OSError("the control software answers, the value server does not")
+
+    sink = RecordingSink()
+    settings = AdapterSettings(adapter_retry_initial_s=0.1, adapter_retry_max_s=0.4)
+    adapter = Adapter(Unreadable(), sink, instrument_id="stem-1", settings=settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=adapter.run, args=(stop,))
+    thread.start()
+    time.sleep(1.5)
+    stop.set()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    # 0.1 + 0.2 + 0.4 + 0.4 ... s apart: about 5 reads in 1.5 s, where 10 Hz polling makes 15.
+    assert 3 <= Unreadable.reads <= 7, Unreadable.reads
+    assert adapter.stats.dropouts == 1 and not adapter.stats.source_up and sink.frames == []
+    assert "OSError" in (adapter.stats.last_error or "")
