@@ -1,4 +1,5 @@
-# The beamtwin image: the `beamtwin` command (ingest and twin workers, migrations, API, publishers).
+# The beamtwin image: the `beamtwin` command (ingest and twin workers, migrations, API, publishers,
+# the Thermo Fisher adapter).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -15,8 +16,11 @@ COPY provenance_store ./provenance_store
 COPY api ./api
 COPY simulations ./simulations
 COPY workers ./workers
+COPY adapters ./adapters
 COPY beamtwin_cli ./beamtwin_cli
-RUN pip install . \
+# [tfs]: temscript's HTTP client for the Thermo Fisher adapter (small, BSD-3). Nion's adapter
+# runs inside Nion Swift and JEOL's beside PyJEM on the microscope PC, not in this image.
+RUN pip install .[tfs] \
     && useradd --system --uid 10001 --no-create-home beamtwin
 
 USER beamtwin

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
     import uvicorn
 
+    from beamtwin_cli._adapters import UsimFeed
     from beamtwin_cli._common import Subparsers
     from ingest import IngestSettings, IngestStats, TelemetryPublisher
     from provenance_store import DatasetSummary
@@ -57,6 +58,13 @@ def add_parsers(sub: Subparsers) -> None:
         type=int,
         default=68,
         help="sensor channels beyond the 32 standard ones (default: 100 channels in all)",
+    )
+    add(
+        "--source",
+        choices=("virtual", "usim"),
+        default="virtual",
+        help="what publishes telemetry: the virtual microscope, or Nion Swift's simulated "
+        "instrument read by the Nion adapter (beamtwin[nion]; docs/adapters.md)",
     )
     add("--workers", type=int, default=1, help="ingest workers in the group")
     add(
@@ -314,13 +322,15 @@ def _start_publishing(
     broker: str,
     microscope: VirtualMicroscope,
     acquisitions: _VirtualAcquisitions,
-) -> tuple[TelemetryPublisher, threading.Thread]:
+) -> tuple[TelemetryPublisher | UsimFeed, threading.Thread]:
     """Publish the virtual microscope's telemetry in a thread, with a deliberately wrong frame
     every ``--bad-frame-every`` frames and acquisition events every ``--acquisition-every``."""
     import numpy as np
 
     from ingest import TelemetryPublisher
 
+    if args.source == "usim":
+        return _start_usim(run, args, settings, broker)
     publisher = TelemetryPublisher(
         broker, topic=settings.telemetry_topic, publisher_id="virtual-demo"
     )
@@ -358,6 +368,21 @@ def _start_publishing(
     thread = threading.Thread(target=publish, name="virtual-microscope", daemon=True)
     thread.start()
     return publisher, thread
+
+
+def _start_usim(
+    run: _DemoRun, args: argparse.Namespace, settings: IngestSettings, broker: str
+) -> tuple[UsimFeed, threading.Thread]:
+    """Nion Swift's simulated instrument, read by the Nion adapter, instead of the virtual
+    microscope (no virtual datasets, no deliberately wrong frames)."""
+    from beamtwin_cli._adapters import UsimFeed
+
+    feed = UsimFeed(broker, settings.telemetry_topic, run.instrument)
+    print(
+        "telemetry: Nion Swift's simulated instrument (usim), read by the Nion adapter as "
+        + run.instrument
+    )
+    return feed, feed.start(run.publish_stop, run.errors, args.duration)
 
 
 def _print_intro(run: _DemoRun, args: argparse.Namespace, n_channels: int) -> None:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from adapters import AdapterSettings
 from api import ApiSettings
 from ingest import BlueskySettings, IngestSettings
 from workers import SnapshotSettings, TwinSettings
@@ -60,6 +61,7 @@ def settings_env_names() -> set[str]:
         *SnapshotSettings.model_fields,
         *BlueskySettings.model_fields,
         *ApiSettings.model_fields,
+        *AdapterSettings.model_fields,
     }
     return {"BEAMTWIN_" + name.upper() for name in fields}
 
@@ -438,11 +440,33 @@ def test_the_bluesky_consumer_is_opt_in_and_reads_the_compose_environment(
     assert settings.bluesky_topic == env["BEAMTWIN_BLUESKY_TOPIC"]
 
 
+def test_the_adapter_is_opt_in_and_reads_the_compose_environment(
+    compose: Compose, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = services(compose)["adapter-tfs"]
+    assert service.get("profiles") == ["adapters"]  # not started unless asked for
+    env = environment(service)
+    assert "BEAMTWIN_DATABASE_URL" not in env  # it only publishes to Kafka
+    for key, value in env.items():
+        monkeypatch.setenv(key, without_interpolations(value))
+    settings = AdapterSettings()
+    assert settings.kafka_bootstrap == "kafka:9092"
+    assert settings.adapter_optics_hz == 10.0 and settings.adapter_heartbeat_s == 1.0
+    command = [str(part) for part in service["command"]]
+    # The options `beamtwin adapter tfs` takes (tests/adapters/test_cli.py runs it).
+    assert command[:3] == ["beamtwin", "adapter", "tfs"]
+    options = dict(zip(command[3::2], command[4::2], strict=True))
+    assert set(options) == {"--instrument", "--host", "--port"}
+    port = INTERPOLATION.fullmatch(options["--port"])
+    assert port is not None and int(port["rest"].removeprefix(":-")) == 8080
+
+
 def test_dockerfile_installs_the_package_on_python_311() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.MULTILINE)
     assert re.search(r"^RUN pip install \.", dockerfile, re.MULTILINE)
-    for package in ("twin", "ingest", "provenance_store", "api", "simulations", "beamtwin_cli"):
+    packages = ("twin", "ingest", "provenance_store", "api", "simulations", "workers", "adapters")
+    for package in (*packages, "beamtwin_cli"):
         assert f"COPY {package} " in dockerfile, package
 
 

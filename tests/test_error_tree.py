@@ -32,6 +32,7 @@ ROOTS = {
     "api": "ApiError",
     "simulations": "SimulationError",
     "workers": "WorkerError",
+    "adapters": "AdapterError",
 }
 SKIPPED_DIRS = {"migrations"}
 
