@@ -513,6 +513,8 @@ def test_every_page_is_offline_accessible_fits_a_tablet_and_is_pictured(
         sign_in(page, served.url, dash.tokens["admin"])
         page.goto(url)
         page.locator(ready).first.wait_for(timeout=20_000)
+        # Every part of the page has loaded (the instruments' cards each have their state).
+        page.wait_for_function("() => !document.querySelector('[data-state=loading]')")
         assert not errors, errors
         # Offline: every script, style, font and image comes from the app itself.
         assert requested and all(u.startswith(served.url) for u in requested), requested

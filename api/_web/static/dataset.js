@@ -91,7 +91,7 @@
       box.dataset.edges = String(edges.length);
       box.setAttribute("aria-label", `Provenance graph: ${nodes.length} records (${nodes.filter((n) => n.data.kind === "entity").length} entities, ${nodes.filter((n) => n.data.kind === "activity").length} activities, ${nodes.filter((n) => n.data.kind === "agent").length} agents) and ${edges.length} relations`);
       document.getElementById("prov-legend").replaceChildren(
-        ...["entity", "activity", "agent"].map((k) => el("span", { class: `key key-${k}`, text: k })));
+        ...["entity", "activity", "agent"].map((k) => el("span", { class: `prov-key prov-key-${k}`, text: k })));
     } catch (error) { failed(box, error); }
   }
 

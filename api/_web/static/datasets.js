@@ -13,8 +13,7 @@
     const shown = rows.filter((d) => !needle || [d.id, d.file.name, d.operator, d.proposal, d.instrument_id]
       .some((v) => v && v.toLowerCase().includes(needle)));
     if (!shown.length) { box.replaceChildren(el("p", { text: "No dataset matches." })); box.dataset.state = "ready"; return; }
-    box.replaceChildren(el("table", { class: "datasets" },
-      el("caption", { class: "sr-only", text: "Datasets" }),
+    box.replaceChildren(el("table", { class: "datasets", "aria-label": "Datasets" },
       el("thead", {}, el("tr", {}, ["Dataset", "Instrument", "Acquired", "File", "Operator", "Proposal", "Verdicts"].map((h) => el("th", { scope: "col", text: h })))),
       el("tbody", {}, shown.map((d) => el("tr", { "data-dataset": d.id },
         el("td", {}, el("a", { href: `/ui/datasets/${encodeURIComponent(d.id)}`, text: d.id })),

@@ -65,8 +65,10 @@
         const t0 = Date.parse(f.time) / 1000;
         const t1 = f.end_time ? Date.parse(f.end_time) / 1000 : t0;
         const x0 = u.valToPos(t0, "x", true), x1 = u.valToPos(t1, "x", true);
-        ctx.fillStyle = f.severity === "critical" ? "rgba(190,20,20,0.85)" : "rgba(200,110,0,0.85)";
-        ctx.fillRect(x0 - 1, top, Math.max(2, x1 - x0 + 2), height);
+        const rgb = f.severity === "critical" ? "190,20,20" : "200,110,0";
+        if (x1 - x0 > 2) { ctx.fillStyle = `rgba(${rgb},0.15)`; ctx.fillRect(x0, top, x1 - x0, height); }
+        ctx.fillStyle = `rgba(${rgb},0.9)`;
+        ctx.fillRect(x0 - 1, top, 2, height);
         ctx.beginPath(); ctx.moveTo(x0 - 5, top); ctx.lineTo(x0 + 5, top); ctx.lineTo(x0, top + 8); ctx.fill();
         if (x0 >= left && x0 <= left + width) flagX.push(x0.toFixed(1));
       }
@@ -74,6 +76,19 @@
       // Where the flags are drawn (canvas pixels), for the tests and the curious.
       u.root.parentNode.dataset.flagX = flagX.join(",");
     };
+  }
+
+  // Tick labels with as many digits as the tick spacing needs (a 200 kV high tension that
+  // varies by 0.5 V shows 200000.0, 200000.5, ...).
+  function tickLabels(u, vals) {
+    const inc = vals.length > 1 ? Math.abs(vals[1] - vals[0]) : Math.abs(vals[0] || 1);
+    const top = Math.max(...vals.map((v) => Math.abs(v)));
+    if (top >= 1e6 || (top > 0 && top < 1e-3)) {
+      const digits = Math.min(12, Math.max(1, Math.ceil(Math.log10(top / (inc || top))) + 1));
+      return vals.map((v) => v.toExponential(digits - 1));
+    }
+    const decimals = Math.min(10, Math.max(0, -Math.floor(Math.log10(inc || 1))));
+    return vals.map((v) => v.toFixed(decimals));
   }
 
   function chart(series, bucketS, height) {
@@ -91,7 +106,7 @@
       cursor: { sync: { key: `bt-${id}` }, drag: { x: true, y: false, setScale: false } },
       scales: { x: { time: true, min: range[0] / 1000, max: range[1] / 1000 } },
       legend: { show: false },
-      axes: [{ stroke: "#333" }, { stroke: "#333", size: 70, values: (u, vals) => vals.map((v) => number(v, 4)) }],
+      axes: [{ stroke: "#333" }, { stroke: "#333", size: 84, values: tickLabels }],
       series: [
         {},
         { label: "mean", stroke: "#1f5fa8", width: 1.5, spanGaps: false },

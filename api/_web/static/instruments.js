@@ -14,23 +14,30 @@
   const MAX_STREAMS = 3;
   const root = document.getElementById("instruments");
 
-  function estimatesTable(state) {
-    const byName = new Map(state.estimates.map((e) => [e.quantity, e]));
-    const names = KEY.filter((q) => byName.has(q)).concat([...byName.keys()].filter((q) => !KEY.includes(q)).sort());
-    if (!names.length) return el("p", { class: "hint", text: "No twin estimates yet." });
+  function rowsTable(names, byName, label) {
     const rows = names.map((q) => {
       const e = byName.get(q);
-      return el("tr", { "data-quantity": q, class: KEY.includes(q) ? "key" : "more" },
+      return el("tr", { "data-quantity": q },
         el("th", { scope: "row", text: LABEL[q] || q }),
         el("td", { class: "num value", text: number(e.value, 6) }),
         el("td", { class: "num std", text: "± " + number(e.std, 2) }),
         el("td", { text: e.unit }),
         el("td", { class: "num age", "data-time": e.time, text: age(e.age_s) }));
     });
-    return el("table", { class: "state" },
-      el("caption", { class: "sr-only", text: "Twin estimates" }),
+    return el("table", { class: "state", "aria-label": label },
       el("thead", {}, el("tr", {}, ["Quantity", "Value", "Std", "Unit", "Age"].map((h) => el("th", { scope: "col", text: h })))),
       el("tbody", {}, rows));
+  }
+
+  // The key quantities in view; the rest of the twin's state one click away.
+  function estimatesTable(state, open) {
+    const byName = new Map(state.estimates.map((e) => [e.quantity, e]));
+    if (!byName.size) return el("p", { class: "hint", text: "No twin estimates yet." });
+    const key = KEY.filter((q) => byName.has(q));
+    const more = [...byName.keys()].filter((q) => !KEY.includes(q)).sort();
+    return el("div", {}, key.length ? rowsTable(key, byName, "Key twin estimates") : null,
+      more.length ? el("details", { open }, el("summary", { text: `${more.length} more quantities` }),
+        rowsTable(more, byName, "More twin estimates")) : null);
   }
 
   function flagsList(flags) {
@@ -54,9 +61,11 @@
   }
 
   function show(parts, state) {
-    parts.stateBox.replaceChildren(estimatesTable(state));
+    const details = parts.stateBox.querySelector("details");
+    parts.stateBox.replaceChildren(estimatesTable(state, Boolean(details && details.open)));
     parts.stateBox.dataset.state = "live";
     parts.stateBox.dataset.at = state.at;
+    parts.stateBox.dataset.received = String(Date.now());
     parts.stamp.textContent = `as of ${time(state.at)}`;
   }
 
@@ -95,8 +104,8 @@
     for (const cell of document.querySelectorAll("td.age[data-time]")) {
       const box = cell.closest(".state-box");
       const at = Date.parse(box.dataset.at);
-      const base = (at - Date.parse(cell.dataset.time)) / 1000 + (Date.now() - box.dataset.received) / 1000;
-      if (box.dataset.received) cell.textContent = age(base);
+      if (!box.dataset.received) continue;
+      cell.textContent = age((at - Date.parse(cell.dataset.time)) / 1000 + (Date.now() - Number(box.dataset.received)) / 1000);
     }
   }, 1000);
 
