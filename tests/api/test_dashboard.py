@@ -280,12 +280,17 @@ def test_the_live_state_changes_within_three_seconds_of_new_telemetry(
     assert defocus.inner_text() == "50"
     assert "± 0.5" in card.locator('tr[data-quantity="defocus"] td.std').inner_text()
     assert "drift of defocus" in card.locator(".flags-box").inner_text()  # an open flag
-    # New telemetry: the twin's next estimate, written as the twin worker writes it.
+    assert card.locator(".telemetry-age").inner_text().endswith(" old")
+    # New telemetry (a sample of the holder temperature, as the ingest worker stores it) and
+    # the twin's estimate from it (as the twin worker stores it).
+    now = datetime.now(UTC)
     with store_engine_api.begin() as conn:
-        store.insert_estimates(
+        channel = store.get_channels(conn=conn, instrument_id=dash.live)["holder.temperature"]
+        store.insert_samples(
             conn=conn,
-            estimates=[_estimate(dash.live, "defocus", 73.25, datetime.now(UTC))],
+            batch=make_batch(channel.id, np.array([int(now.timestamp() * 1e6)]), np.array([300.2])),
         )
+        store.insert_estimates(conn=conn, estimates=[_estimate(dash.live, "defocus", 73.25, now)])
     written = time.monotonic()
     page.wait_for_function(
         "(sel) => document.querySelector(sel)?.textContent === '73.25'",
@@ -295,6 +300,8 @@ def test_the_live_state_changes_within_three_seconds_of_new_telemetry(
     assert time.monotonic() - written < 3.0
     age = card.locator('tr[data-quantity="defocus"] td.age').inner_text()
     assert re.fullmatch(r"[0-3] s", age), age
+    fresh = card.locator(".telemetry-age").inner_text()
+    assert re.fullmatch(r"[0-3] s old", fresh), fresh
 
 
 # ---------------------------------------------------------------------------- flags

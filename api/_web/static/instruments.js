@@ -66,7 +66,11 @@
     parts.stateBox.dataset.state = "live";
     parts.stateBox.dataset.at = state.at;
     parts.stateBox.dataset.received = String(Date.now());
-    parts.stamp.textContent = `as of ${time(state.at)}`;
+    // The newest sample of any channel: how fresh the telemetry behind the estimates is.
+    const ages = state.channels.map((c) => c.age_s).filter((a) => a !== null && a !== undefined);
+    const newest = ages.length ? Math.min(...ages) : null;
+    parts.stamp.replaceChildren(`as of ${time(state.at)} · newest telemetry `,
+      el("span", { class: "telemetry-age", text: newest === null ? "none" : `${age(newest)} old` }));
   }
 
   async function refreshFlags(instrument, parts) {
