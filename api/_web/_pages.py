@@ -24,6 +24,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 import provenance_store as store
+from api._datasets import _visible
 from api._deps import Principal, _held, authenticate, get_engine, visible_instrument
 from api._errors import ApiError
 from api._settings import ApiSettings
@@ -300,8 +301,6 @@ async def dataset_page(request: Request, engine: EngineDep, dataset_id: str) -> 
     who = await _principal(request, engine)
     if who is None:
         return _to_signin(request)
-    from api._datasets import _visible
-
     def read() -> store.DatasetRecord:
         with engine.connect() as conn:
             return _visible(who[0], conn, dataset_id)
