@@ -23,6 +23,7 @@ from api._routes import router
 from api._security import SecurityHeaders, install_log_scrubbing
 from api._settings import ApiSettings
 from api._streams import StreamRegistry
+from api._web._pages import mount_dashboard
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: sa.Engine | None 
     app.include_router(router)
     app.include_router(datasets_router)
     app.include_router(report_router)
+    mount_dashboard(app, settings)
 
     @app.get("/healthz", response_model=schemas.Health, tags=["operations"])
     def healthz() -> schemas.Health:

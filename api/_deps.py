@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 import provenance_store as store
 from api._errors import Forbidden, NotAuthenticated, PoolMisuse
 from api._settings import ApiSettings
+from api._web._sessions import session_token
 
 Capability = Literal["read", "operate", "audit", "admin"]
 #: What each role may do. Operators will run virtual experiments (later routes), auditors read
@@ -174,7 +175,23 @@ SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 ConnDep = Annotated[sa.Connection, Depends(get_connection, scope="function")]
 WriteConnDep = Annotated[sa.Connection, Depends(get_write_connection, scope="function")]
 SignerDep = Annotated[store.AuditSigner, Depends(get_audit_signer)]
-BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+async def _credentials(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> HTTPAuthorizationCredentials | None:
+    """The bearer token; without one, the API token of the dashboard's session cookie (whose
+    writes must carry its CSRF token: ``api._web``)."""
+    if bearer is not None:
+        return bearer
+    token = session_token(request)
+    if token is None:
+        return None
+    return HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
+
+
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_credentials)]
 
 
 def authenticate(conn: sa.Connection, token: str | None) -> Principal:

@@ -53,6 +53,12 @@ class ApiSettings(BaseSettings):
     api_shutdown_grace_s: float = Field(default=10.0, gt=0)
     #: Serve ``/metrics`` without a token (it holds no instrument ids or data).
     api_metrics_public: bool = True
+    #: How long a dashboard session lasts after sign-in [h] (the API token's own expiry and
+    #: revocation end it sooner).
+    web_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    #: Mark the dashboard's session cookie Secure: unset, when the request came over TLS
+    #: (behind a proxy: run uvicorn with ``--proxy-headers`` so it knows).
+    web_cookie_secure: bool | None = None
     #: Ed25519 key that signs audit checkpoints: a base64 raw 32-byte seed (``beamtwin audit
     #: keygen``). Unset: an ephemeral key per process (its checkpoints prove nothing later).
     audit_signing_key: SecretStr | None = None

@@ -217,7 +217,8 @@ def _start_demo_api(eng: sa.Engine, url: str, port: int) -> uvicorn.Server | Non
         f"REST API: http://127.0.0.1:{port}/api/v1 (docs: /docs), admin token:\n"
         f"  {token.token}\n"
         f"  curl -H 'Authorization: Bearer {token.token}' "
-        f"http://127.0.0.1:{port}/api/v1/instruments",
+        f"http://127.0.0.1:{port}/api/v1/instruments\n"
+        f"dashboard: open http://127.0.0.1:{port}/ui/ and sign in with the admin token above",
         flush=True,
     )
     return server

@@ -14,9 +14,10 @@ if TYPE_CHECKING:
 def add_parsers(sub: Subparsers) -> None:
     srv = sub.add_parser(
         "serve",
-        help="serve the REST API (BEAMTWIN_DATABASE_URL required; see docs/api.md)",
+        help="serve the REST API and the dashboard (BEAMTWIN_DATABASE_URL required)",
         description=(
-            "Serve the REST API under /api/v1 with uvicorn. Refuses a database whose schema is "
+            "Serve the REST API under /api/v1 and the web dashboard under /ui/ (docs/dashboard.md) "
+            "with uvicorn. Refuses a database whose schema is "
             "not current. Settings: BEAMTWIN_DATABASE_URL, BEAMTWIN_API_HOST, BEAMTWIN_API_PORT, "
             "BEAMTWIN_API_MAX_POINTS, ... (see docs/api.md)."
         ),
@@ -34,5 +35,9 @@ def serve(args: argparse.Namespace) -> int:
     host = args.host or settings.api_host
     port = args.port or settings.api_port
     print(f"serving the REST API on http://{host}:{port}/api/v1 (docs: /docs); Ctrl-C to stop")
+    print(
+        f"dashboard: http://{host}:{port}/ui/ (sign in with an API token: "
+        "`beamtwin tokens create NAME`)"
+    )
     api_server(create_app(settings), host=host, port=port).run()
     return 0

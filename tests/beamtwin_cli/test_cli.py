@@ -107,6 +107,9 @@ def test_serve_runs_the_api_under_uvicorn(database_url: str, world: World) -> No
             assert len(json.load(r)) == 3
         with urllib.request.urlopen(f"{base}/readyz", timeout=5) as r:
             assert json.load(r)["status"] == "ready"
+        # The web dashboard is served by the same app.
+        with urllib.request.urlopen(f"{base}/ui/signin", timeout=5) as r:
+            assert "API token" in r.read().decode()
         # An open state stream does not keep a terminated server alive: SIGTERM ends it
         # with an `end` event and the process exits.
         stream = urllib.request.urlopen(
@@ -122,9 +125,12 @@ def test_serve_runs_the_api_under_uvicorn(database_url: str, world: World) -> No
         rest = stream.read().decode()
         stream.close()
         assert "event: end" in rest and '"reason":"shutdown"' in rest
+        printed = proc.communicate(timeout=30)[0].decode()
+        assert f"dashboard: {base}/ui/" in printed
     finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.communicate(timeout=30)
 
 
 def test_serve_refuses_an_unmigrated_database(
