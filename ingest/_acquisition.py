@@ -21,8 +21,8 @@ them (``python -m ingest._schema``) and ``docs/acquisitions.md`` explains them.
 from __future__ import annotations
 
 import hashlib
-from enum import StrEnum
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator

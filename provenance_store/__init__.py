@@ -204,7 +204,6 @@ from provenance_store._twin import (
 )
 
 __all__ = [
-    "DatasetIn",
     "API_ROLES",
     "AUDIT_NOT_COVERED",
     "DATASET_SOURCES",
@@ -235,6 +234,7 @@ __all__ = [
     "ChannelStatistics",
     "Checkpoint",
     "CursorConflict",
+    "DatasetIn",
     "DatasetNotFound",
     "DatasetRecord",
     "DatasetSummary",

@@ -301,6 +301,7 @@ async def dataset_page(request: Request, engine: EngineDep, dataset_id: str) -> 
     who = await _principal(request, engine)
     if who is None:
         return _to_signin(request)
+
     def read() -> store.DatasetRecord:
         with engine.connect() as conn:
             return _visible(who[0], conn, dataset_id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Debian's chromium package (``apt-get install chromium``); BEAMTWIN_CHROMIUM overrides.
 CHROMIUM = Path(os.environ.get("BEAMTWIN_CHROMIUM", "/usr/bin/chromium"))
 AXE = ROOT / "web" / "node_modules" / "axe-core" / "axe.min.js"
+_SCRATCH = Path(tempfile.gettempdir()) / "beamtwin-dashboard-screenshots"
 SCREENSHOTS = ROOT / "docs" / "dashboard"
 DESKTOP = {"width": 1280, "height": 800}
 TABLET = {"width": 768, "height": 1024}
@@ -82,9 +84,12 @@ def axe_violations(page: Page) -> list[dict[str, Any]]:
 
 
 def screenshot(page: Page, name: str) -> Path:
-    """A PNG of the viewport into docs/dashboard/ (kept small: the viewport, not the page)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
+    """A PNG of the viewport (kept small: the viewport, not the page): into docs/dashboard/
+    when ``BEAMTWIN_UPDATE_SCREENSHOTS=1`` (to refresh docs/dashboard.md's pictures), else
+    into a scratch folder, so that a test run leaves the checkout as it was."""
+    folder = SCREENSHOTS if os.environ.get("BEAMTWIN_UPDATE_SCREENSHOTS") == "1" else _SCRATCH
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     page.screenshot(path=str(path))
     return path
 
