@@ -239,11 +239,17 @@ def innovation_signature(
 def cusum_delay(signature: np.ndarray, k: float, h: float) -> float:
     """Samples until a one-sided CUSUM (reference ``k``, interval ``h``) crosses ``h`` on the
     mean path ``signature`` [sigma] (noise-free; inf: never within the signature)."""
+    return _delay_and_margin(signature, k, h)[0]
+
+
+def _delay_and_margin(signature: np.ndarray, k: float, h: float) -> tuple[float, float]:
     g = np.cumsum(np.asarray(signature) - k)
     # Starting from 0 the statistic is max(0, ...): its value is g minus its running minimum.
     g = g - np.minimum(np.minimum.accumulate(g), 0.0)
     hit = np.flatnonzero(g > h)
-    return math.inf if hit.size == 0 else float(hit[0] + 1)
+    if hit.size == 0:
+        return math.inf, 0.0
+    return float(hit[0] + 1), float(g[hit[0]] - h)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,15 +268,16 @@ def matched_cusum(
     """The reference ``k`` that detects the fault whose mean innovations are ``signature``
     soonest at the given false-alarm rate (each ``k`` gets its own ``h``), searched over a
     logarithmic grid of 0.01-4 sigma."""
-    best = CusumDesign(1.0, math.inf, math.inf)
+    best, best_margin = CusumDesign(1.0, math.inf, math.inf), 0.0
     for k in np.geomspace(0.01, 4.0, 61):
         if two_sided:
             h = cusum_threshold(false_alarms_per_day, rate_hz, float(k))
         else:
             h = one_sided_cusum_threshold(false_alarms_per_day, rate_hz, float(k))
-        delay = cusum_delay(signature, float(k), h)
-        if delay < best.delay_samples:
-            best = CusumDesign(float(k), h, delay)
+        delay, margin = _delay_and_margin(signature, float(k), h)
+        # Equal delays: the design with the larger margin over h (it keeps the delay in noise).
+        if (delay, -margin) < (best.delay_samples, -best_margin):
+            best, best_margin = CusumDesign(float(k), h, delay), margin
     return best
 
 
