@@ -450,6 +450,14 @@ def _read_out_step(value: float, noise: ChannelNoise) -> float:
     return noise.quantum
 
 
+def _tracked_step(tracked: float, noise: ChannelNoise, in_log: bool) -> float:
+    """The read-out step at a tracked value (the logarithm of the reading on log channels), in
+    the tracked unit."""
+    value = math.exp(tracked) if in_log else tracked
+    step = _read_out_step(value, noise)
+    return math.log1p(step / abs(value)) if in_log and value != 0 else step
+
+
 #: Grid of the maximum-likelihood noise fit, as multiples of the read-out variance R:
 #: level diffusion q_l = R x 10^a [1/s], rate diffusion q_r = R x 10^b [1/s³].
 _LEVEL_GRID = 10.0 ** np.arange(-6.0, 1.0)
@@ -915,11 +923,13 @@ class Tracker:
         """Runs of identical readings that a live sensor starts less often than the test's
         share of the budget allows (:func:`twin.stuck_run_threshold`), for the step-to-noise
         ratio implied by the channel's measured repeat probability (counted since learning,
-        outside flagged runs; a significant-digit read-out is taken at its typical value)."""
+        outside flagged runs); on a significant-digit read-out the ratio follows the step at
+        the reading's value."""
         name = self.config.channels[i]
         noise = state.noise[name]
         if noise.measurement_variance == 0 or state.repeat_pairs[i] < 1:
             return
+        in_log = name in self._log_channels
         last, run = state.last_value[i], int(state.run_length[i])
         run_start = math.nan
         pairs = repeats = 0
@@ -939,7 +949,13 @@ class Tracker:
                 pairs, repeats = pairs + 1, repeats + 1
             if flagged:
                 continue
-            min_run = self._min_run(ratio)
+            if noise.significant_digits > 0 and noise.quantum > 0:
+                # The step follows the value (10x coarser above a decade): the noise implied
+                # at the finest step seen is a lower bound, so the ratio here is not too small.
+                ratio_here = ratio * _tracked_step(v, noise, in_log) / noise.quantum
+                min_run = self._min_run(max(ratio, ratio_here))
+            else:
+                min_run = self._min_run(ratio)
             if run >= min_run:
                 flagged = True
                 start = run_start
