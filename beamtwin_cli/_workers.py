@@ -57,6 +57,7 @@ def add_parsers(sub: Subparsers) -> None:
     )
     add_duration(tw)
     tw.set_defaults(func=twin)
+    add_sensitivity_parser(tw)
 
     snap = sub.add_parser(
         "snapshots",
@@ -169,6 +170,58 @@ def twin_lag_s(stats: TwinStats, instruments: list[str] | None = None) -> float 
     done = stats.processed_until
     ends = [done[i] for i in instruments if i in done] if instruments else list(done.values())
     return None if not ends else max(0.0, time.time() - min(ends))
+
+
+def add_sensitivity_parser(tw: argparse.ArgumentParser) -> None:
+    sens = tw.add_subparsers(dest="twin_command", required=False).add_parser(
+        "sensitivity",
+        help="expected detection delay of a fault size at the configured false-alarm budget",
+        description=(
+            "Print the expected delay before the twin flags a step or a ramp of the given size "
+            "on a channel, at BEAMTWIN_TWIN_FALSE_ALARMS_PER_DAY (the budget of one instrument "
+            "per day), for the channel's nominal noise (the virtual microscope's model). "
+            "Sizes are in the channel's canonical unit (m, V, A, K)."
+        ),
+    )
+    sens.add_argument("--channel", required=True, help="e.g. stage.x, objective.lens_current")
+    size = sens.add_mutually_exclusive_group(required=True)
+    size.add_argument("--step", type=float, help="a step of this size [unit]")
+    size.add_argument("--ramp", type=float, help="a ramp of this rate [unit/s]")
+    sens.add_argument("--rate-hz", type=float, default=10.0, help="sampling rate [Hz]")
+    sens.set_defaults(func=sensitivity)
+
+
+def sensitivity(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from simulations import STANDARD_CHANNEL_MODELS
+    from twin import STANDARD_STEM_CHANNELS, Calibration, ChannelNoise, Tracker, TrackerConfig
+    from workers import TwinSettings
+
+    model = STANDARD_CHANNEL_MODELS.get(args.channel)
+    if model is None or model.log_normal or model.noise == 0:
+        raise CommandError(f"no noise model for channel {args.channel!r}")
+    budget = TwinSettings().twin_false_alarms_per_day
+    names = tuple(c.name for c in STANDARD_STEM_CHANNELS)
+    tracker = Tracker(
+        TrackerConfig(Calibration(), channels=names, false_alarms_per_day=budget,
+                      rate_hz=args.rate_hz)
+    )  # fmt: skip
+    noise = ChannelNoise(model.noise**2 + model.resolution**2 / 12, model.random_walk**2, 0.0)
+    delays = tracker.expected_delay(
+        args.channel, noise, step=args.step or 0.0, ramp=args.ramp or 0.0
+    )
+    fault = f"step {args.step:g}" if args.step is not None else f"ramp {args.ramp:g}/s"
+    print(f"channel {args.channel}, {fault}, budget {budget:g} false alarms per instrument-day")
+    missed = float(np.mean(np.isinf(delays)))
+    if missed > 0.5:
+        print("expected delay: not detected within 600 s")
+        return 0
+    finite = delays[np.isfinite(delays)]
+    mean, p90 = float(np.mean(finite)), float(np.quantile(finite, 0.9))
+    print(f"expected delay: {mean:.2f} s (90 % within "
+          f"{p90:.2f} s; missed within 600 s: {missed:.0%})")  # fmt: skip
+    return 0
 
 
 def twin(args: argparse.Namespace) -> int:

@@ -18,9 +18,11 @@ from simulations._errors import (
 )
 from simulations._fault_suite import (
     FAULT_SUITE,
+    TESTS_PER_CHANNEL,
     CaseResult,
     FaultCase,
     FixedThresholdDetector,
+    oracle_delay,
     run_case,
     score,
 )
@@ -63,6 +65,7 @@ __all__ = [
     "FAULT_SUITE",
     "HOLDER_LOG_CHANNELS",
     "STANDARD_CHANNEL_MODELS",
+    "TESTS_PER_CHANNEL",
     "BlockError",
     "BlockTypeError",
     "CaseResult",
@@ -95,6 +98,7 @@ __all__ = [
     "lens_temperature_rise",
     "models_for_state",
     "nominal_channels",
+    "oracle_delay",
     "read_holder_log",
     "run_case",
     "score",

@@ -11,6 +11,7 @@ reference: a static alarm band around each channel's reading, as vendor software
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,17 +21,33 @@ import numpy as np
 from simulations._block import TelemetryBlock
 from simulations._faults import Dropout, Excursion, Fault, Ramp, Step, Stuck
 from simulations._optical_state import state_step
-from simulations._virtual_microscope import VirtualMicroscope
-from twin import Calibration, Flag, Tracker, default_tracker_config, innovation_threshold
+from simulations._virtual_microscope import STANDARD_CHANNEL_MODELS, VirtualMicroscope
+from twin import (
+    Calibration,
+    Flag,
+    Tracker,
+    default_tracker_config,
+    innovation_signature,
+    innovation_threshold,
+    matched_cusum,
+    steady_state_filter,
+    stuck_run_threshold,
+)
 
 __all__ = [
     "FAULT_SUITE",
+    "TESTS_PER_CHANNEL",
     "CaseResult",
     "FaultCase",
     "FixedThresholdDetector",
+    "oracle_delay",
     "run_case",
     "score",
 ]
+
+#: Tests of each channel that share the instrument's false-alarm budget in the twin's tracker;
+#: the oracle runs at the same per-channel-test rate.
+TESTS_PER_CHANNEL = 4
 
 #: Start of every run: the first ``LEARN_S`` seconds teach the tracker the noise.
 LEARN_S = 60.0
@@ -181,10 +198,106 @@ def score(
     )
 
 
-def _telemetry(case: FaultCase, seed: int, duration_s: float, rate_hz: float) -> TelemetryBlock:
+def _telemetry(
+    case: FaultCase, seed: int, duration_s: float, rate_hz: float, **kwargs: object
+) -> TelemetryBlock:
     faults = [] if case.fault is None else [case.fault]
-    vm = VirtualMicroscope(rate_hz=rate_hz, seed=seed, start_ns=_T0_NS, faults=faults)
+    vm = VirtualMicroscope(
+        rate_hz=rate_hz,
+        seed=seed,
+        start_ns=_T0_NS,
+        faults=faults,
+        **kwargs,  # type: ignore[arg-type]
+    )
     return vm.generate(round(duration_s * rate_hz))
+
+
+def oracle_delay(
+    case: FaultCase,
+    *,
+    seed: int = 0,
+    duration_s: float = 600.0,
+    rate_hz: float = 10.0,
+    false_alarms_per_day: float = 1.0,
+    max_gap_s: float = 2.0,
+    detection_window_s: float = 180.0,
+) -> float | None:
+    """Delay [s] of the optimal detector of one case (None: not detected in the window).
+
+    The oracle knows the fault's shape and sign and the channel's model: the deterministic part
+    of the truth (nominal, drift, wander, lens warm-up: given, a floor), its random walk and
+    read-out noise (with the read-out step's variance) as statistics. A change of the truth is
+    seen through the exact steady-state Kalman filter of that model and a one-sided CUSUM
+    matched to the fault's innovation signature; a stuck sensor by the shortest run of
+    identical readings the true noise and step make rare enough; a dropout by the gap rule
+    itself. Each runs at the tracker's per-channel-test false-alarm rate.
+    """
+    if case.fault is None:
+        return None
+    block = _telemetry(case, seed, duration_s, rate_hz)
+    names = block.channel_names
+    per_test = false_alarms_per_day / (len(names) * TESTS_PER_CHANNEL)
+    i = names.index(case.channel)
+    t = (block.times_ns - _T0_NS) / 1e9
+    y = block.values[i]
+    model = STANDARD_CHANNEL_MODELS[case.channel]
+    onset = case.onset_s
+    if isinstance(case.fault, Dropout):
+        before = t[(t < onset) & np.isfinite(y)]
+        return float(before[-1] + max_gap_s - onset)
+    if isinstance(case.fault, Stuck):
+        min_run = stuck_run_threshold(model.resolution / model.noise, per_test, rate_hz)
+        same = np.concatenate(([False], y[1:] == y[:-1]))
+        run = np.zeros(y.size, dtype=np.int64)
+        for k in range(1, y.size):
+            run[k] = run[k - 1] + 1 if same[k] else 0
+        hit = np.flatnonzero((run + 1 >= min_run) & (t >= onset))
+        return None if hit.size == 0 else float(max(t[hit[0]] - onset, 0.0))
+    return _oracle_truth_fault(case, block, i, seed, per_test, rate_hz, detection_window_s)
+
+
+def _oracle_truth_fault(
+    case: FaultCase,
+    block: TelemetryBlock,
+    i: int,
+    seed: int,
+    per_test: float,
+    rate_hz: float,
+    window_s: float,
+) -> float | None:
+    fault = case.fault
+    assert isinstance(fault, Step | Ramp | Excursion)
+    model = STANDARD_CHANNEL_MODELS[case.channel]
+    still = dataclasses.replace(model, random_walk=0.0)
+    deterministic = _telemetry(
+        FaultCase("", None, "", (), 0.0), seed, block.n_ticks / rate_hz, rate_hz,
+        models={case.channel: still},
+    ).true_values  # fmt: skip
+    assert deterministic is not None
+    t = (block.times_ns - _T0_NS) / 1e9
+    residual = block.values[i] - deterministic[i]
+    dt = 1.0 / rate_hz
+    r = model.noise**2 + model.resolution**2 / 12.0
+    gain, s = steady_state_filter(model.random_walk**2, 0.0, r, dt)
+    after = case.onset_s + dt * np.arange(1, round(window_s * rate_hz) + 1, dtype=np.float64)
+    offsets = fault.offset(after)
+    sign = 1.0 if float(np.sum(offsets)) >= 0 else -1.0
+    signature = innovation_signature(sign * offsets, gain, s, dt)
+    design = matched_cusum(signature, per_test, rate_hz, two_sided=False)
+    level, g = float(residual[0]), 0.0
+    learn = LEARN_S
+    for k in range(1, residual.size):
+        nu = residual[k] - level
+        level += float(gain[0]) * nu
+        if t[k] < learn:
+            continue
+        g = max(0.0, g + sign * nu / math.sqrt(s) - design.k)
+        if g > design.h:
+            if t[k] >= case.onset_s - 0.5 * dt:
+                delay = max(float(t[k] - case.onset_s), 0.0)
+                return delay if delay <= window_s else None
+            g = 0.0
+    return None
 
 
 def run_case(

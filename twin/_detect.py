@@ -55,6 +55,8 @@ def _siegmund_arl(h: float, k: float) -> float:
     correction)."""
     b = h + 1.166
     delta = -k  # in-control drift of the CUSUM increments z - k
+    if -2.0 * delta * b > 700.0:
+        return math.inf
     return (math.exp(-2.0 * delta * b) + 2.0 * delta * b - 1.0) / (2.0 * delta * delta)
 
 
@@ -182,3 +184,191 @@ def merge_alarms(alarm: np.ndarray, *, kind: str, max_gap: int = 0) -> list[Alar
     starts = np.concatenate(([idx[0]], idx[breaks + 1]))
     ends = np.concatenate((idx[breaks], [idx[-1]])) + 1
     return [Alarm(int(s), int(e), kind) for s, e in zip(starts, ends, strict=True)]
+
+
+# ----------------------------------------------------------------- designs matched to a fault
+def one_sided_cusum_threshold(false_alarms_per_day: float, rate_hz: float, k: float) -> float:
+    """Decision interval ``h`` of a one-sided CUSUM with reference ``k`` [sigma] on N(0, 1)
+    innovations that alarms ``false_alarms_per_day`` times per day at ``rate_hz`` [Hz]."""
+    return cusum_threshold(false_alarms_per_day / 2.0, rate_hz, k)
+
+
+def steady_state_filter(
+    level_diffusion: float, rate_diffusion: float, measurement_variance: float, dt: float
+) -> tuple[np.ndarray, float]:
+    """Steady-state Kalman gain ``K`` (2,) and innovation variance ``S`` [U²] of a local linear
+    trend (:class:`twin.LocalLinearTrend`) read every ``dt`` [s]; ``rate_diffusion = 0`` is a
+    random walk with a known drift rate (its gain on the rate is 0)."""
+    if not (measurement_variance > 0 and dt > 0):
+        raise DetectionError("a filter needs a read-out variance and a time step > 0")
+    ql, qr, r = level_diffusion, rate_diffusion, measurement_variance
+    q = np.array([[qr * dt**3 / 3.0 + ql * dt, qr * dt**2 / 2.0], [qr * dt**2 / 2.0, qr * dt]])
+    f = np.array([[1.0, dt], [0.0, 1.0]])
+    p = np.diag([r, 0.0 if qr == 0 else r])
+    gain, s = np.zeros(2), r
+    # The rate's variance settles over ~ (ql / qr)^(1/2) seconds: iterate, doubling the check.
+    for _ in range(200_000):
+        pp = f @ p @ f.T + q
+        s = pp[0, 0] + r
+        new_gain = pp[:, 0] / s
+        p = pp - np.outer(new_gain, pp[0, :])
+        if np.allclose(new_gain, gain, rtol=1e-9, atol=1e-15):
+            break
+        gain = new_gain
+    return new_gain, float(s)
+
+
+def innovation_signature(
+    offsets: np.ndarray, gain: np.ndarray, innovation_variance: float, dt: float
+) -> np.ndarray:
+    """Mean normalized innovations [sigma] that a fault adds, sample by sample after its onset,
+    in a steady-state filter (``gain``, ``innovation_variance`` from
+    :func:`steady_state_filter`): ``offsets`` [U] is the fault's change of the true reading at
+    each sample (a step: constant; a ramp of ``r``: ``r dt (j + 1)``)."""
+    err = np.zeros(2)  # the filter's response to the fault: level [U], rate [U/s]
+    out = np.empty(len(offsets))
+    sd = math.sqrt(innovation_variance)
+    for j, d in enumerate(np.asarray(offsets, dtype=np.float64)):
+        predicted = err[0] + dt * err[1], err[1]
+        nu = d - predicted[0]
+        err = np.array(predicted) + gain * nu
+        out[j] = nu / sd
+    return out
+
+
+def cusum_delay(signature: np.ndarray, k: float, h: float) -> float:
+    """Samples until a one-sided CUSUM (reference ``k``, interval ``h``) crosses ``h`` on the
+    mean path ``signature`` [sigma] (noise-free; inf: never within the signature)."""
+    return _delay_and_margin(signature, k, h)[0]
+
+
+def _delay_and_margin(signature: np.ndarray, k: float, h: float) -> tuple[float, float]:
+    g = np.cumsum(np.asarray(signature) - k)
+    # Starting from 0 the statistic is max(0, ...): its value is g minus its running minimum.
+    g = g - np.minimum(np.minimum.accumulate(g), 0.0)
+    hit = np.flatnonzero(g > h)
+    if hit.size == 0:
+        return math.inf, 0.0
+    return float(hit[0] + 1), float(g[hit[0]] - h)
+
+
+@dataclass(frozen=True, slots=True)
+class CusumDesign:
+    """A one-sided CUSUM matched to one fault: reference ``k`` and interval ``h`` [sigma], and
+    its noise-free delay [samples]."""
+
+    k: float
+    h: float
+    delay_samples: float
+
+
+def matched_cusum(
+    signature: np.ndarray, false_alarms_per_day: float, rate_hz: float, *, two_sided: bool = True
+) -> CusumDesign:
+    """The reference ``k`` that detects the fault whose mean innovations are ``signature``
+    soonest at the given false-alarm rate (each ``k`` gets its own ``h``), searched over a
+    logarithmic grid of 0.01-4 sigma."""
+    best, best_margin = CusumDesign(1.0, math.inf, math.inf), 0.0
+    for k in np.geomspace(0.01, 4.0, 61):
+        if two_sided:
+            h = cusum_threshold(false_alarms_per_day, rate_hz, float(k))
+        else:
+            h = one_sided_cusum_threshold(false_alarms_per_day, rate_hz, float(k))
+        delay, margin = _delay_and_margin(signature, float(k), h)
+        # Equal delays: the design with the larger margin over h (it keeps the delay in noise).
+        if (delay, -margin) < (best.delay_samples, -best_margin):
+            best, best_margin = CusumDesign(float(k), h, delay), margin
+    return best
+
+
+def cusum_delays_monte_carlo(
+    signature: np.ndarray, k: float, h: float, *, paths: int = 2000, seed: int = 0
+) -> np.ndarray:
+    """Delays [samples] of a one-sided CUSUM on ``signature`` plus N(0, 1) noise, per path
+    (inf where it never alarms within the signature's length): the expected delay with noise."""
+    rng = np.random.default_rng(seed)
+    g = np.zeros(paths)
+    delay = np.full(paths, math.inf)
+    for j, m in enumerate(np.asarray(signature, dtype=np.float64)):
+        g = np.maximum(0.0, g + m + rng.standard_normal(paths) - k)
+        fresh = (g > h) & np.isinf(delay)
+        delay[fresh] = j + 1
+        if not np.isinf(delay).any():
+            break
+    return delay
+
+
+# ---------------------------------------------------------- runs of identical readings (stuck)
+_U_NODES = (np.arange(64) + 0.5) / 64.0 - 0.5  # truth within its read-out bin [steps]
+
+
+def _bin_probabilities(step_to_noise: float) -> np.ndarray:
+    """``P(bin b | truth at u)`` for a read-out step ``step_to_noise`` noise sigmas wide: rows
+    over ``u`` (uniform in the bin), columns over the bins near the truth."""
+    rho = max(float(step_to_noise), 1e-3)  # finer steps repeat ~never: 1e-3 stands for them
+    reach = math.ceil(8.0 / rho) + 1
+    edges = (np.arange(-reach, reach + 2) - 0.5)[None, :] - _U_NODES[:, None]
+    with np.errstate(over="ignore"):
+        cdf = 0.5 * (1.0 + _erf(edges * rho / math.sqrt(2.0)))
+    return np.diff(cdf, axis=1)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf by the Chebyshev fit of Numerical Recipes (relative error < 1.2e-7 on erfc), in
+    numpy: the run tables need no compilation per shape."""
+    z = np.abs(x)
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418
+        + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587
+        + t * (-0.82215223 + t * 0.17087277))))))))  # fmt: skip
+    erfc = t * np.exp(poly)
+    return np.where(x >= 0, 1.0 - erfc, erfc - 1.0)
+
+
+def run_probability(step_to_noise: float, length: np.ndarray | int) -> np.ndarray:
+    """Probability that ``length`` successive readings of a live sensor are identical, for
+    Gaussian read-out noise and a read-out step ``step_to_noise`` noise sigmas wide, with the
+    truth anywhere in its bin (uniform) and still over the run."""
+    p = _bin_probabilities(step_to_noise)
+    lengths = np.atleast_1d(np.asarray(length, dtype=np.float64))
+    out = np.array([float(np.mean(np.sum(p**n, axis=1))) for n in lengths])
+    return out.reshape(np.shape(length))
+
+
+def repeat_probability(step_to_noise: float) -> float:
+    """Probability that a reading repeats the previous one (see :func:`run_probability`)."""
+    return float(run_probability(step_to_noise, 2))
+
+
+_RATIO_GRID = np.geomspace(1e-3, 1e2, 401)
+_repeat_table: list[np.ndarray] = []
+
+
+def step_to_noise_from_repeats(repeat_fraction: float) -> float:
+    """The step-to-noise ratio whose repeat probability is ``repeat_fraction`` (inverse of
+    :func:`repeat_probability`, interpolated in a table built on first use)."""
+    if not _repeat_table:
+        _repeat_table.append(np.array([repeat_probability(r) for r in _RATIO_GRID]))
+    table = _repeat_table[0]
+    p = min(max(float(repeat_fraction), float(table[0])), float(table[-1]))
+    return float(np.exp(np.interp(p, table, np.log(_RATIO_GRID))))
+
+
+def stuck_run_threshold(
+    step_to_noise: float, false_alarms_per_day: float, rate_hz: float, max_run: int = 100_000
+) -> int:
+    """Shortest run of identical readings that a live sensor (read-out step ``step_to_noise``
+    noise sigmas wide) starts less often per sample than the false-alarm rate allows."""
+    target = per_sample_probability(false_alarms_per_day, rate_hz)
+    lo, hi = 2, 2
+    while float(run_probability(step_to_noise, hi)) > target:
+        lo, hi = hi, hi * 2
+        if hi > max_run:
+            return max_run
+    while hi - lo > 1:  # run_probability falls with the length
+        mid = (lo + hi) // 2
+        if float(run_probability(step_to_noise, mid)) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi

@@ -14,11 +14,15 @@ physical state with first-order uncertainties (:class:`Estimate`). Flags (:class
 
 * ``disagreement``: a reading the model cannot explain, ``|z| > c`` with ``c`` from the chosen
   false-alarm rate (:func:`twin.innovation_threshold`);
-* ``drift``: a persistent shift or change of drift rate, a two-sided CUSUM on ``z`` with its
-  decision interval from the same rate (:func:`twin.cusum_threshold`); after a drift alarm the
-  channel's level uncertainty is re-opened so the filter follows the new level;
-* ``stuck``: a run of bit-identical readings longer than the channel's noise and quantization
-  allow (:func:`twin.stuck_min_run`);
+* ``drift``: a persistent shift, a two-sided CUSUM on ``z`` with its decision interval from the
+  same rate (:func:`twin.cusum_threshold`); and, on channels with a ramp of interest
+  (:data:`DEFAULT_RAMPS`), a change of drift rate: a second CUSUM whose reference is matched to
+  the mean innovations that ramp leaves in the channel's own filter
+  (:func:`twin.matched_cusum`); after a drift alarm the channel's level (and rate) uncertainty
+  is re-opened so the filter follows the new level;
+* ``stuck``: a run of bit-identical readings longer than a live sensor produces at the
+  false-alarm rate, given the channel's read-out step and its measured repeat probability
+  (:func:`twin.stuck_run_threshold`);
 * ``dropout``: no reading for longer than ``max_gap_s``;
 * ``setting_change`` (info): a channel that reads a constant set value (dwell time, aperture)
   changed it.
@@ -46,11 +50,16 @@ import numpy as np
 
 from twin._derive import derive_state_series, padded_length
 from twin._detect import (
+    CusumDesign,
     cusum_jit,
     cusum_threshold,
+    innovation_signature,
     innovation_threshold,
+    matched_cusum,
     merge_alarms,
-    per_sample_probability,
+    steady_state_filter,
+    step_to_noise_from_repeats,
+    stuck_run_threshold,
 )
 from twin._drift_models import LocalLinearTrend
 from twin._errors import TwinError
@@ -59,7 +68,7 @@ from twin._kalman import FilterState, estimate_at, kalman_filter
 
 __all__ = [
     "CHANNEL_QUANTITY",
-    "DEFAULT_TOLERANCES",
+    "DEFAULT_RAMPS",
     "TWIN_VERSION",
     "ChannelNoise",
     "Estimate",
@@ -100,23 +109,20 @@ _UNITS = {q.name: q.unit for q in STATE_QUANTITIES} | {
     "stage_drift_x": "m/s",
     "stage_drift_y": "m/s",
 }
-#: Tolerances of the slow-drift test: channel -> (level [U], rate [U/s]). A smooth drift that
-#: the filter follows (and so the innovation tests cannot see) is flagged once the level or the
-#: drift rate moved by more than this since the last reference, and significantly so.
-DEFAULT_TOLERANCES: Mapping[str, tuple[float | None, float | None]] = {
-    "holder.temperature": (0.2, None),  # [K]
-    "gun.high_tension": (20.0, None),  # [V]
-    "stage.x": (None, 0.05e-9),  # [m/s]
-    "stage.y": (None, 0.05e-9),
-    "stage.z": (None, 0.05e-9),
+#: Ramps of interest [U/s] of the drift-rate test, per channel: the change of drift rate its
+#: CUSUM is matched to (it detects any larger change sooner, a smaller one later). A channel
+#: with a ramp of interest is modelled with a drift rate that is constant between changes
+#: (no rate diffusion); a drift-rate alarm re-opens the rate.
+DEFAULT_RAMPS: Mapping[str, float] = {
+    "stage.x": 0.1e-9,  # [m/s]
+    "stage.y": 0.1e-9,
+    "stage.z": 0.1e-9,
 }
 _DRIFT_HOLDOFF_S = 30.0
-#: Time constant of the exponentially weighted regression line whose slope the rate tolerance
-#: tests [s]: the filter's instantaneous rate follows the random walk of the level; the slope of
-#: the readings over the last minute or so does not.
-RATE_AVERAGING_S = 40.0
-_MIN_SLOPE_WEIGHT = 20.0  # readings (weighted) before the slope is trusted
-#: Tests per channel that share the false-alarm budget.
+#: Longest fault signature the matched designs look at [s].
+_SIGNATURE_S = 600.0
+#: Tests per channel that share the false-alarm budget (disagreement, step CUSUM, drift-rate
+#: CUSUM, stuck).
 _TESTS = 4
 #: Memory of the innovation-scale estimate [samples]: a model that underestimates a channel's
 #: noise gives innovations wider than N(0, 1); the detectors divide them by their running rms.
@@ -139,7 +145,7 @@ class ChannelNoise:
         significant_digits: the read-out keeps this many significant digits (gauges), so its
             step is proportional to the value; 0 for a fixed step.
         repeat_probability: how often two successive readings were identical while the channel
-            was learned (NaN: unknown; then derived from ``quantum`` and the noise).
+            was learned (NaN: unknown); the tracker keeps counting repeats afterwards.
     """
 
     measurement_variance: float
@@ -158,15 +164,16 @@ class TrackerConfig:
         calibration: the instrument's calibration in force.
         channels: the channels to track (each gets its own filter and detectors).
         false_alarms_per_day: the false-alarm rate of the whole instrument [1/day], shared
-            equally among every test (disagreement, CUSUM, stuck, tolerance) of every channel.
+            equally among every test (disagreement, step CUSUM, drift-rate CUSUM, stuck) of
+            every channel.
         rate_hz: the nominal sampling rate [Hz], for the per-sample false-alarm probability.
         report_interval_s: spacing of the reported state estimates [s].
         max_gap_s: a longer silence of a channel is a dropout [s].
         cusum_k: CUSUM reference value [sigma] (half the smallest shift to detect fast).
         noise: known noise per channel; channels not in it learn theirs from their first window.
         log_scale: channels to track in log space (default: ``vacuum.*``, the gauges).
-        tolerances: channel -> (level tolerance [U], drift-rate tolerance [U/s]) of the
-            tolerance test (``None``: not tested); default :data:`DEFAULT_TOLERANCES`.
+        ramps: channel -> ramp of interest [U/s] of the drift-rate test; default
+            :data:`DEFAULT_RAMPS`.
         twin_version: recorded with every estimate and flag.
     """
 
@@ -180,9 +187,7 @@ class TrackerConfig:
     noise: Mapping[str, ChannelNoise] = field(default_factory=dict)
     twin_version: str = TWIN_VERSION
     log_scale: tuple[str, ...] | None = None
-    tolerances: Mapping[str, tuple[float | None, float | None]] = field(
-        default_factory=lambda: dict(DEFAULT_TOLERANCES)
-    )
+    ramps: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RAMPS))
 
     @property
     def log_channels(self) -> frozenset[str]:
@@ -294,10 +299,10 @@ class TrackerState:
     noise: dict[str, ChannelNoise]
     setting: np.ndarray  # (C,) bool: a constant set value
     flagged_stuck: np.ndarray  # (C,) bool: the current stuck run is already flagged
-    ref_level: np.ndarray  # (C,) level the tolerance test compares with; NaN: not yet set
-    ref_rate: np.ndarray  # (C,) drift rate the tolerance test compares with
-    slope_sums: np.ndarray  # (C, 5) sums of the exponentially weighted regression of readings
-    slope_offset: np.ndarray  # (C,) reading offset of that regression (numerical range)
+    ramp_upper: np.ndarray  # (C,) drift-rate CUSUM statistics
+    ramp_lower: np.ndarray  # (C,)
+    repeat_pairs: np.ndarray  # (C,) successive readings compared (outside flagged runs)
+    repeat_count: np.ndarray  # (C,) of which identical
     z_scale: np.ndarray  # (C,) running mean of the squared normalized innovations
     z_corr: np.ndarray  # (C,) running lag-1 autocorrelation of the normalized innovations
 
@@ -306,7 +311,7 @@ class TrackerState:
             return [None if isinstance(v, float) and not math.isfinite(v) else v for v in _flat(a)]
 
         return {
-            "version": 1,
+            "version": 2,
             "origin_s": self.origin_s,
             "until_s": self.until_s,
             "channels": list(self.channels),
@@ -336,23 +341,25 @@ class TrackerState:
             },
             "setting": [bool(v) for v in self.setting],
             "flagged_stuck": [bool(v) for v in self.flagged_stuck],
-            "ref_level": arr(self.ref_level),
-            "ref_rate": arr(self.ref_rate),
-            "slope_sums": arr(self.slope_sums),
-            "slope_offset": arr(self.slope_offset),
+            "ramp_upper": arr(self.ramp_upper),
+            "ramp_lower": arr(self.ramp_lower),
+            "repeat_pairs": arr(self.repeat_pairs),
+            "repeat_count": arr(self.repeat_count),
             "z_scale": arr(self.z_scale),
             "z_corr": arr(self.z_corr),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TrackerState:
-        if data.get("version") != 1:
+        # Version 1 (with the tolerance test's references) resumes with fresh drift-rate
+        # statistics and repeat counts.
+        if data.get("version") not in (1, 2):
             raise TrackerError(f"unknown tracker state version {data.get('version')!r}")
         channels = tuple(data["channels"])
         c = len(channels)
 
         def arr(key: str, shape: tuple[int, ...], fill: float = math.nan) -> np.ndarray:
-            values = [fill if v is None else v for v in data[key]]
+            values = [fill if v is None else v for v in data.get(key, [fill] * math.prod(shape))]
             return np.asarray(values, dtype=np.float64).reshape(shape)
 
         return cls(
@@ -376,10 +383,10 @@ class TrackerState:
             },
             setting=np.asarray(data["setting"], dtype=bool),
             flagged_stuck=np.asarray(data["flagged_stuck"], dtype=bool),
-            ref_level=arr("ref_level", (c,)),
-            ref_rate=arr("ref_rate", (c,)),
-            slope_sums=arr("slope_sums", (c, 5), 0.0),
-            slope_offset=arr("slope_offset", (c,)),
+            ramp_upper=arr("ramp_upper", (c,), 0.0),
+            ramp_lower=arr("ramp_lower", (c,), 0.0),
+            repeat_pairs=arr("repeat_pairs", (c,), 0.0),
+            repeat_count=arr("repeat_count", (c,), 0.0),
             z_scale=arr("z_scale", (c,), 1.0),
             z_corr=arr("z_corr", (c,), 0.0),
         )
@@ -415,14 +422,12 @@ def _robust_noise(y: np.ndarray) -> tuple[float, float, float] | None:
     # A trimmed variance (a MAD alone is biased on coarsely quantized readings).
     mad = 1.4826 * float(np.median(np.abs(d - np.median(d))))
     inliers = d[np.abs(d - np.median(d)) <= 6.0 * max(mad, step)]
-    # Upper 3-sigma bound of the observed repeat rate: a stuck test calibrated on it stays
-    # quiet on a coarsely quantized channel.
+    # The measured repeat probability (the stuck test keeps counting after learning).
     p = float(np.mean(d == 0))
-    p_upper = min(0.999, p + 3.0 * math.sqrt(max(p * (1 - p), 1.0 / d.size) / d.size))
     # A read-out that mostly repeats (step above the noise) toggles between steps: its
     # read-out error is up to half a step, not the uniform q²/12 of a fine quantizer.
     floor = step**2 / 4.0 if mad == 0 else quantum**2 / 12.0
-    return max(float(np.var(inliers)) / 2.0, floor), quantum, p_upper
+    return max(float(np.var(inliers)) / 2.0, floor), quantum, p
 
 
 def _significant_digits(values: np.ndarray) -> float:
@@ -445,19 +450,37 @@ def _read_out_step(value: float, noise: ChannelNoise) -> float:
     return noise.quantum
 
 
+def _tracked_step(tracked: float, noise: ChannelNoise, in_log: bool) -> float:
+    """The read-out step at a tracked value (the logarithm of the reading on log channels), in
+    the tracked unit."""
+    value = math.exp(tracked) if in_log else tracked
+    step = _read_out_step(value, noise)
+    return math.log1p(step / abs(value)) if in_log and value != 0 else step
+
+
 #: Grid of the maximum-likelihood noise fit, as multiples of the read-out variance R:
 #: level diffusion q_l = R x 10^a [1/s], rate diffusion q_r = R x 10^b [1/s³].
 _LEVEL_GRID = 10.0 ** np.arange(-6.0, 1.0)
 _RATE_GRID = 10.0 ** np.arange(-9.0, 0.0)
+#: The grid of channels whose drift rate is constant between changes (no rate diffusion): a
+#: quarter decade, since their drift-rate test leans on the level diffusion.
+_FINE_LEVEL_GRID = 10.0 ** np.arange(-6.0, 1.01, 0.25)
 _MIN_LEARN_SAMPLES = 30
 
 
 def _fit_noise(
-    series: list[tuple[np.ndarray, np.ndarray]], robust: list[tuple[float, float, float]]
+    series: list[tuple[np.ndarray, np.ndarray]],
+    robust: list[tuple[float, float, float]],
+    *,
+    constant_rate: bool = False,
 ) -> list[ChannelNoise]:
     """Maximum-likelihood level and rate diffusions of a local linear trend, per channel, on a
-    grid (every candidate filtered at once); the read-out variance from :func:`_robust_noise`."""
-    grid = [(ql, qr) for ql in _LEVEL_GRID for qr in _RATE_GRID]
+    grid (every candidate filtered at once); the read-out variance from :func:`_robust_noise`.
+    With ``constant_rate`` the rate diffusion is 0 and only the level diffusion is fitted."""
+    if constant_rate:
+        grid = [(ql, 0.0) for ql in _FINE_LEVEL_GRID]
+    else:
+        grid = [(ql, qr) for ql in _LEVEL_GRID for qr in _RATE_GRID]
     g = len(grid)
     width = _bucket(max(t.size for t, _ in series))
     c = len(series)
@@ -494,7 +517,7 @@ def _fit_noise(
         ChannelNoise(
             float(r[k]),
             max(float(ql[best[k] * c + k]), float(r[k] / span[k])),
-            max(float(qr[best[k] * c + k]), float(r[k] / span[k] ** 3)),
+            0.0 if constant_rate else max(float(qr[best[k] * c + k]), float(r[k] / span[k] ** 3)),
             q,
             p,
         )
@@ -514,6 +537,9 @@ class Tracker:
         self.per_test_rate = config.false_alarms_per_day / (len(config.channels) * _TESTS)
         self._c = innovation_threshold(self.per_test_rate, rate)
         self._h = cusum_threshold(self.per_test_rate, rate, config.cusum_k)
+        self._ratio_cache: dict[float, float] = {}
+        self._run_cache: dict[float, int] = {}
+        self._design_cache: dict[tuple[float, ...], CusumDesign] = {}
 
     def initial_state(self, *, start_s: float) -> TrackerState:
         """The state before any reading, at ``start_s`` [s since the epoch]."""
@@ -537,10 +563,10 @@ class Tracker:
             noise=dict(self.config.noise),
             setting=np.zeros(c, dtype=bool),
             flagged_stuck=np.zeros(c, dtype=bool),
-            ref_level=nan.copy(),
-            ref_rate=nan.copy(),
-            slope_sums=np.zeros((c, 5)),
-            slope_offset=nan.copy(),
+            ramp_upper=np.zeros(c),
+            ramp_lower=np.zeros(c),
+            repeat_pairs=np.zeros(c),
+            repeat_count=np.zeros(c),
             z_scale=np.ones(c),
             z_corr=np.zeros(c),
         )
@@ -619,18 +645,14 @@ class Tracker:
             else:
                 fit.append(i)
                 robust.append(stats)
-        if fit:
-            series = []
-            for i in fit:
-                t, y = per_channel[i]
-                finite = np.isfinite(y)
-                series.append((t[finite], y[finite]))
-            for i, noise in zip(fit, _fit_noise(series, robust), strict=True):
-                name = self.config.channels[i]
-                _, y = per_channel[i]
-                raw = np.exp(y) if name in self._log_channels else y
-                digits = _significant_digits(raw)
-                state.noise[name] = dataclasses.replace(noise, significant_digits=digits)
+        for constant_rate in (False, True):
+            group = [
+                (i, stats)
+                for i, stats in zip(fit, robust, strict=True)
+                if (self.config.channels[i] in self.config.ramps) == constant_rate
+            ]
+            if group:
+                self._fit_group(state, per_channel, group, constant_rate=constant_rate)
         for i in fresh:
             t, y = per_channel[i]
             finite = np.isfinite(y)
@@ -644,6 +666,29 @@ class Tracker:
             state.cov[i] = np.diag([var0, var0]) if var0 > 0 else np.zeros((2, 2))
             state.time[i] = float(t[finite][0])
             state.last_value[i] = math.nan
+
+    def _fit_group(
+        self,
+        state: TrackerState,
+        per_channel: list[tuple[np.ndarray, np.ndarray]],
+        group: list[tuple[int, tuple[float, float, float]]],
+        *,
+        constant_rate: bool,
+    ) -> None:
+        series = []
+        for i, _ in group:
+            t, y = per_channel[i]
+            finite = np.isfinite(y)
+            series.append((t[finite], y[finite]))
+        robust = [stats for _, stats in group]
+        fitted = _fit_noise(series, robust, constant_rate=constant_rate)
+        for (i, _), noise, (_, y) in zip(group, fitted, series, strict=True):
+            name = self.config.channels[i]
+            raw = np.exp(y) if name in self._log_channels else y
+            digits = _significant_digits(raw)
+            state.noise[name] = dataclasses.replace(noise, significant_digits=digits)
+            state.repeat_pairs[i] = max(y.size - 1, 0)
+            state.repeat_count[i] = noise.repeat_probability * state.repeat_pairs[i]
 
     def _filter_and_detect(
         self,
@@ -723,7 +768,7 @@ class Tracker:
                 state, i, t, y, zi, alarm[row, :n], mean[row, :n], pred_var[row, :n], flags
             )
             self._stuck(state, i, t, y, flags)
-            self._tolerances(state, i, t, y, mean[row, :n], cov[row, :n], flags)
+            rate_alarm = self._ramps(state, i, t, y, z_cusum[row, :n], mean[row, :n], flags)
             state.mean[i], state.cov[i], state.time[i] = mean[row, n - 1], cov[row, n - 1], t[-1]
             state.cusum_upper[i], state.cusum_lower[i] = upper[row, n - 1], lower[row, n - 1]
             if alarm[row, n - 1]:
@@ -732,6 +777,10 @@ class Tracker:
                 # The level moved: let the filter follow it at once instead of over minutes.
                 state.cov[i, 0, 0] += reopen**2
                 state.cov[i, 1, 1] += (reopen / 10.0) ** 2
+                state.ramp_upper[i] = state.ramp_lower[i] = 0.0
+            if rate_alarm is not None:
+                # The drift rate changed: let the filter learn the new one.
+                state.cov[i, 1, 1] += rate_alarm**2
         return levels, variances, rates, rate_vars
 
     # ------------------------------------------------------------------------------ detectors
@@ -871,38 +920,44 @@ class Tracker:
     def _stuck(
         self, state: TrackerState, i: int, t: np.ndarray, y: np.ndarray, flags: list[Flag]
     ) -> None:
-        """Runs of identical readings less probable, under the channel's noise and read-out
-        step, than the false-alarm rate allows. The probability that a reading repeats the
-        previous one is ``erf(step / (2 sqrt(2) sigma))`` with the step at the reading's value
-        (significant-digit read-outs have a step proportional to the value)."""
+        """Runs of identical readings that a live sensor starts less often than the test's
+        share of the budget allows (:func:`twin.stuck_run_threshold`), for the step-to-noise
+        ratio implied by the channel's measured repeat probability (counted since learning,
+        outside flagged runs); on a significant-digit read-out the ratio follows the step at
+        the reading's value."""
         name = self.config.channels[i]
         noise = state.noise[name]
-        sigma = math.sqrt(noise.measurement_variance)
-        if sigma == 0:
+        if noise.measurement_variance == 0 or state.repeat_pairs[i] < 1:
             return
-        log_target = math.log(per_sample_probability(self.per_test_rate, self.config.rate_hz))
         in_log = name in self._log_channels
         last, run = state.last_value[i], int(state.run_length[i])
-        log_p = float(state.run_log_p[i])
         run_start = math.nan
+        pairs = repeats = 0
+        flagged = bool(state.flagged_stuck[i])
+        ratio = self._step_to_noise(state, i, noise)
         for k in range(y.size):
             v = y[k]
             if not math.isfinite(v):
                 continue
             if v != last:
-                last, run, log_p, run_start = v, 1, 0.0, t[k]
-                state.flagged_stuck[i] = False
+                if math.isfinite(last) and not flagged:
+                    pairs += 1
+                last, run, run_start, flagged = v, 1, t[k], False
                 continue
             run += 1
-            step = _read_out_step(math.exp(v) if in_log else v, noise)
-            if in_log:
-                step = math.log1p(step / math.exp(v))
-            p_same = math.erf(step / (2.0 * math.sqrt(2.0) * sigma)) if step > 0 else 0.0
-            if math.isfinite(noise.repeat_probability):
-                p_same = max(p_same, noise.repeat_probability)
-            log_p += math.log(max(p_same, 1e-300))
-            if log_p < log_target and not state.flagged_stuck[i]:
-                state.flagged_stuck[i] = True
+            if not flagged:
+                pairs, repeats = pairs + 1, repeats + 1
+            if flagged:
+                continue
+            if noise.significant_digits > 0 and noise.quantum > 0:
+                # The step follows the value (10x coarser above a decade): the noise implied
+                # at the finest step seen is a lower bound, so the ratio here is not too small.
+                ratio_here = ratio * _tracked_step(v, noise, in_log) / noise.quantum
+                min_run = self._min_run(max(ratio, ratio_here))
+            else:
+                min_run = self._min_run(ratio)
+            if run >= min_run:
+                flagged = True
                 start = run_start
                 if math.isnan(start):
                     start = t[k] - (run - 1) / self.config.rate_hz
@@ -914,77 +969,146 @@ class Tracker:
                         end_rel=t[k],
                         expected=math.nan,
                         observed=v,
-                        tolerance=log_target,
+                        tolerance=float(min_run),
                         severity="warning",
                         state=state,
-                        detail={"identical_readings": run, "log_probability": log_p},
+                        detail={"identical_readings": run, "min_run": min_run},
                     )
                 )
-        state.last_value[i], state.run_length[i], state.run_log_p[i] = last, run, log_p
+        state.last_value[i], state.run_length[i] = last, run
+        state.flagged_stuck[i] = flagged
+        state.repeat_pairs[i] += pairs
+        state.repeat_count[i] += repeats
 
-    def _tolerances(
+    def _step_to_noise(self, state: TrackerState, i: int, noise: ChannelNoise) -> float:
+        """Read-out step over noise sigma at the channel's typical value, from the measured
+        repeat probability (with half a repeat of prior, so that no count is not certainty)."""
+        p = (state.repeat_count[i] + 0.5) / (state.repeat_pairs[i] + 1.0)
+        key = round(float(p), 4)
+        ratio = self._ratio_cache.get(key)
+        if ratio is None:
+            ratio = self._ratio_cache[key] = step_to_noise_from_repeats(key)
+        return ratio
+
+    def _min_run(self, ratio: float) -> int:
+        key = float(f"{ratio:.3g}")
+        run = self._run_cache.get(key)
+        if run is None:
+            run = stuck_run_threshold(key, self.per_test_rate, self.config.rate_hz)
+            self._run_cache[key] = run
+        return run
+
+    def _ramps(
         self,
         state: TrackerState,
         i: int,
         t: np.ndarray,
         y: np.ndarray,
+        z: np.ndarray,
         mean: np.ndarray,
-        cov: np.ndarray,
         flags: list[Flag],
-    ) -> None:
-        """Slow drift: the filtered level moved by more than its tolerance since the reference
-        (and by more than ``c`` of its standard deviations), or the drift rate (the slope of an
-        exponentially weighted regression line through the readings) did; the reference then
-        moves to the new value, so a continuing drift is flagged once per tolerance."""
+    ) -> float | None:
+        """A change of drift rate: a two-sided CUSUM on ``z`` matched to the channel's ramp of
+        interest (see :meth:`ramp_design`); returns the ramp to re-open the rate by on an
+        alarm, else None."""
         name = self.config.channels[i]
-        level_tol, rate_tol = self.config.tolerances.get(name, (None, None))
-        if level_tol is None and rate_tol is None:
-            return
-        learning = math.isnan(state.ref_level[i])
-        if learning:
-            state.slope_offset[i] = mean[-1, 0]
-            previous = float(t[0])
-        else:
-            previous = float(state.time[i])
-        slow, state.slope_sums[i] = _ew_slope(
-            state.slope_sums[i], previous, t, y - state.slope_offset[i], RATE_AVERAGING_S
-        )
-        if learning:
-            state.ref_level[i], state.ref_rate[i] = mean[-1, 0], slow[-1]
-            return
-        if math.isnan(state.ref_rate[i]):
-            state.ref_rate[i] = slow[-1]
-        level_sd = np.sqrt(np.maximum(cov[:, 0, 0], 0.0))
-        tests = (
-            ("level", level_tol, mean[:, 0], state.ref_level, self._c * level_sd),
-            ("rate", rate_tol, slow, state.ref_rate, np.zeros(t.size)),
-        )
-        for what, tol, series, refs, significance in tests:
-            if tol is None:
+        ramp = self.config.ramps.get(name)
+        if ramp is None:
+            return None
+        design = self.ramp_design(state.noise[name], ramp)
+        if design is None:
+            return None
+        gp, gm = float(state.ramp_upper[i]), float(state.ramp_lower[i])
+        alarmed: float | None = None
+        for k in np.flatnonzero(np.isfinite(z)):
+            gp = max(0.0, gp + z[k] - design.k)
+            gm = max(0.0, gm - z[k] - design.k)
+            if gp <= design.h and gm <= design.h:
                 continue
-            start = 0
-            while start < t.size:
-                dev = np.abs(series[start:] - refs[i])
-                hit = np.flatnonzero((dev > tol) & (dev > significance[start:]))
-                if hit.size == 0:
-                    break
-                k = start + int(hit[0])
-                flags.append(
-                    self._flag(
-                        "drift",
-                        i,
-                        time_rel=t[k],
-                        end_rel=t[k],
-                        expected=float(refs[i]),
-                        observed=float(series[k]),
-                        tolerance=tol,
-                        severity="warning",
-                        state=state,
-                        detail={"test": f"{what}_tolerance"},
-                    )
+            sign = 1.0 if gp > design.h else -1.0
+            gp = gm = 0.0
+            if alarmed is not None or t[k] - state.last_drift_s[i] < _DRIFT_HOLDOFF_S:
+                continue
+            alarmed = ramp
+            state.last_drift_s[i] = float(t[k])
+            flags.append(
+                self._flag(
+                    "drift",
+                    i,
+                    time_rel=t[k] - design.delay_samples / self.config.rate_hz,
+                    end_rel=t[k],
+                    expected=float(mean[k, 1]),
+                    observed=float(mean[k, 1] + sign * ramp),
+                    tolerance=ramp,
+                    severity="warning",
+                    state=state,
+                    detail={
+                        "test": "drift_rate",
+                        "ramp_of_interest": sign * ramp,
+                        "cusum_k": design.k,
+                        "cusum_h": design.h,
+                    },
                 )
-                refs[i] = series[k]
-                start = k + 1
+            )
+        state.ramp_upper[i], state.ramp_lower[i] = gp, gm
+        return alarmed
+
+    def ramp_design(self, noise: ChannelNoise, ramp: float) -> CusumDesign | None:
+        """The drift-rate CUSUM of a channel with ``noise`` for a ramp of interest ``ramp``
+        [U/s]: matched to the mean innovations the ramp leaves in the channel's steady-state
+        filter, at the test's share of the budget (None for a channel without noise)."""
+        if noise.measurement_variance <= 0:
+            return None
+        key = (noise.level_diffusion, noise.rate_diffusion, noise.measurement_variance, ramp)
+        design = self._design_cache.get(key)
+        if design is None:
+            signature = self.signature(noise, ramp=ramp)
+            design = matched_cusum(signature, self.per_test_rate, self.config.rate_hz)
+            self._design_cache[key] = design
+        return design
+
+    def expected_delay(
+        self,
+        channel: str,
+        noise: ChannelNoise,
+        *,
+        step: float = 0.0,
+        ramp: float = 0.0,
+        paths: int = 1000,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """Detection delays [s] of a step ``step`` [U] and/or ramp ``ramp`` [U/s] on ``channel``
+        with ``noise``, one per simulated path (inf: not within 600 s): the disagreement test,
+        the step CUSUM and, where the channel has one, the drift-rate CUSUM, on the fault's
+        mean innovations plus N(0, 1) noise, at this tracker's thresholds."""
+        signature = np.abs(self.signature(noise, step=step, ramp=ramp))
+        design = self.ramp_design(noise, self.config.ramps[channel]) if (
+            channel in self.config.ramps
+        ) else None  # fmt: skip
+        rng = np.random.default_rng(seed)
+        g_step, g_ramp = np.zeros(paths), np.zeros(paths)
+        delay = np.full(paths, math.inf)
+        for j, m in enumerate(signature):
+            z = m + rng.standard_normal(paths)
+            g_step = np.maximum(0.0, g_step + z - self.config.cusum_k)
+            alarm = (np.abs(z) > self._c) | (g_step > self._h)
+            if design is not None:
+                g_ramp = np.maximum(0.0, g_ramp + z - design.k)
+                alarm |= g_ramp > design.h
+            delay[alarm & np.isinf(delay)] = (j + 1) / self.config.rate_hz
+            if not np.isinf(delay).any():
+                break
+        return delay
+
+    def signature(self, noise: ChannelNoise, *, step: float = 0.0, ramp: float = 0.0) -> np.ndarray:
+        """Mean normalized innovations [sigma] that a step ``step`` [U] plus a ramp ``ramp``
+        [U/s] leave in a channel's steady-state filter, sample by sample from the onset."""
+        dt = 1.0 / self.config.rate_hz
+        gain, s = steady_state_filter(
+            noise.level_diffusion, noise.rate_diffusion, noise.measurement_variance, dt
+        )
+        j = np.arange(1, int(_SIGNATURE_S * self.config.rate_hz) + 1)
+        return innovation_signature(step + ramp * dt * j, gain, s, dt)
 
     def _watch_setting(
         self,
@@ -1128,35 +1252,6 @@ class Tracker:
                 if math.isfinite(v) and math.isfinite(s)
             )
         return out
-
-
-def _ew_slope(
-    sums: np.ndarray, previous: float, t: np.ndarray, y: np.ndarray, tau: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Slopes [U/s] of the exponentially weighted least-squares line through the readings up
-    to each sample (weights ``exp(-age / tau)``), and the regression sums to carry on.
-
-    ``sums`` = (S0, S1, S2, Sy, Suy) with ``u`` the time relative to ``previous`` (the last
-    sample already included); NaN readings only age the sums.
-    """
-    s0, s1, s2, sy, suy = (float(v) for v in sums)
-    out = np.full(t.size, math.nan)
-    for k in range(t.size):
-        dt = max(float(t[k]) - previous, 0.0)
-        decay = math.exp(-dt / tau)
-        # Shift the origin of u to t[k] and age the weights.
-        s2 = decay * (s2 - 2.0 * dt * s1 + dt * dt * s0)
-        s1 = decay * (s1 - dt * s0)
-        suy = decay * (suy - dt * sy)
-        s0, sy = decay * s0, decay * sy
-        previous = float(t[k])
-        if math.isfinite(y[k]):
-            s0 += 1.0
-            sy += float(y[k])
-        det = s0 * s2 - s1 * s1
-        if s0 >= _MIN_SLOPE_WEIGHT and det > 0:
-            out[k] = (s0 * suy - s1 * sy) / det
-    return out, np.array([s0, s1, s2, sy, suy])
 
 
 def _copy_state(s: TrackerState) -> TrackerState:

@@ -79,3 +79,63 @@ def test_dropouts_and_alarm_merging() -> None:
     alarm[[3, 4, 5, 9, 30]] = True
     episodes = merge_alarms(alarm, kind="drift", max_gap=3)
     assert [(e.start, e.end) for e in episodes] == [(3, 10), (30, 31)]
+
+
+def test_stuck_run_threshold_false_alarm_rate_agrees_with_its_budget() -> None:
+    from twin._detect import run_probability, stuck_run_threshold
+
+    # A live sensor, step = noise sigma; a budget high enough to be seen in 2e6 samples.
+    rate_hz, per_day = 10.0, 2_000.0
+    min_run = stuck_run_threshold(1.0, per_day, rate_hz)
+    rng = np.random.default_rng(5)
+    n = 2_000_000
+    truth = rng.uniform(-0.5, 0.5) + np.cumsum(rng.normal(0.0, 1e-4, n))  # slow wander
+    y = np.round(truth + rng.normal(0.0, 1.0, n))
+    same = np.concatenate(([False], y[1:] == y[:-1]))
+    runs = len(stuck_runs(y, min_run=min_run))
+    expected = n * float(run_probability(1.0, min_run)) * (1 - float(repeat_at(1.0)))
+    budget = n * per_day / (86_400 * rate_hz)
+    assert same.any()
+    assert runs <= budget + 4 * np.sqrt(budget)  # within its budget
+    assert abs(runs - expected) <= 4 * np.sqrt(max(expected, 1.0)) + 0.2 * expected
+
+
+def repeat_at(ratio: float) -> float:
+    from twin._detect import repeat_probability
+
+    return repeat_probability(ratio)
+
+
+def test_measured_repeat_probability_gives_back_the_step_to_noise_ratio() -> None:
+    from twin._detect import repeat_probability, step_to_noise_from_repeats
+
+    for ratio in (0.1, 0.33, 1.0, 2.7):
+        assert step_to_noise_from_repeats(repeat_probability(ratio)) == pytest.approx(
+            ratio, rel=1e-3
+        )
+    # Noise well above the step: repeats ~ step / (2 sqrt(pi) sigma) (0.094 for 1/3).
+    assert repeat_probability(1 / 3) == pytest.approx(1 / 3 / (2 * np.sqrt(np.pi)), rel=0.01)
+
+
+def test_matched_ramp_cusum_false_alarm_rate_agrees_with_its_budget() -> None:
+    from twin._detect import innovation_signature, matched_cusum, steady_state_filter
+
+    rate_hz, per_day = 10.0, 48.0  # two per simulated hour
+    gain, s = steady_state_filter(1e-20, 0.0, 9.08e-20, 0.1)
+    signature = innovation_signature(1e-11 * np.arange(1, 6001), gain, s, 0.1)
+    design = matched_cusum(signature, per_day, rate_hz)
+    assert 0.05 < design.k < 0.5  # matched to a small sustained shift
+    hours, series = 24, 48
+    rng = np.random.default_rng(7)
+    n = int(hours * 3600 * rate_hz / series)
+    gp, gm = np.zeros(series), np.zeros(series)
+    alarms = 0
+    for _ in range(n):
+        z = rng.standard_normal(series)
+        gp = np.maximum(0.0, gp + z - design.k)
+        gm = np.maximum(0.0, gm - z - design.k)
+        hit = (gp > design.h) | (gm > design.h)
+        alarms += int(hit.sum())
+        gp[hit] = gm[hit] = 0.0
+    expected = per_day * hours / 24
+    assert expected / 2.5 <= alarms <= expected * 1.5
