@@ -7,6 +7,10 @@ Audit reports (docs/reports.md) are made in two steps, the same for the report r
 ``beamtwin report``: ``build_report`` (the model, read through the store), then
 ``render_report(report, fmt)`` (JSON, HTML or PDF bytes; ``render_json``, ``render_html`` and
 ``render_pdf`` are its three renderers).
+
+The web dashboard (docs/dashboard.md) is served by the same app under ``/ui``
+(``api/_web``): an API token exchanged for a session cookie, pages that read ``/api/v1`` with
+the same roles and grants. Long work is never run in a request: it is submitted as a job.
 """
 
 from api._app import API_VERSION, ApiConfigError, create_app
