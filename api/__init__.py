@@ -10,7 +10,7 @@ Audit reports (docs/reports.md) are made in two steps, the same for the report r
 
 The web dashboard (docs/dashboard.md) is served by the same app under ``/ui``
 (``api/_web``): an API token exchanged for a session cookie, pages that read ``/api/v1`` with
-the same roles and grants. Long work is never run in a request: it is submitted as a job.
+the same roles and grants.
 """
 
 from api._app import API_VERSION, ApiConfigError, create_app
