@@ -464,8 +464,12 @@ def _ensemble(results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     out = {}
     for name in results[0]:
         stack = np.stack([r[name] for r in results])
-        out[name] = stack.mean(axis=0)
-        out[f"{name}_std"] = stack.std(axis=0)
+        # Deviations from the first member: identical members give exactly the member and
+        # a standard deviation of exactly zero, not rounding noise.
+        deviation = stack - stack[0]
+        shift = deviation.mean(axis=0)
+        out[name] = stack[0] + shift
+        out[f"{name}_std"] = np.sqrt(np.clip((deviation**2).mean(axis=0) - shift**2, 0, None))
         if stack[0].ndim <= 2:
             out[f"{name}_members"] = stack
     return out
