@@ -103,6 +103,7 @@ from simulations._optical_state import (
     state_step,
     true_state,
 )
+from simulations._preview import Preview, preview_experiment, projected_potential
 from simulations._specimens import (
     BUILTIN_SPECIMENS,
     STRUCTURE_FORMATS,
@@ -166,6 +167,7 @@ __all__ = [
     "MicroscopeConfigError",
     "NoiseBurst",
     "PreparedExperiment",
+    "Preview",
     "Progress",
     "Ramp",
     "ScanV1",
@@ -200,6 +202,8 @@ __all__ = [
     "models_for_state",
     "nominal_channels",
     "prepare_experiment",
+    "preview_experiment",
+    "projected_potential",
     "read_holder_log",
     "read_structure",
     "resolve_state",
