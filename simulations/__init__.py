@@ -57,6 +57,7 @@ from simulations._experiment_spec import (
     UncertaintyV1,
     spec_hash,
 )
+from simulations._exports import ExportError, array_npy, array_png, nexus_bytes
 from simulations._fault_suite import (
     FAULT_SUITE,
     CaseResult,
@@ -103,6 +104,7 @@ from simulations._optical_state import (
     state_step,
     true_state,
 )
+from simulations._plan import ExperimentPlan, plan_experiment
 from simulations._preview import Preview, preview_experiment, projected_potential
 from simulations._specimens import (
     BUILTIN_SPECIMENS,
@@ -150,9 +152,11 @@ __all__ = [
     "Excursion",
     "ExperimentInputError",
     "ExperimentLimits",
+    "ExperimentPlan",
     "ExperimentResult",
     "ExperimentSpecV1",
     "ExperimentTooLarge",
+    "ExportError",
     "Fault",
     "FaultCase",
     "FaultError",
@@ -188,6 +192,8 @@ __all__ = [
     "UncertaintyV1",
     "UnknownChannel",
     "VirtualMicroscope",
+    "array_npy",
+    "array_png",
     "build_specimen",
     "default_channel_model",
     "detector_angles",
@@ -200,7 +206,9 @@ __all__ = [
     "lens_temperature_rise",
     "member_ctf",
     "models_for_state",
+    "nexus_bytes",
     "nominal_channels",
+    "plan_experiment",
     "prepare_experiment",
     "preview_experiment",
     "projected_potential",
