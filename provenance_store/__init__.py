@@ -215,6 +215,7 @@ from provenance_store._snapshot_body import (
     validate_snapshot_body,
 )
 from provenance_store._twin import (
+    TwinStateAt,
     delete_twin_cursor,
     estimates_as_of,
     get_twin_cursor,
@@ -223,6 +224,7 @@ from provenance_store._twin import (
     query_estimates,
     query_flags,
     save_twin_cursor,
+    twin_state_at,
 )
 
 __all__ = [
@@ -301,6 +303,7 @@ __all__ = [
     "StoreFigures",
     "TooManySamples",
     "TwinCursor",
+    "TwinStateAt",
     "WindowStatistics",
     "WrongType",
     "add_api_user",
@@ -383,6 +386,7 @@ __all__ = [
     "store_figures",
     "store_snapshot",
     "submit_job",
+    "twin_state_at",
     "upgrade_schema",
     "validate_snapshot_body",
     "verify_access_records",

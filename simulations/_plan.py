@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from simulations._cost import CostEstimate, ExperimentLimits
-from simulations._experiment import prepare_experiment
+from simulations._experiment import draw_members, prepare_experiment
 from simulations._experiment_spec import ExperimentSpecV1, StateV1, UncertaintyV1
 from simulations._mapping import resolve_state, state_from_twin, uncertainty_from_twin
 from simulations._specimens import SpecimenLimits
@@ -62,11 +62,16 @@ def plan_experiment(
     twin_state = None
     uncertainty = spec.uncertainty
     if twin_values and spec.state is None:
-        twin_state = state_from_twin(twin_values, defaults=defaults)
+        # What the twin does not estimate (Cc, spreads, source size; energy or convergence
+        # when the twin has not seen them yet) may come from the overrides.
+        fields = {k: v for k, v in spec.overrides.items() if k in StateV1.model_fields}
+        twin_state = state_from_twin(twin_values, defaults={**(defaults or {}), **fields})
         if uncertainty is None and twin_std:
             uncertainty = uncertainty_from_twin(twin_std)
     state = resolve_state(spec, twin_state)
     prepared = prepare_experiment(spec, state, limits=limits, specimen_limits=specimen_limits)
+    if spec.ensemble_size > 1:  # refuses an uncertainty an ensemble cannot vary, now
+        draw_members(state, spec.uncertainty or uncertainty, 2, spec.seed)
     document = {
         "state": state.model_dump(mode="json"),
         "uncertainty": None if uncertainty is None else uncertainty.model_dump(mode="json"),

@@ -10,7 +10,7 @@ from workers._artifacts import array_sha256, attempt_url, remove_attempts, write
 from workers._errors import InvalidEvent, WorkerError
 from workers._experiment_task import ExperimentCancelled, execute_experiment
 from workers._experiment_worker import ExperimentStats, ExperimentWorker, connect_cluster
-from workers._experiments import ExperimentSubmission, submit_experiment, twin_state_at
+from workers._experiments import ExperimentSubmission, submit_experiment
 from workers._settings import (
     SNAPSHOT_GROUP_ID,
     ExperimentSettings,
@@ -46,7 +46,6 @@ __all__ = [
     "execute_experiment",
     "remove_attempts",
     "submit_experiment",
-    "twin_state_at",
     "warm_up",
     "write_result",
 ]

@@ -20,34 +20,9 @@ from simulations import (
     versions,
 )
 
-__all__ = ["ExperimentSubmission", "submit_experiment", "twin_state_at"]
+__all__ = ["ExperimentSubmission", "submit_experiment"]
 
 BEAMTWIN_VERSION = "0.1.0"
-
-
-@dataclass(frozen=True)
-class TwinStateAt:
-    """The twin's latest estimates at a time: values and standard deviations by quantity
-    [twin units], their ids (``quantity@time``) and the calibration version they used."""
-
-    values: dict[str, float]
-    std: dict[str, float]
-    estimate_ids: list[str]
-    calibration_version: str | None
-
-
-def twin_state_at(conn: sa.Connection, instrument_id: str, at: datetime) -> TwinStateAt:
-    """The twin's estimates of ``instrument_id`` at ``at`` (UTC)."""
-    records = store.estimates_as_of(conn=conn, instrument_id=instrument_id, at=at)
-    values = {r.quantity: r.value for r in records}
-    std = {r.quantity: r.std for r in records if r.std is not None}
-    ids = [f"{r.quantity}@{r.time.isoformat()}" for r in records]
-    calibrations = sorted({r.calibration_version for r in records})
-    calibration = calibrations[-1] if calibrations else None
-    if calibration is None:
-        in_force = store.calibration_in_force(conn=conn, instrument_id=instrument_id, at=at)
-        calibration = None if in_force is None else in_force.version
-    return TwinStateAt(values, std, ids, calibration)
 
 
 @dataclass(frozen=True)
@@ -69,9 +44,9 @@ def submit_experiment(
     """Plan ``spec`` against the twin's state at its ``as_of`` (default now) and queue it,
     or return the identical job already queued, running or done (unless ``force``)."""
     at = spec.as_of or now or datetime.now(UTC)
-    twin: TwinStateAt | None = None
+    twin: store.TwinStateAt | None = None
     if spec.instrument is not None:
-        twin = twin_state_at(conn, spec.instrument, at)
+        twin = store.twin_state_at(conn=conn, instrument_id=spec.instrument, at=at)
     plan = plan_experiment(
         spec,
         twin_values=None if twin is None else twin.values,
