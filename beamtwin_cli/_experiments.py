@@ -300,3 +300,54 @@ def experiment_fetch(args: argparse.Namespace) -> int:
     output.write_bytes(data)
     print(f"wrote {output} ({len(data)} bytes)")
     return 0
+
+
+# ---------------------------------------------------------------------- the demo's experiment
+def demo_experiment(eng: sa.Engine, instrument: str, artifact_root: Path) -> store.JobRecord:
+    """Submit one small virtual experiment (HRTEM of SrTiO3, an ensemble of 4 over the
+    twin's defocus uncertainty) on the instrument as its twin sees it now, run it here on a
+    LocalCluster and print what came out (a few seconds)."""
+    from simulations import ExperimentSpecV1
+    from workers import ExperimentSettings, submit_experiment
+
+    document: dict[str, Any] = {
+        "instrument": instrument,
+        "specimen": {"name": "srtio3-001", "parameters": {"repeats": 2, "layers": 2}},
+        "mode": {"mode": "hrtem"},
+        "sampling": 0.1,
+        "ensemble_size": 4,
+        "doses": [100.0, 10000.0],
+        "uncertainty": {"std": {"defocus": 20.0}},
+        # What the virtual STEM's twin does not estimate; its own state fills in the rest.
+        "overrides": {"energy": 200e3, "convergence_semiangle": 25.0},
+    }
+    with eng.begin() as conn:
+        submission = submit_experiment(
+            conn=conn, spec=ExperimentSpecV1.model_validate(document), owner=actor(), force=True
+        )
+    job = submission.job
+    print(f"virtual experiment: submitted {describe_job(job)}", flush=True)
+    settings = ExperimentSettings(artifact_root=str(artifact_root))
+    run_here(settings, eng, timeout=120)
+    import provenance_store
+
+    with eng.begin() as conn:
+        done = store_job(conn, job.id)
+        results = provenance_store.job_results(conn=conn, job_id=job.id)
+    state = (done.state or {}).get("state", {})
+    defocus = -state.get("aberrations", {}).get("C10", 0.0)
+    print(
+        f"virtual experiment: {describe_job(done)}; state used: {state.get('energy', 0) / 1e3:g} "
+        f"kV, defocus {defocus:.1f} Å; results: {', '.join(r.name for r in results)} "
+        f"(under {artifact_root})"
+    )
+    return done
+
+
+def store_job(conn: sa.Connection, job_id: str) -> store.JobRecord:
+    import provenance_store as store
+
+    record = store.get_job(conn=conn, job_id=job_id)
+    if record is None:
+        raise CommandError(f"no job {job_id}")
+    return record

@@ -61,11 +61,11 @@ def plan_experiment(
     """
     twin_state = None
     uncertainty = spec.uncertainty
-    if twin_values and spec.state is None:
+    if spec.state is None and (twin_values or spec.instrument is not None):
         # What the twin does not estimate (Cc, spreads, source size; energy or convergence
         # when the twin has not seen them yet) may come from the overrides.
         fields = {k: v for k, v in spec.overrides.items() if k in StateV1.model_fields}
-        twin_state = state_from_twin(twin_values, defaults={**(defaults or {}), **fields})
+        twin_state = state_from_twin(twin_values or {}, defaults={**(defaults or {}), **fields})
         if uncertainty is None and twin_std:
             uncertainty = uncertainty_from_twin(twin_std)
     state = resolve_state(spec, twin_state)
