@@ -398,6 +398,46 @@ def _run_stem(
     return results, step
 
 
+class _MemberKernels:
+    """The CTF kernels of an ensemble's members on one grid, fast: chi is linear in the
+    Cartesian components of the polar coefficients, so the angular basis
+    ``alpha^(n+1) / (n+1) * (cos m phi, sin m phi)`` is computed once and each member's chi
+    is a short linear combination (abTEM's ``CTF`` recomputes every term for each kernel).
+    chi = 2 pi / lambda * sum C_nm alpha^(n+1) / (n+1) cos(m (phi - phi_nm)), abTEM's
+    convention; the temporal envelope exp(-(pi / (2 lambda) * focal_spread * alpha²)²) is
+    the same for every member."""
+
+    def __init__(self, gpts: tuple[int, int], sampling: tuple[float, float], setup: AbtemSetup):
+        wavelength = _wavelength(setup.energy)
+        kx = np.fft.fftfreq(gpts[0], sampling[0])[:, None]
+        ky = np.fft.fftfreq(gpts[1], sampling[1])[None, :]
+        self.alpha = np.sqrt(kx**2 + ky**2) * wavelength
+        self.phi = np.arctan2(ky, kx) * np.ones_like(self.alpha)
+        self.scale = 2 * np.pi / wavelength
+        self.basis: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self.envelope = np.exp(
+            -((0.5 * np.pi / wavelength * setup.focal_spread * self.alpha**2) ** 2)
+        )
+
+    def _terms(self, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+        if (n, m) not in self.basis:
+            radial = self.alpha ** (n + 1) / (n + 1)
+            self.basis[(n, m)] = (radial * np.cos(m * self.phi), radial * np.sin(m * self.phi))
+        return self.basis[(n, m)]
+
+    def kernel(self, aberrations: Mapping[str, float]) -> np.ndarray:
+        chi = np.zeros_like(self.alpha)
+        for name, value in aberrations.items():
+            if not name.startswith("C") or value == 0:
+                continue
+            n, m = int(name[1]), int(name[2])
+            angle = float(aberrations.get(f"phi{n}{m}", 0.0))
+            cosine, sine = self._terms(n, m)
+            chi += value * (np.cos(m * angle) * cosine + np.sin(m * angle) * sine)
+        chi *= self.scale
+        return (np.cos(chi) - 1j * np.sin(chi)) * self.envelope
+
+
 def _run_hrtem(
     spec: ExperimentSpecV1,
     setup: AbtemSetup,
@@ -408,13 +448,24 @@ def _run_hrtem(
     potential = _potential(spec, prepared)
     with _TaskProgress(progress, 0.05, 0.6, "exit wave").active():
         exit_wave = setup.plane_wave.multislice(potential, lazy=False)
+    if len(members) == 1:  # abTEM's own CTF, exactly as a script would apply it
+        with _TaskProgress(progress, 0.6, 0.9, "image").active():
+            ctf = member_ctf(setup, members[0], stem=False)
+            image = exit_wave.apply_ctf(ctf).intensity().compute().array
+        return [{"image": _mean_leading(np.asarray(image), 2)}]
+    # One exit wave (per phonon configuration), one FFT of it, one kernel and one inverse
+    # FFT per member.
+    array = np.asarray(exit_wave.array)
+    fourier = np.fft.fft2(array, axes=(-2, -1))
+    lengths = prepared.atoms.cell.lengths()
+    sampling = (float(lengths[0]) / prepared.gpts[0], float(lengths[1]) / prepared.gpts[1])
+    kernels = _MemberKernels(prepared.gpts, sampling, setup)
     results = []
     for i, aberrations in enumerate(members):
-        low, high = 0.6 + 0.3 * i / len(members), 0.6 + 0.3 * (i + 1) / len(members)
-        with _TaskProgress(progress, low, high, f"member {i + 1}/{len(members)}").active():
-            ctf = member_ctf(setup, aberrations, stem=False)
-            image = exit_wave.apply_ctf(ctf).intensity().compute().array
-            results.append({"image": _mean_leading(np.asarray(image), 2)})
+        if progress is not None:
+            progress(0.6 + 0.3 * i / len(members), f"member {i + 1}/{len(members)}")
+        waves = np.fft.ifft2(fourier * kernels.kernel(aberrations), axes=(-2, -1))
+        results.append({"image": _mean_leading(waves.real**2 + waves.imag**2, 2)})
     return results
 
 
@@ -464,12 +515,12 @@ def _ensemble(results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     out = {}
     for name in results[0]:
         stack = np.stack([r[name] for r in results])
-        # Deviations from the first member: identical members give exactly the member and
-        # a standard deviation of exactly zero, not rounding noise.
-        deviation = stack - stack[0]
-        shift = deviation.mean(axis=0)
-        out[name] = stack[0] + shift
-        out[f"{name}_std"] = np.sqrt(np.clip((deviation**2).mean(axis=0) - shift**2, 0, None))
+        if all(np.array_equal(member, stack[0]) for member in stack[1:]):
+            # Identical members: exactly the member and a spread of exactly zero, not the
+            # rounding noise of a mean of equal numbers.
+            out[name], out[f"{name}_std"] = stack[0].copy(), np.zeros_like(stack[0])
+        else:
+            out[name], out[f"{name}_std"] = stack.mean(axis=0), stack.std(axis=0)
         if stack[0].ndim <= 2:
             out[f"{name}_members"] = stack
     return out
@@ -541,12 +592,14 @@ def run_experiment(
     limits: ExperimentLimits | None = None,
     specimen_limits: SpecimenLimits | None = None,
     progress: Progress | None = None,
+    threads: int = 1,
 ) -> ExperimentResult:
     """Run ``spec`` with the microscope in ``state`` (already resolved: see
     :func:`simulations.resolve_state`), drawing ``spec.ensemble_size`` members from
     ``uncertainty`` (the spec's own, when it has one, wins). Deterministic for a given spec
     (frozen phonons, ensemble and noise are seeded from ``spec.seed``); abTEM computes with
-    dask's synchronous scheduler inside, so a dask.distributed task runs it whole."""
+    dask's synchronous scheduler inside (``threads`` > 1: its threaded scheduler with that
+    many threads), so a dask.distributed task runs it whole."""
     import abtem
     import dask
 
@@ -559,7 +612,10 @@ def run_experiment(
     lengths = prepared.atoms.cell.lengths()
     pixel = (float(lengths[0]) / prepared.gpts[0], float(lengths[1]) / prepared.gpts[1])
     angular: tuple[float, float] = (0.0, 0.0)
-    with abtem.config.set(config), dask.config.set(scheduler="synchronous"):
+    scheduler: dict[str, Any] = {"scheduler": "synchronous"}
+    if threads > 1:
+        scheduler = {"scheduler": "threads", "num_workers": threads}
+    with abtem.config.set(config), dask.config.set(scheduler):
         if isinstance(spec.mode, StemModeV1 | FourDStemModeV1):
             results, step = _run_stem(spec, setup, prepared, members, progress)
             real = (step, step)

@@ -69,12 +69,16 @@ def execute_experiment(
     state_json: str,
     uncertainty_json: str | None,
     channel: str | None = None,
+    threads: int = 1,
 ) -> ExperimentResult:
-    """Run one experiment from its stored JSON (spec, state, uncertainty); report progress
-    on ``channel``. Deterministic: the same inputs give the same arrays on any worker."""
+    """Run one experiment from its stored JSON (spec, state, uncertainty) with ``threads``
+    threads; report progress on ``channel``. Deterministic: the same inputs give the same
+    arrays on any worker."""
     spec = ExperimentSpecV1.model_validate_json(spec_json)
     state = StateV1.model_validate_json(state_json)
     uncertainty = (
         None if uncertainty_json is None else UncertaintyV1.model_validate_json(uncertainty_json)
     )
-    return run_experiment(spec, state, uncertainty=uncertainty, progress=_Channel(channel))
+    return run_experiment(
+        spec, state, uncertainty=uncertainty, progress=_Channel(channel), threads=threads
+    )

@@ -166,12 +166,15 @@ class ExperimentWorker:
         from distributed import Variable
 
         Variable(f"{channel}-cancel", client=self.client).set(False)
+        # Set before the task runs, so that reading it never waits (nor times out).
+        Variable(f"{channel}-progress", client=self.client).set([0.0, "queued on the cluster"])
         future = self.client.submit(
             execute_experiment,
             _json(job.spec),
             _json(state.get("state")),
             None if state.get("uncertainty") is None else _json(state["uncertainty"]),
             channel,
+            self.settings.experiment_threads,
             key=channel,
             pure=False,
         )

@@ -102,3 +102,6 @@ class ExperimentSettings(BaseSettings):
     experiment_heartbeat_s: float = Field(default=1.0, gt=0)
     #: Jobs in flight at once (one per dask worker is the useful most).
     experiment_max_concurrent: int = Field(default=1, ge=1)
+    #: Threads one job computes with inside its dask task (1: parallelism across jobs only;
+    #: the cores of a worker's machine: one job at a time, as fast as abTEM alone).
+    experiment_threads: int = Field(default=1, ge=1)
