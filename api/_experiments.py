@@ -34,6 +34,7 @@ from api._deps import (
     visible_instrument,
 )
 from api._errors import ApiError, InvalidRequest, TooLarge
+from api._experiment_report import render_report
 from api._experiment_schemas import (
     Experiment,
     ExperimentRequest,
@@ -370,6 +371,58 @@ def experiment_result(
         media_type=_MEDIA[format],
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
+
+
+def _arrays(results: list[store.JobResultRecord]) -> tuple[dict[str, Any], dict[str, Any]]:
+    import numpy as np
+    import zarr
+
+    arrays: dict[str, Any] = {}
+    axes: dict[str, Any] = {}
+    for result in results:
+        if result.media_type != "application/x-zarr" or len(result.shape) != 2:
+            continue
+        stored = zarr.open_array(result.uri, mode="r")
+        arrays[result.name] = np.asarray(stored[...])
+        axes[result.name] = dict(stored.attrs)
+    return arrays, axes
+
+
+@router.get(
+    "/experiments/{job_id}/report",
+    response_class=Response,
+    responses={
+        **_ERRORS,
+        200: {
+            "description": "the report",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        },
+    },
+)
+def experiment_report(
+    principal: Reader,
+    conn: ConnDep,
+    job_id: JobId,
+    feature: Annotated[
+        str | None,
+        Query(
+            pattern=r"^\d{1,5},\d{1,5},\d{1,5},\d{1,5}$",
+            description="the feature's box x0,y0,x1,y1 [pixels] (default: the brightest tenth)",
+        ),
+    ] = None,
+) -> Response:
+    """The experiment's HTML report: the state used, images per mode and dose, ensemble
+    standard-deviation maps, and the SNR of a feature against dose."""
+    record = _visible_job(principal, conn, job_id)
+    arrays, axes = _arrays(store.job_results(conn=conn, job_id=job_id))
+    box = None if feature is None else tuple(int(v) for v in feature.split(","))
+    page = render_report(
+        _experiment(record).model_dump(mode="json"),
+        arrays,
+        axes,
+        box,  # type: ignore[arg-type]
+    )
+    return Response(page, media_type="text/html")
 
 
 @router.get("/specimens", response_model=list[Specimen], responses=_ERRORS)

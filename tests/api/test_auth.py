@@ -322,6 +322,7 @@ EXPERIMENT_ROUTES = (
     "/api/v1/experiments/{e}/events",
     "/api/v1/experiments/{e}/results/image",
     "/api/v1/experiments/{e}/results/image?format=png",
+    "/api/v1/experiments/{e}/report",
 )
 EXPERIMENT_GLOBAL_ROUTES = ("/api/v1/experiments", "/api/v1/specimens")
 #: Roles that may submit, preview and cancel experiments.

@@ -180,3 +180,31 @@ def test_specimens_are_listed_with_their_parameters(client: TestClient, world: W
         by_name
     )
     assert by_name["mos2-monolayer"]["parameters"]["dopant"] == "W"
+
+
+def test_the_html_report_shows_images_and_the_snr_against_dose(
+    client: TestClient, world: World, experiments: Experiments
+) -> None:
+    url = f"/api/v1/experiments/{experiments.granted}/report"
+    response = client.get(url, headers=auth(world.tokens["viewer"]))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    assert "data:image/png;base64," in page and "<figcaption>image</figcaption>" in page
+    assert "SNR of the feature against dose" in page and "visible from" in page
+    boxed = client.get(url + "?feature=0,0,2,6", headers=auth(world.tokens["viewer"]))
+    assert boxed.status_code == 200 and boxed.text != page
+    bad = client.get(url + "?feature=0,0", headers=auth(world.tokens["viewer"]))
+    assert bad.status_code == 422
+
+
+def test_feature_snr_follows_poisson_statistics() -> None:
+    from api._experiment_report import feature_snr
+
+    image = np.full((10, 10), 0.5)
+    image[:2, :] = 0.7  # 20 pixels, contrast 0.2
+    unit, visible = feature_snr(image, pixel_area=0.25, box=(0, 0, 2, 10))
+    expected = 0.2 * np.sqrt(20 * 0.25 / image.mean())
+    assert unit == pytest.approx(expected)
+    assert visible == pytest.approx((5 / expected) ** 2)
+    assert feature_snr(np.ones((4, 4)), 1.0, None)[1] == float("inf")
