@@ -4,6 +4,7 @@ its hash identifies the experiment."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,14 @@ def test_the_hash_identifies_the_experiment() -> None:
     # Defaults written out change nothing: the hash is of the validated model.
     explicit = ExperimentSpecV1.model_validate({**EXAMPLE, "sampling": 0.1})
     assert spec_hash(explicit) == spec_hash(spec)
+
+
+def test_the_documented_spec_is_valid() -> None:
+    text = (ROOT / "docs" / "experiments.md").read_text(encoding="utf-8")
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.S)]
+    specs = [b for b in blocks if b.get("schema") == "beamtwin.experiment.v1"]
+    assert specs, "docs/experiments.md has no example spec"
+    for document in specs:
+        jsonschema.validate(document, committed())
+        spec = ExperimentSpecV1.model_validate(document)
+        assert spec.instrument is not None and spec.ensemble_size >= 1
