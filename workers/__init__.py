@@ -7,7 +7,7 @@ Only the CLI imports this package; it may import :mod:`ingest` (contracts, the c
 :mod:`provenance_store`, :mod:`twin` and :mod:`simulations`, never :mod:`api`."""
 
 from workers._artifacts import array_sha256, attempt_url, remove_attempts, write_result
-from workers._errors import InvalidEvent, WorkerError
+from workers._errors import InvalidEvent, JobsStillRunning, WorkerError
 from workers._experiment_task import ExperimentCancelled, execute_experiment
 from workers._experiment_worker import ExperimentStats, ExperimentWorker, connect_cluster
 from workers._experiments import ExperimentSubmission, submit_experiment
@@ -31,6 +31,7 @@ __all__ = [
     "ExperimentSubmission",
     "ExperimentWorker",
     "InvalidEvent",
+    "JobsStillRunning",
     "SnapshotSettings",
     "SnapshotStats",
     "SnapshotWorker",

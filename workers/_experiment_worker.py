@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 import provenance_store as store
 from workers._artifacts import attempt_url, remove_attempts, write_result
+from workers._errors import JobsStillRunning
 from workers._experiment_task import execute_experiment
 from workers._settings import ExperimentSettings
 
@@ -136,7 +137,7 @@ class ExperimentWorker:
             if not self._in_flight:
                 return
             time.sleep(min(0.1, self.settings.experiment_heartbeat_s))
-        raise TimeoutError(f"jobs still running after {timeout} s")
+        raise JobsStillRunning(f"jobs still running after {timeout} s")
 
     def step(self) -> None:
         """One round: claim while there is room, then look after every job in flight."""

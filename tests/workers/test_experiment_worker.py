@@ -155,3 +155,5 @@ def test_a_failing_job_is_marked_failed_with_its_error(
     assert failed.status == "failed"
     assert failed.error is not None and "ValidationError" in failed.error
     assert results(engine, broken.id) == []
+    folder = Path(worker.settings.artifact_root) / "jobs" / broken.id
+    assert not folder.exists() or not list(folder.iterdir())  # nothing half-written
