@@ -17,6 +17,7 @@ from api import _schemas as schemas
 from api._datasets import router as datasets_router
 from api._deps import connection_slots, get_brief_principal
 from api._errors import ApiError, NotReady, install_error_handlers
+from api._experiments import router as experiments_router
 from api._metrics import ApiMetrics
 from api._report_routes import router as report_router
 from api._routes import router
@@ -125,6 +126,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: sa.Engine | None 
     app.add_middleware(SecurityHeaders, private_prefixes=private)
     app.include_router(router)
     app.include_router(datasets_router)
+    app.include_router(experiments_router)
     app.include_router(report_router)
     mount_dashboard(app, settings)
 

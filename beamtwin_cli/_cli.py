@@ -19,6 +19,7 @@ from beamtwin_cli import (
     _db,
     _demo,
     _dev,
+    _experiments,
     _report,
     _serve,
     _sources,
@@ -28,7 +29,19 @@ from beamtwin_cli import (
 from beamtwin_cli._common import EXIT_BUG, EXIT_USAGE, user_error
 
 #: The command groups, in the order ``beamtwin --help`` lists them.
-_GROUPS = (_demo, _dev, _db, _workers, _serve, _users, _audit, _report, _sources, _adapters)
+_GROUPS = (
+    _demo,
+    _dev,
+    _db,
+    _workers,
+    _experiments,
+    _serve,
+    _users,
+    _audit,
+    _report,
+    _sources,
+    _adapters,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import provenance_store as store
     from api import ApiSettings
     from ingest import AcquisitionEventV1, BlueskySettings, IngestSettings
-    from workers import SnapshotSettings, TwinSettings
+    from workers import ExperimentSettings, SnapshotSettings, TwinSettings
 
     #: The ``add_subparsers`` action each command group adds its commands to.
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -115,7 +115,7 @@ def api_settings() -> ApiSettings:
 
 def database_url(
     args: argparse.Namespace,
-    settings: IngestSettings | TwinSettings | SnapshotSettings | ApiSettings,
+    settings: IngestSettings | TwinSettings | SnapshotSettings | ApiSettings | ExperimentSettings,
 ) -> str:
     url = getattr(args, "database_url", None) or (
         settings.database_url.get_secret_value() if settings.database_url else None

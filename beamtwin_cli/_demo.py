@@ -19,6 +19,7 @@ from beamtwin_cli._common import (
     safe,
     stop_on_signals,
 )
+from beamtwin_cli._experiments import demo_experiment
 from beamtwin_cli._sources import publish_paced
 from beamtwin_cli._workers import start_ingest_workers, start_snapshot_worker, start_twin_worker
 
@@ -91,6 +92,11 @@ def add_parsers(sub: Subparsers) -> None:
         type=int,
         default=8000,
         help="serve the REST API on 127.0.0.1:PORT with a fresh admin token (0: do not)",
+    )
+    add(
+        "--no-experiment",
+        action="store_true",
+        help="skip the small virtual experiment run at the end (docs/experiments.md)",
     )
     demo_parser.set_defaults(func=demo)
 
@@ -291,6 +297,8 @@ def _run_demo(
         for t in run.threads:
             t.join(timeout=30)
         table.row()  # what the workers finished while stopping
+    if not args.no_experiment:
+        demo_experiment(eng, instrument, Path(args.data_dir or ".beamtwin") / "artifacts")
     _summarize(run, eng, settings, before, len(microscope.channels), acquisitions)
     if run.errors:
         raise CommandError(f"the demo failed: {run.errors[0]!r}")

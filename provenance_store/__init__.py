@@ -17,6 +17,11 @@ over it and Ed25519-signed checkpoints make changes detectable (``verify_audit_l
 REST API users, hashed bearer tokens and per-instrument grants live here too
 (``add_api_user``, ``create_api_token``, ``authenticate_api_token``, ``grant_instrument``).
 
+Jobs (virtual experiments and the other long computations) queue here: ``submit_job``,
+``claim_job`` (``FOR UPDATE SKIP LOCKED``, a lease renewed by ``heartbeat_job``, takeover of
+an expired lease), ``complete_job`` (exactly one set of results, audited, PROV-linked),
+``cancel_job``.
+
 ``store_figures`` reads the few aggregates the API's ``/metrics`` reports.
 
 The twin's output lives here too: state estimates, flags, the twin worker's cursor and
@@ -120,6 +125,26 @@ from provenance_store._export import (
     write_ro_crate,
 )
 from provenance_store._instruments import get_instrument, list_instruments, register_instrument
+from provenance_store._jobs import (
+    JOB_KINDS,
+    JOB_STATUSES,
+    JobNotFound,
+    JobRecord,
+    JobResultIn,
+    JobResultRecord,
+    JobStateConflict,
+    LeaseLost,
+    cancel_job,
+    claim_job,
+    complete_job,
+    fail_job,
+    finish_cancelled,
+    get_job,
+    heartbeat_job,
+    job_results,
+    list_jobs,
+    submit_job,
+)
 from provenance_store._merkle import (
     consistency_proof,
     inclusion_proof,
@@ -193,6 +218,7 @@ from provenance_store._snapshot_body import (
     validate_snapshot_body,
 )
 from provenance_store._twin import (
+    TwinStateAt,
     delete_twin_cursor,
     estimates_as_of,
     get_twin_cursor,
@@ -201,6 +227,7 @@ from provenance_store._twin import (
     query_estimates,
     query_flags,
     save_twin_cursor,
+    twin_state_at,
 )
 
 __all__ = [
@@ -209,6 +236,8 @@ __all__ = [
     "DATASET_SOURCES",
     "FLAG_KINDS",
     "INSTRUMENT_ID_PATTERN",
+    "JOB_KINDS",
+    "JOB_STATUSES",
     "MAX_SAMPLE_MAGNITUDE",
     "QUANTITY_KINDS",
     "SEVERITIES",
@@ -249,7 +278,13 @@ __all__ = [
     "InstrumentRecord",
     "InvalidArgument",
     "InvalidRecord",
+    "JobNotFound",
+    "JobRecord",
+    "JobResultIn",
+    "JobResultRecord",
+    "JobStateConflict",
     "LastValue",
+    "LeaseLost",
     "NewApiToken",
     "ProvGraph",
     "ProvNode",
@@ -273,6 +308,7 @@ __all__ = [
     "StoreFigures",
     "TooManySamples",
     "TwinCursor",
+    "TwinStateAt",
     "WindowStatistics",
     "WrongType",
     "add_api_user",
@@ -285,10 +321,13 @@ __all__ = [
     "audit_size",
     "authenticate_api_token",
     "calibration_in_force",
+    "cancel_job",
     "canonical_json",
     "check_schema",
     "checkpoint_text",
     "choose_bucket",
+    "claim_job",
+    "complete_job",
     "consistency_proof",
     "correct_snapshot",
     "count_samples",
@@ -300,24 +339,29 @@ __all__ = [
     "delete_twin_cursor",
     "ensure_channels",
     "estimates_as_of",
+    "fail_job",
     "find_gaps",
+    "finish_cancelled",
     "first_sample_time",
     "get_api_user",
     "get_channel_history",
     "get_channels",
     "get_dataset",
     "get_instrument",
+    "get_job",
     "get_twin_cursor",
     "grant_instrument",
     "granted_instruments",
     "hash_token",
     "head_revision",
+    "heartbeat_job",
     "inclusion_proof",
     "inclusion_proofs",
     "insert_estimates",
     "insert_flags",
     "insert_samples",
     "instrument_clock",
+    "job_results",
     "latest_checkpoint",
     "leaf_hash",
     "list_api_tokens",
@@ -325,6 +369,7 @@ __all__ = [
     "list_calibrations",
     "list_checkpoints",
     "list_instruments",
+    "list_jobs",
     "node_hash",
     "normalize_url",
     "prov_document",
@@ -346,6 +391,8 @@ __all__ = [
     "store_calibration",
     "store_figures",
     "store_snapshot",
+    "submit_job",
+    "twin_state_at",
     "upgrade_schema",
     "validate_snapshot_body",
     "verify_access_records",

@@ -76,6 +76,7 @@ AUDIT_ENTRY_INSTRUMENT = """
       WHEN action LIKE 'snapshot.%' THEN (
         SELECT d.instrument_id FROM dataset d
         WHERE d.id = substring(audit_log.subject from '^snapshot:(.*)/v[0-9]+$'))
+      WHEN action LIKE 'job.%' THEN coalesce(after->>'instrument_id', before->>'instrument_id')
     END
 """
 _ENTRIES_OF_INSTRUMENTS = sa.text(

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -293,6 +294,39 @@ def estimates_as_of(
     if not rows:
         _require_instrument(conn, instrument_id)
     return [_estimate(row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class TwinStateAt:
+    """The twin's latest estimates of an instrument at a time: values and standard
+    deviations by quantity [the twin's units], their ids (``quantity@time``) and the
+    calibration version they used (else the one in force then)."""
+
+    values: dict[str, float]
+    std: dict[str, float]
+    estimate_ids: list[str]
+    calibration_version: str | None
+
+
+def twin_state_at(*, conn: sa.Connection, instrument_id: str, at: datetime) -> TwinStateAt:
+    """:func:`estimates_as_of` gathered into one state, with the calibration version.
+
+    Raises:
+        InstrumentNotFound: the instrument is not registered.
+        ValueError: a naive ``at``.
+    """
+    from provenance_store._calibrations import calibration_in_force
+
+    records = estimates_as_of(conn=conn, instrument_id=instrument_id, at=at)
+    values = {r.quantity: r.value for r in records}
+    std = {r.quantity: r.std for r in records if r.std is not None}
+    ids = [f"{r.quantity}@{r.time.isoformat()}" for r in records]
+    versions = sorted({r.calibration_version for r in records})
+    calibration = versions[-1] if versions else None
+    if calibration is None:
+        in_force = calibration_in_force(conn=conn, instrument_id=instrument_id, at=at)
+        calibration = None if in_force is None else in_force.version
+    return TwinStateAt(values, std, ids, calibration)
 
 
 # ---------------------------------------------------------------------------- flags

@@ -20,7 +20,7 @@ import yaml
 from adapters import AdapterSettings
 from api import ApiSettings
 from ingest import BlueskySettings, IngestSettings
-from workers import SnapshotSettings, TwinSettings
+from workers import ExperimentSettings, SnapshotSettings, TwinSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_PATH = ROOT / "docker-compose.yml"
@@ -62,6 +62,7 @@ def settings_env_names() -> set[str]:
         *BlueskySettings.model_fields,
         *ApiSettings.model_fields,
         *AdapterSettings.model_fields,
+        *ExperimentSettings.model_fields,
     }
     return {"BEAMTWIN_" + name.upper() for name in fields}
 
@@ -111,7 +112,10 @@ def kafka_service_name(compose: Compose) -> str:
 # ------------------------------------------------------------------ checks
 def check_services_and_images(compose: Compose) -> list[str]:
     problems = []
-    expected = {"kafka", "timescaledb", "migrate", "ingest", "twin", "snapshots", "api"}
+    expected = {
+        "kafka", "timescaledb", "migrate", "ingest", "twin", "snapshots", "api", "experiments",
+        "dask-scheduler", "dask-worker",
+    }  # fmt: skip
     missing = expected - set(services(compose))
     if missing:
         problems.append(f"services missing: {sorted(missing)}")
@@ -134,6 +138,7 @@ def check_commands(compose: Compose) -> list[str]:
         "snapshots": ["beamtwin", "snapshots"],
         "bluesky": ["beamtwin", "bluesky"],
         "api": ["beamtwin", "serve"],
+        "experiments": ["beamtwin", "experiments"],
     }
     problems = []
     for name, command in expected.items():
@@ -145,6 +150,9 @@ def check_commands(compose: Compose) -> list[str]:
     ingest = services(compose).get("ingest", {})
     if (ingest.get("deploy") or {}).get("replicas", 1) < 2:
         problems.append("ingest: fewer than 2 replicas")
+    workers = services(compose).get("dask-worker", {})
+    if (workers.get("deploy") or {}).get("replicas", 1) < 2:
+        problems.append("dask-worker: fewer than 2 replicas")
     return problems
 
 
@@ -182,6 +190,12 @@ def check_dependencies(compose: Compose) -> list[str]:
         },
         "bluesky": {"kafka": "service_healthy"},
         "migrate": {"timescaledb": "service_healthy"},
+        "experiments": {
+            "timescaledb": "service_healthy",
+            "migrate": "service_completed_successfully",
+            "dask-scheduler": "service_healthy",
+        },
+        "dask-worker": {"dask-scheduler": "service_healthy"},
     }
     for name, deps in required.items():
         got = depends_on(all_services.get(name, {}))
@@ -344,6 +358,44 @@ def check_ports(compose: Compose) -> list[str]:
     return problems
 
 
+def _option(command: list[str], name: str) -> str | None:
+    return command[command.index(name) + 1] if name in command else None
+
+
+def check_dask_cluster(compose: Compose) -> list[str]:
+    """The experiment worker and the dask workers name the scheduler service at the port it
+    binds; the cluster runs the beamtwin image (its workers import simulations); the
+    experiment worker writes its artifacts to a volume the API reads."""
+    problems = []
+    all_services = services(compose)
+    scheduler = all_services.get("dask-scheduler", {})
+    command = [str(c) for c in scheduler.get("command") or []]
+    if command[:2] != ["dask", "scheduler"]:
+        problems.append(f"dask-scheduler: command {command!r} is not `dask scheduler`")
+    address = f"tcp://dask-scheduler:{_option(command, '--port') or 8786}"
+    test = " ".join(map(str, (scheduler.get("healthcheck") or {}).get("test", [])))
+    if f"'localhost', {_option(command, '--port') or 8786}" not in test:
+        problems.append("dask-scheduler: healthcheck does not connect to its port")
+    worker = [str(c) for c in all_services.get("dask-worker", {}).get("command") or []]
+    if worker[:3] != ["dask", "worker", address]:
+        problems.append(f"dask-worker: command {worker!r} does not name {address}")
+    experiments = all_services.get("experiments", {})
+    if environment(experiments).get("BEAMTWIN_DASK_SCHEDULER") != address:
+        problems.append(f"experiments: BEAMTWIN_DASK_SCHEDULER is not {address}")
+    for name in ("dask-scheduler", "dask-worker", "experiments"):
+        if all_services.get(name, {}).get("image") != all_services.get("api", {}).get("image"):
+            problems.append(f"{name}: does not run the beamtwin image")
+    root = environment(experiments).get("BEAMTWIN_ARTIFACT_ROOT", "")
+    mounts = {
+        name: [str(v).split(":") for v in all_services.get(name, {}).get("volumes") or []]
+        for name in ("experiments", "api")
+    }
+    for name, volumes in mounts.items():
+        if not any(len(v) >= 2 and v[1] == root for v in volumes):
+            problems.append(f"{name}: the artifact root {root!r} is not on a volume")
+    return problems
+
+
 CHECKS: dict[str, Check] = {
     "services_and_images": check_services_and_images,
     "commands": check_commands,
@@ -353,6 +405,7 @@ CHECKS: dict[str, Check] = {
     "database_url": check_database_url,
     "no_plaintext_secrets": check_no_plaintext_secrets,
     "ports": check_ports,
+    "dask_cluster": check_dask_cluster,
 }
 
 
@@ -461,6 +514,21 @@ def test_the_adapter_is_opt_in_and_reads_the_compose_environment(
     assert port is not None and int(port["rest"].removeprefix(":-")) == 8080
 
 
+def test_the_experiment_settings_read_the_compose_environment(
+    compose: Compose, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = environment(services(compose)["experiments"])
+    assert "BEAMTWIN_KAFKA_BOOTSTRAP" not in env  # jobs come from the database
+    for key, value in env.items():
+        monkeypatch.setenv(key, without_interpolations(value))
+    settings = ExperimentSettings()
+    assert settings.dask_scheduler == "tcp://dask-scheduler:8786"
+    assert settings.artifact_root == "/var/lib/beamtwin/artifacts"
+    assert settings.experiment_max_concurrent == 2
+    assert settings.database_url is not None
+    assert "@timescaledb:5432/" in settings.database_url.get_secret_value()
+
+
 def test_dockerfile_installs_the_package_on_python_311() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.MULTILINE)
@@ -511,6 +579,46 @@ BREAKS: list[tuple[str, str, Callable[[Compose], None]]] = [
     ),
     ("commands", "wrong command", set_key("migrate", "command", ["beamtwin", "db", "check"])),
     ("commands", "one replica", set_key("ingest", "deploy", {"replicas": 1})),
+    ("commands", "one dask worker", set_key("dask-worker", "deploy", {"replicas": 1})),
+    (
+        "commands",
+        "experiments command",
+        set_key("experiments", "command", ["beamtwin", "experiment"]),
+    ),
+    ("services_and_images", "no dask scheduler", lambda c: c["services"].pop("dask-scheduler")),
+    (
+        "dask_cluster",
+        "wrong scheduler port",
+        set_env("experiments", "BEAMTWIN_DASK_SCHEDULER", "tcp://dask-scheduler:8787"),
+    ),
+    (
+        "dask_cluster",
+        "worker to localhost",
+        set_key("dask-worker", "command", ["dask", "worker", "tcp://localhost:8786"]),
+    ),
+    ("dask_cluster", "artifacts not shared", set_key("api", "volumes", None)),
+    (
+        "dask_cluster",
+        "plain dask image",
+        set_key("dask-worker", "image", "ghcr.io/dask/dask:2024.8.0"),
+    ),
+    (
+        "dependencies",
+        "experiments do not wait for the scheduler",
+        set_key(
+            "experiments",
+            "depends_on",
+            {
+                "timescaledb": {"condition": "service_healthy"},
+                "migrate": {"condition": "service_completed_successfully"},
+            },
+        ),
+    ),
+    (
+        "environment_names",
+        "experiment typo",
+        rename_env("experiments", "BEAMTWIN_ARTIFACT_ROOT", "BEAMTWIN_ARTIFACTS_ROOT"),
+    ),
     ("commands", "twin command", set_key("twin", "command", ["beamtwin", "ingest"])),
     ("commands", "snapshots command", set_key("snapshots", "command", ["beamtwin", "twin"])),
     ("services_and_images", "no snapshot worker", lambda c: c["services"].pop("snapshots")),

@@ -107,6 +107,7 @@ from twin._optics import (
     spatial_frequencies,
     temporal_envelope,
 )
+from twin._preview import PreviewError, incoherent_stem_preview, weak_phase_hrtem_preview
 from twin._snapshot import (
     DEFAULT_SNAPSHOT_CONFIG,
     FIELD_SOURCES,
@@ -212,6 +213,7 @@ __all__ = [
     "Flag",
     "GridUndefinedError",
     "LocalLinearTrend",
+    "PreviewError",
     "QuantityKind",
     "QuantitySeries",
     "RandomWalk",
@@ -259,6 +261,7 @@ __all__ = [
     "estimate_at",
     "fit_thon_rings",
     "grid_sampling",
+    "incoherent_stem_preview",
     "initial_state",
     "innovation_signature",
     "innovation_threshold",
@@ -293,4 +296,5 @@ __all__ = [
     "update_window",
     "velox_to_abtem",
     "warm_up_derivation",
+    "weak_phase_hrtem_preview",
 ]

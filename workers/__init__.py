@@ -1,12 +1,22 @@
 """Long-running processes that join the provenance store with the twin (and, as they arrive,
 the simulations): the twin worker (stored telemetry -> state estimates and flags), snapshot
-computation and the snapshot worker (acquisition events -> datasets with verified snapshots).
+computation and the snapshot worker (acquisition events -> datasets with verified snapshots),
+and the experiment worker (queued virtual experiments -> dask.distributed -> stored results).
 
 Only the CLI imports this package; it may import :mod:`ingest` (contracts, the consumer loop),
 :mod:`provenance_store`, :mod:`twin` and :mod:`simulations`, never :mod:`api`."""
 
-from workers._errors import InvalidEvent, WorkerError
-from workers._settings import SNAPSHOT_GROUP_ID, SnapshotSettings, TwinSettings
+from workers._artifacts import array_sha256, attempt_url, remove_attempts, write_result
+from workers._errors import InvalidEvent, JobsStillRunning, WorkerError
+from workers._experiment_task import ExperimentCancelled, execute_experiment
+from workers._experiment_worker import ExperimentStats, ExperimentWorker, connect_cluster
+from workers._experiments import ExperimentSubmission, submit_experiment
+from workers._settings import (
+    SNAPSHOT_GROUP_ID,
+    ExperimentSettings,
+    SnapshotSettings,
+    TwinSettings,
+)
 from workers._snapshot_worker import (
     SNAPSHOT_ACTOR,
     SNAPSHOT_REASON,
@@ -22,7 +32,13 @@ __all__ = [
     "SNAPSHOT_REASON",
     "STATE_FORMAT",
     "ComputedSnapshot",
+    "ExperimentCancelled",
+    "ExperimentSettings",
+    "ExperimentStats",
+    "ExperimentSubmission",
+    "ExperimentWorker",
     "InvalidEvent",
+    "JobsStillRunning",
     "SnapshotSettings",
     "SnapshotStats",
     "SnapshotWorker",
@@ -31,6 +47,13 @@ __all__ = [
     "TwinWorker",
     "WindowResult",
     "WorkerError",
+    "array_sha256",
+    "attempt_url",
     "compute_snapshot",
+    "connect_cluster",
+    "execute_experiment",
+    "remove_attempts",
+    "submit_experiment",
     "warm_up",
+    "write_result",
 ]

@@ -10,3 +10,7 @@ class WorkerError(Exception):
 class InvalidEvent(WorkerError, ValueError):
     """An acquisition event a snapshot cannot be computed from: a time that is not an aware
     UTC time, or an acquisition that ends before it starts."""
+
+
+class JobsStillRunning(WorkerError, TimeoutError):
+    """Jobs were still running when a bounded wait for them ended."""

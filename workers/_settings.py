@@ -81,3 +81,30 @@ class SnapshotSettings(BaseSettings):
     snapshot_retry_max_s: float = Field(default=10.0, gt=0)
     kafka_session_timeout_ms: int = 6000
     kafka_heartbeat_interval_ms: int = 1000
+
+
+class ExperimentSettings(BaseSettings):
+    """Configuration of one experiment worker (``beamtwin experiments``): queued jobs ->
+    dask.distributed -> results under the artifact root.
+
+    ``dask_scheduler`` unset: a ``LocalCluster`` of ``dask_workers`` workers (threads in this
+    process unless ``dask_processes``); set (``tcp://host:8786``): that cluster.
+    ``artifact_root`` is a local folder or any fsspec URL (``s3://bucket/beamtwin``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BEAMTWIN_", extra="ignore")
+
+    database_url: SecretStr | None = None
+    artifact_root: str = "beamtwin-artifacts"
+    dask_scheduler: str | None = None
+    dask_workers: int = Field(default=1, ge=1)
+    dask_processes: bool = False
+    #: A job's lease: a worker silent this long is taken for dead and its job taken over [s].
+    experiment_lease_s: float = Field(default=30.0, gt=0)
+    #: How often progress is read and the lease renewed [s].
+    experiment_heartbeat_s: float = Field(default=1.0, gt=0)
+    #: Jobs in flight at once (one per dask worker is the useful most).
+    experiment_max_concurrent: int = Field(default=1, ge=1)
+    #: Threads one job computes with inside its dask task (1: parallelism across jobs only;
+    #: the cores of a worker's machine: one job at a time, as fast as abTEM alone).
+    experiment_threads: int = Field(default=1, ge=1)

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 import provenance_store as store
 from api import ApiSettings, create_app
+from tests.api._experiments_support import Experiments
 from tests.provenance_store._support import (
     HIGH_TENSION,
     HOLDER_TEMPERATURE,
@@ -179,4 +180,19 @@ def datasets(store_engine_api: sa.Engine, world: World) -> Datasets:
             ungranted=add_dataset(conn, world.ungranted, T0, verdicts),
             unverified=add_dataset(conn, world.granted, T0, None),
             fuzzed=add_dataset(conn, world.granted, T0, verdicts),
+        )
+
+
+@pytest.fixture(scope="session")
+def experiments(
+    store_engine_api: sa.Engine, world: World, tmp_path_factory: pytest.TempPathFactory
+) -> Experiments:
+    """A finished experiment on each of the world's instruments."""
+    from tests.api._experiments_support import Experiments, finished_job
+
+    folder = tmp_path_factory.mktemp("artifacts")
+    with store_engine_api.begin() as conn:
+        return Experiments(
+            granted=finished_job(conn, world.granted, folder),
+            ungranted=finished_job(conn, world.ungranted, folder),
         )

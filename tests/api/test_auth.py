@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.api._experiments_support import Experiments, spec_document
 from tests.api.conftest import ROLES, Datasets, World, auth
 
 _RANGE = "start=2026-03-02T08:00:00Z&end=2026-03-02T09:00:00Z"
@@ -312,3 +313,140 @@ def test_dataset_listings_hold_nothing_of_ungranted_instruments(
         assert datasets.ungranted not in listed
         assert world.ungranted not in response.text
     assert (datasets.granted in listed) == (query != f"?instrument={world.ungranted}")
+
+
+# ---------------------------------------------------------------------------- experiments
+#: Routes about one experiment ({e}): every role reads those of granted instruments.
+EXPERIMENT_ROUTES = (
+    "/api/v1/experiments/{e}",
+    "/api/v1/experiments/{e}/events",
+    "/api/v1/experiments/{e}/results/image",
+    "/api/v1/experiments/{e}/results/image?format=png",
+    "/api/v1/experiments/{e}/report",
+)
+EXPERIMENT_GLOBAL_ROUTES = ("/api/v1/experiments", "/api/v1/specimens")
+#: Roles that may submit, preview and cancel experiments.
+EXPERIMENTERS = {"operator", "admin"}
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("route", EXPERIMENT_ROUTES)
+@pytest.mark.parametrize("grant", ["granted", "ungranted"])
+def test_experiment_routes_by_role_and_grant(
+    client: TestClient,
+    world: World,
+    experiments: Experiments,
+    role: str,
+    route: str,
+    grant: str,
+) -> None:
+    job = experiments.granted if grant == "granted" else experiments.ungranted
+    response = client.get(route.replace("{e}", job), headers=auth(world.tokens[role]))
+    expected = 200 if grant == "granted" or role == "admin" else 404
+    assert response.status_code == expected, response.text
+    if expected == 404:
+        assert response.json() == {
+            "error": "experiment_not_found",
+            "detail": f"experiment {job!r} not found",
+        }
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("route", EXPERIMENT_GLOBAL_ROUTES)
+def test_experiment_listings_by_role(
+    client: TestClient, world: World, experiments: Experiments, role: str, route: str
+) -> None:
+    response = client.get(route, headers=auth(world.tokens[role]))
+    assert response.status_code == 200, response.text
+    if route.endswith("/experiments"):
+        listed = {e["id"] for e in response.json()}
+        assert experiments.granted in listed
+        assert (experiments.ungranted in listed) == (role == "admin")
+        if role != "admin":
+            assert world.ungranted not in response.text
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("grant", ["granted", "ungranted"])
+def test_submit_by_role_and_grant(client: TestClient, world: World, role: str, grant: str) -> None:
+    instrument = world.granted if grant == "granted" else world.ungranted
+    response = client.post(
+        "/api/v1/experiments",
+        json={"spec": spec_document(instrument)},
+        headers=auth(world.tokens[role]),
+    )
+    if role not in EXPERIMENTERS:
+        assert response.status_code == 403, response.text
+        assert response.json()["error"] == "forbidden"
+    elif grant == "ungranted" and role != "admin":
+        assert response.status_code == 404, response.text
+        assert response.json()["error"] == "instrument_not_found"
+    else:
+        assert response.status_code == 201, response.text
+        assert response.json()["owner"] == world.users[role]
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("grant", ["granted", "ungranted"])
+def test_preview_by_role_and_grant(client: TestClient, world: World, role: str, grant: str) -> None:
+    instrument = world.granted if grant == "granted" else world.ungranted
+    response = client.post(
+        "/api/v1/experiments/preview",
+        json={"spec": spec_document(instrument)},
+        headers=auth(world.tokens[role]),
+    )
+    if role not in EXPERIMENTERS:
+        assert response.status_code == 403, response.text
+    elif grant == "ungranted" and role != "admin":
+        assert response.status_code == 404, response.text
+        assert response.json()["error"] == "instrument_not_found"
+    else:
+        assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("grant", ["granted", "ungranted"])
+def test_cancel_by_role_and_grant(
+    client: TestClient, world: World, experiments: Experiments, role: str, grant: str
+) -> None:
+    job = experiments.granted if grant == "granted" else experiments.ungranted
+    response = client.delete(f"/api/v1/experiments/{job}", headers=auth(world.tokens[role]))
+    if role not in EXPERIMENTERS:
+        assert response.status_code == 403, response.text
+    elif grant == "ungranted" and role != "admin":
+        assert response.status_code == 404, response.text
+        assert response.json()["error"] == "experiment_not_found"
+    else:  # the world's experiments have ended: nothing to cancel
+        assert response.status_code == 409, response.text
+
+
+@pytest.mark.parametrize("why", ["none", "malformed", "unknown", "revoked", "expired", "disabled"])
+@pytest.mark.parametrize(
+    ("method", "route"),
+    [
+        *(("GET", r) for r in (*EXPERIMENT_ROUTES, *EXPERIMENT_GLOBAL_ROUTES)),
+        ("POST", "/api/v1/experiments"),
+        ("POST", "/api/v1/experiments/preview"),
+        ("DELETE", "/api/v1/experiments/{e}"),
+    ],
+)
+def test_experiment_routes_refuse_a_bad_token_with_401(
+    client: TestClient,
+    world: World,
+    experiments: Experiments,
+    method: str,
+    route: str,
+    why: str,
+) -> None:
+    bad = {
+        "none": {},
+        "malformed": {"Authorization": f"Basic {world.tokens['admin']}"},
+        "unknown": auth("btk_" + "x" * 43),
+    }
+    headers = bad[why] if why in bad else auth(world.refused[why])
+    body = {"spec": spec_document(world.granted)} if method == "POST" else None
+    response = client.request(
+        method, route.replace("{e}", experiments.granted), json=body, headers=headers
+    )
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "not_authenticated"

@@ -20,6 +20,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from tests.api._experiments_support import Experiments
 from tests.api.conftest import Datasets, World, auth
 
 CHECKS = [
@@ -42,6 +43,13 @@ def _on(case: schemathesis.Case, instrument_id: str) -> schemathesis.Case:
 
 def _on_dataset(case: schemathesis.Case, dataset_id: str) -> schemathesis.Case:
     case.path_parameters = {**(case.path_parameters or {}), "dataset_id": dataset_id}
+    return case
+
+
+def _on_experiment(case: schemathesis.Case, job_id: str) -> schemathesis.Case:
+    case.path_parameters = {**(case.path_parameters or {}), "job_id": job_id}
+    if case.operation.path.endswith("/events"):
+        case.query = {**(case.query or {}), "max_events": 1}
     return case
 
 
@@ -104,10 +112,10 @@ def _hostile_cases(draw: st.DrawFn, strategy: st.SearchStrategy[schemathesis.Cas
 
 
 def test_generated_requests_get_no_server_error(
-    api_schema: schemathesis.BaseSchema, world: World, datasets: Datasets
+    api_schema: schemathesis.BaseSchema, world: World, datasets: Datasets, experiments: Experiments
 ) -> None:
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 27
+    assert len(operations) == 36
     headers = auth(world.tokens["admin"])
     statuses: list[tuple[str, int]] = []
     for operation in operations:
@@ -120,6 +128,11 @@ def test_generated_requests_get_no_server_error(
         if "{dataset_id}" in operation.path:
             # Half the cases on a dataset with snapshots (corrections may add versions to it).
             strategy = st.one_of(strategy, strategy.map(lambda c: _on_dataset(c, datasets.fuzzed)))
+        if "{job_id}" in operation.path:
+            # Half the cases on a finished experiment with a result.
+            strategy = st.one_of(
+                strategy, strategy.map(lambda c: _on_experiment(c, experiments.granted))
+            )
         if any(p.name in _TIME_PARAMETERS + _NUMBER_PARAMETERS for p in operation.query):
             strategy = st.one_of(strategy, _hostile_cases(strategy))
         if operation.path.endswith("/state/stream"):
@@ -150,6 +163,8 @@ def test_generated_requests_get_no_server_error(
     assert "/api/v1/datasets/{dataset_id}/snapshot" in ok
     assert "/api/v1/datasets/{dataset_id}/provenance" in ok
     assert "/api/v1/reports/instruments/{instrument_id}" in ok
+    assert "/api/v1/experiments/{job_id}" in ok
+    assert "/api/v1/specimens" in ok
 
 
 def test_deep_json_bodies_get_no_server_error(

@@ -51,6 +51,8 @@ def test_upgrade_builds_every_table_from_an_empty_database(
         "snapshot",
         "prov_node",
         "prov_relation",
+        "job",
+        "job_result",
     }
     eng = store.create_store_engine(empty_database_url)
     try:

@@ -1,0 +1,294 @@
+"""The experiment worker (``beamtwin experiments``): claims queued jobs from the store, runs
+them on dask.distributed and stores their results.
+
+A :class:`ExperimentWorker` keeps up to ``experiment_max_concurrent`` jobs in flight, each a
+dask task (:func:`workers.execute_experiment`). Every ``experiment_heartbeat_s`` it reads each
+task's progress, renews the job's lease with it (``heartbeat_job``) and learns whether the job
+was cancelled; a cancelled task is told to stop and the job ends as cancelled. A finished task's
+arrays are written under the artifact root and the job completed with their hashes in one
+transaction; a worker that lost its lease (it stalled and another took the job over) writes
+nothing and removes its attempt's artifacts. The cluster is a ``LocalCluster`` unless
+``BEAMTWIN_DASK_SCHEDULER`` names one (``tcp://host:8786``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+import provenance_store as store
+from workers._artifacts import attempt_url, remove_attempts, write_result
+from workers._errors import JobsStillRunning
+from workers._experiment_task import execute_experiment
+from workers._settings import ExperimentSettings
+
+__all__ = ["ExperimentStats", "ExperimentWorker", "connect_cluster"]
+
+log = logging.getLogger(__name__)
+
+
+def connect_cluster(settings: ExperimentSettings) -> tuple[Any, Any]:
+    """A dask.distributed client and the LocalCluster it owns (``None`` for an existing
+    cluster given by ``dask_scheduler``)."""
+    from distributed import Client, LocalCluster
+
+    if settings.dask_scheduler:
+        return Client(settings.dask_scheduler, timeout=30), None
+    cluster = LocalCluster(
+        n_workers=settings.dask_workers,
+        threads_per_worker=1,
+        processes=settings.dask_processes,
+        dashboard_address=None,
+    )
+    return Client(cluster), cluster
+
+
+@dataclass
+class ExperimentStats:
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    lost: int = 0
+    running: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _InFlight:
+    job: store.JobRecord
+    future: Any
+    channel: str
+    url: str
+    progress: float = 0.0
+    stage: str = "queued on the cluster"
+    cancelling: bool = False
+
+
+class ExperimentWorker:
+    """Runs experiment jobs from the store on a dask.distributed cluster.
+
+    ``client`` is a ``distributed.Client`` (the worker makes one from ``settings`` when
+    ``None``, and closes what it made)."""
+
+    def __init__(
+        self,
+        settings: ExperimentSettings,
+        *,
+        engine: sa.Engine,
+        client: Any = None,
+        name: str | None = None,
+        stats: ExperimentStats | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.name = name or f"experiments-{socket.gethostname()}-{os.getpid()}"
+        self.stats = stats or ExperimentStats()
+        self._client = client
+        self._cluster: Any = None
+        self._own_client = client is None
+        self._in_flight: dict[str, _InFlight] = {}
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ life cycle
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client, self._cluster = connect_cluster(self.settings)
+        return self._client
+
+    def close(self) -> None:
+        if self._own_client and self._client is not None:
+            self._client.close()
+            if self._cluster is not None:
+                self._cluster.close()
+        self._client = self._cluster = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, stop: threading.Event | None = None, duration: float | None = None) -> None:
+        """Claim and run jobs until ``stop`` is set (or ``duration`` [s] passed); jobs still
+        in flight then are left to their leases (another worker takes them over)."""
+        stop = stop or self._stop
+        end = None if duration is None else time.monotonic() + duration
+        try:
+            while not stop.is_set() and not self._stop.is_set():
+                if end is not None and time.monotonic() > end:
+                    break
+                self.step()
+                stop.wait(self.settings.experiment_heartbeat_s)
+        finally:
+            for flight in list(self._in_flight.values()):
+                flight.future.cancel()
+            self.close()
+
+    def run_until_idle(self, timeout: float = 120.0) -> None:
+        """Run until no job is claimable and none is in flight (tests, ``beamtwin demo``)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.step()
+            if not self._in_flight:
+                return
+            time.sleep(min(0.1, self.settings.experiment_heartbeat_s))
+        raise JobsStillRunning(f"jobs still running after {timeout} s")
+
+    def step(self) -> None:
+        """One round: claim while there is room, then look after every job in flight."""
+        while len(self._in_flight) < self.settings.experiment_max_concurrent:
+            if not self._claim_one():
+                break
+        for flight in list(self._in_flight.values()):
+            self._look_after(flight)
+
+    # ------------------------------------------------------------------ claiming
+    def _claim_one(self) -> bool:
+        with self.engine.begin() as conn:
+            job = store.claim_job(
+                conn=conn,
+                worker=self.name,
+                lease_seconds=self.settings.experiment_lease_s,
+                kinds=["experiment"],
+            )
+        if job is None:
+            return False
+        self.stats.claimed += 1
+        root = self.settings.artifact_root
+        url = attempt_url(root, job.id, job.attempts)
+        remove_attempts(root, job.id)  # a dead worker's partial artifacts
+        state = job.state or {}
+        channel = f"beamtwin-{job.id}-{job.attempts}"
+        from distributed import Variable
+
+        Variable(f"{channel}-cancel", client=self.client).set(False)
+        # Set before the task runs, so that reading it never waits (nor times out).
+        Variable(f"{channel}-progress", client=self.client).set([0.0, "queued on the cluster"])
+        future = self.client.submit(
+            execute_experiment,
+            _json(job.spec),
+            _json(state.get("state")),
+            None if state.get("uncertainty") is None else _json(state["uncertainty"]),
+            channel,
+            self.settings.experiment_threads,
+            key=channel,
+            pure=False,
+        )
+        self._in_flight[job.id] = _InFlight(job, future, channel, url)
+        log.info("running job %s (attempt %d)", job.id, job.attempts)
+        return True
+
+    # ------------------------------------------------------------------ looking after
+    def _read_progress(self, flight: _InFlight) -> None:
+        from distributed import Variable
+
+        try:
+            value = Variable(f"{flight.channel}-progress", client=self.client).get(timeout=0.05)
+        except TimeoutError:
+            return
+        flight.progress, flight.stage = float(value[0]), str(value[1])
+
+    def _look_after(self, flight: _InFlight) -> None:
+        job_id = flight.job.id
+        if flight.future.done():
+            self._finish(flight)
+            return
+        self._read_progress(flight)
+        self.stats.running[job_id] = flight.progress
+        try:
+            with self.engine.begin() as conn:
+                record = store.heartbeat_job(
+                    conn=conn,
+                    job_id=job_id,
+                    worker=self.name,
+                    lease_seconds=self.settings.experiment_lease_s,
+                    progress=min(flight.progress, 0.99),
+                    stage=flight.stage,
+                )
+        except store.LeaseLost:
+            self._abandon(flight, "lease lost")
+            return
+        if record.cancel_requested and not flight.cancelling:
+            from distributed import Variable
+
+            flight.cancelling = True
+            Variable(f"{flight.channel}-cancel", client=self.client).set(True)
+            flight.future.cancel()
+
+    def _forget(self, flight: _InFlight) -> None:
+        from distributed import Variable
+
+        self._in_flight.pop(flight.job.id, None)
+        self.stats.running.pop(flight.job.id, None)
+        for suffix in ("progress", "cancel"):
+            try:
+                Variable(f"{flight.channel}-{suffix}", client=self.client).delete()
+            except Exception:  # the scheduler may be gone at shutdown
+                log.debug("could not delete %s-%s", flight.channel, suffix)
+
+    def _abandon(self, flight: _InFlight, why: str) -> None:
+        log.warning("job %s: %s; its artifacts are removed", flight.job.id, why)
+        flight.future.cancel()
+        _remove_own(flight)  # the job's new holder writes its own attempt
+        self.stats.lost += 1
+        self._forget(flight)
+
+    def _finish(self, flight: _InFlight) -> None:
+        job_id = flight.job.id
+        root = self.settings.artifact_root
+        try:
+            if flight.cancelling or flight.future.cancelled():
+                with self.engine.begin() as conn:
+                    store.finish_cancelled(conn=conn, job_id=job_id, worker=self.name)
+                remove_attempts(root, job_id)
+                self.stats.cancelled += 1
+                return
+            error = flight.future.exception()
+            if error is not None:
+                with self.engine.begin() as conn:
+                    store.fail_job(
+                        conn=conn,
+                        job_id=job_id,
+                        worker=self.name,
+                        error=f"{type(error).__name__}: {error}",
+                    )
+                remove_attempts(root, job_id)
+                self.stats.failed += 1
+                return
+            result = flight.future.result()
+            rows, parameters = write_result(flight.url, result)
+            with self.engine.begin() as conn:
+                store.complete_job(
+                    conn=conn,
+                    job_id=job_id,
+                    worker=self.name,
+                    results=rows,
+                    versions={**flight.job.versions, **parameters.get("versions", {})},
+                    specimen_sha256=parameters.get("structure_sha256"),
+                )
+            remove_attempts(root, job_id, keep=flight.url)
+            self.stats.succeeded += 1
+        except store.LeaseLost:
+            _remove_own(flight)
+            self.stats.lost += 1
+        finally:
+            self._forget(flight)
+
+
+def _remove_own(flight: _InFlight) -> None:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(flight.url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
