@@ -104,8 +104,9 @@ def create_app(settings: ApiSettings | None = None, *, engine: sa.Engine | None 
             log.warning("the database does not answer at start: %s", exc)
         # Again: the server configured its logging after the app was made.
         install_log_scrubbing()
+        app.state.streams.started()
         yield
-        app.state.streams.close_all()
+        app.state.streams.stopped()
         if owned:
             engine.dispose()
 

@@ -30,6 +30,7 @@ class StreamRegistry:
     def __init__(self, limit: int):
         self.limit = limit
         self.open = 0
+        self._serving = 0
         self._closing = asyncio.Event()
 
     @property
@@ -55,6 +56,21 @@ class StreamRegistry:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), timeout)
         return self.closing
+
+    def started(self) -> None:
+        """The app started serving (its lifespan began). The first start after a shutdown
+        admits streams again, with a fresh event (an app started on another event loop than
+        before never waits on one bound to the old loop)."""
+        if self._serving == 0 and self.closing:
+            self._closing = asyncio.Event()
+        self._serving += 1
+
+    def stopped(self) -> None:
+        """The app's lifespan ended: the last one to end closes every stream (one app served by
+        two clients at once, as tests do, keeps serving the other)."""
+        self._serving = max(0, self._serving - 1)
+        if self._serving == 0:
+            self.close_all()
 
     def close_all(self) -> None:
         """End every open stream (each sends an ``end`` event and finishes) and refuse new
