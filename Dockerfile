@@ -17,8 +17,8 @@ COPY simulations ./simulations
 COPY workers ./workers
 COPY beamtwin_cli ./beamtwin_cli
 # torch's CPU build first: resolved through pyro-ppl, pip would pull the multi-GB CUDA one
-RUN pip install 'torch==2.13.0' --index-url https://download.pytorch.org/whl/cpu \
-    && pip install . \
+RUN pip install 'torch==2.13.0' --index-url https://download.pytorch.org/whl/cpu
+RUN pip install . \
     && useradd --system --uid 10001 --no-create-home beamtwin
 
 USER beamtwin
