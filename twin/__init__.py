@@ -33,6 +33,14 @@ from twin._detect import (
     per_sample_probability,
     stuck_min_run,
 )
+from twin._diffraction import (
+    STANDARDS,
+    DiffractionError,
+    DiskRadius,
+    RingRadii,
+    measure_disk_radius,
+    measure_ring_radii,
+)
 from twin._drift_models import DriftModel, LocalLinearTrend, RandomWalk, ThermalCoupling
 from twin._errors import TwinError
 from twin._instrument import (
@@ -171,6 +179,7 @@ __all__ = [
     "SIGN_MARGIN_THRESHOLD",
     "SNAPSHOT_SCHEMA",
     "SPEED_OF_LIGHT",
+    "STANDARDS",
     "STANDARD_CHANNELS_BY_NAME",
     "STANDARD_STEM_CHANNELS",
     "STATE_QUANTITIES",
@@ -189,6 +198,8 @@ __all__ = [
     "ConventionError",
     "DefocusComparison",
     "DetectionError",
+    "DiffractionError",
+    "DiskRadius",
     "DriftModel",
     "Estimate",
     "FieldSource",
@@ -201,6 +212,7 @@ __all__ = [
     "QuantityKind",
     "QuantitySeries",
     "RandomWalk",
+    "RingRadii",
     "SmootherResult",
     "SnapshotConfig",
     "SnapshotError",
@@ -248,6 +260,8 @@ __all__ = [
     "is_valid_channel_name",
     "kalman_filter",
     "kalman_smoother",
+    "measure_disk_radius",
+    "measure_ring_radii",
     "merge_late_samples",
     "nion_to_abtem",
     "padded_length",
