@@ -13,11 +13,22 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from beamtwin_cli import _audit, _db, _demo, _dev, _report, _serve, _sources, _users, _workers
+from beamtwin_cli import (
+    _audit,
+    _bayes,
+    _db,
+    _demo,
+    _dev,
+    _report,
+    _serve,
+    _sources,
+    _users,
+    _workers,
+)
 from beamtwin_cli._common import EXIT_BUG, EXIT_USAGE, user_error
 
 #: The command groups, in the order ``beamtwin --help`` lists them.
-_GROUPS = (_demo, _dev, _db, _workers, _serve, _users, _audit, _report, _sources)
+_GROUPS = (_demo, _dev, _db, _workers, _serve, _users, _audit, _report, _sources, _bayes)
 
 
 def build_parser() -> argparse.ArgumentParser:
