@@ -68,8 +68,11 @@ from provenance_store._audit import (
     verify_audit_log,
 )
 from provenance_store._calibrations import (
+    accept_calibration,
     calibration_in_force,
     list_calibrations,
+    list_proposed_calibrations,
+    propose_calibration,
     store_calibration,
 )
 from provenance_store._channels import ensure_channels, get_channel_history, get_channels
@@ -270,6 +273,7 @@ __all__ = [
     "TwinCursor",
     "WindowStatistics",
     "WrongType",
+    "accept_calibration",
     "add_api_user",
     "all_audit_entries",
     "append_audit",
@@ -319,8 +323,10 @@ __all__ = [
     "list_calibrations",
     "list_checkpoints",
     "list_instruments",
+    "list_proposed_calibrations",
     "node_hash",
     "normalize_url",
+    "propose_calibration",
     "prov_document",
     "prov_graph",
     "prov_json",

@@ -53,10 +53,10 @@ def test_upgrade_builds_every_table_from_an_empty_database(
     }
     eng = store.create_store_engine(empty_database_url)
     try:
-        assert store.current_revision(eng) == store.head_revision() == "0005"
+        assert store.current_revision(eng) == store.head_revision() == "0007"
         store.check_schema(eng)  # does not raise
         store.upgrade_schema(empty_database_url)  # idempotent
-        assert store.current_revision(eng) == "0005"
+        assert store.current_revision(eng) == "0007"
     finally:
         eng.dispose()
 
