@@ -6,18 +6,34 @@ the request; calibrations and forecasts, which sample, are left to the job machi
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 import provenance_store as store
 import simulations
 import twin
-from api._deps import ConnDep, InstrumentDep
-from api._errors import InvalidRequest
+from api._deps import ConnDep, InstrumentDep, WriteAdmin, WriteConnDep, WriteInstrumentDep
+from api._errors import ApiError, InvalidRequest
 from api._schemas import ErrorBody
+from api._time import Time
 
 router = APIRouter(prefix="/api/v1", tags=["bayes"])
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorBody, "description": "missing, invalid, expired or revoked token"},
+    403: {"model": ErrorBody, "description": "the role may not do this"},
+    404: {"model": ErrorBody, "description": "not found (or not granted)"},
+    422: {"model": ErrorBody, "description": "invalid parameters"},
+}
+
+
+class NoProposedCalibration(ApiError):
+    """No proposed calibration of that version (unknown, or accepted already)."""
+
+    status = 404
+    code = "calibration_not_found"
 
 
 class CalibrationDesignRequest(BaseModel):
@@ -48,15 +64,7 @@ class CalibrationDesign(BaseModel):
 @router.post(
     "/instruments/{instrument_id}/calibration-design",
     response_model=CalibrationDesign,
-    responses={
-        401: {"model": ErrorBody, "description": "missing, invalid, expired or revoked token"},
-        403: {"model": ErrorBody, "description": "the role may not do this"},
-        404: {"model": ErrorBody, "description": "not found (or not granted)"},
-        422: {
-            "model": ErrorBody,
-            "description": "invalid parameters, or a calibration in force that is not one",
-        },
-    },
+    responses=_ERRORS,
 )
 def calibration_design(
     instrument_id: InstrumentDep, conn: ConnDep, request: CalibrationDesignRequest | None = None
@@ -88,3 +96,45 @@ def calibration_design(
         sd_before=plan.sd_before,
         steps=[PlannedMeasurement.model_validate(s, from_attributes=True) for s in plan.steps],
     )
+
+
+class AcceptRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=2000, description="Why (audited).")
+    valid_from: Time | None = Field(default=None, description="In force from (default: now).")
+
+
+class AcceptedCalibration(BaseModel):
+    instrument_id: str
+    version: str
+    valid_from: datetime
+    accepted_by: str
+
+
+@router.post(
+    "/instruments/{instrument_id}/calibrations/{version}/accept",
+    response_model=AcceptedCalibration,
+    responses=_ERRORS,
+)
+def accept_calibration(
+    instrument_id: WriteInstrumentDep,
+    version: Annotated[str, Path(min_length=1, max_length=200)],
+    principal: WriteAdmin,
+    conn: WriteConnDep,
+    request: AcceptRequest,
+) -> AcceptedCalibration:
+    """Put a proposed calibration version (one inferred from measurements) in force (admins
+    only; audited as ``calibration.accept`` with the reason)."""
+    valid_from = request.valid_from or datetime.now(UTC)
+    try:
+        record = store.accept_calibration(
+            conn=conn, instrument_id=instrument_id, version=version,
+            valid_from=valid_from, actor=principal.name, reason=request.reason,
+        )  # fmt: skip
+    except store.CalibrationConflict as exc:
+        raise NoProposedCalibration(str(exc)) from None
+    return AcceptedCalibration(
+        instrument_id=instrument_id, version=record.version, valid_from=record.valid_from,
+        accepted_by=principal.name,
+    )  # fmt: skip

@@ -94,6 +94,28 @@ def test_calibration_design_by_role_and_grant(
     assert client.post(url, json=body, headers=auth("not-a-token")).status_code == 401
 
 
+ACCEPT = "/api/v1/instruments/{i}/calibrations/no-such-version/accept"
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("grant", ["granted", "ungranted"])
+def test_accepting_a_calibration_is_for_admins(
+    client: TestClient, world: World, role: str, grant: str
+) -> None:
+    """Only admins accept a proposed calibration: other roles get 403 on a granted instrument
+    and 404 on an ungranted one; an admin reaches the store (no such proposal: 404)."""
+    instrument = world.granted if grant == "granted" else world.ungranted
+    url = _url(ACCEPT, instrument)
+    body = {"reason": "focal series"}
+    response = client.post(url, json=body, headers=auth(world.tokens[role]))
+    if role == "admin":
+        assert response.status_code == 404
+        assert response.json()["error"] == "calibration_not_found"
+    else:
+        assert response.status_code == (403 if grant == "granted" else 404), response.text
+    assert client.post(url, json=body).status_code == 401
+
+
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("route", sorted(GLOBAL_ROUTES))
 def test_global_routes_by_role(client: TestClient, world: World, role: str, route: str) -> None:

@@ -35,3 +35,24 @@ def test_design_plan_from_the_calibration_in_force(
     assert all(last[c] <= plan["target_sd"][c] for c in last)
     bad = client.post(url, json={"max_measurements": 10_000}, headers=auth(world.tokens["admin"]))
     assert bad.status_code == 422
+
+
+def test_an_admin_accepts_a_proposed_calibration(
+    client: TestClient, world: World, store_engine_api: sa.Engine
+) -> None:
+    ident = f"api-accept-{secrets.token_hex(4)}"
+    with store_engine_api.begin() as conn:
+        store.register_instrument(conn=conn, instrument=store.InstrumentIn(id=ident))
+        store.propose_calibration(conn=conn, instrument_id=ident, version="v2",
+                                  body={"k": 2}, posterior={"mean": [1.0]})  # fmt: skip
+    url = f"/api/v1/instruments/{ident}/calibrations/v2/accept"
+    body = {"reason": "focal series of 2026-12-01", "valid_from": "2026-12-01T00:00:00Z"}
+    response = client.post(url, json=body, headers=auth(world.tokens["admin"]))
+    assert response.status_code == 200, response.text
+    assert response.json()["accepted_by"] == world.users["admin"]
+    with store_engine_api.begin() as conn:
+        now = datetime(2027, 1, 1, tzinfo=UTC)
+        record = store.calibration_in_force(conn=conn, instrument_id=ident, at=now)
+        assert record is not None and record.version == "v2"
+    again = client.post(url, json=body, headers=auth(world.tokens["admin"]))
+    assert again.status_code == 404 and again.json()["error"] == "calibration_not_found"
