@@ -18,6 +18,8 @@ COPY simulations ./simulations
 COPY workers ./workers
 COPY adapters ./adapters
 COPY beamtwin_cli ./beamtwin_cli
+# torch's CPU build first: resolved through pyro-ppl, pip would pull the multi-GB CUDA one
+RUN pip install 'torch==2.13.0' --index-url https://download.pytorch.org/whl/cpu
 # [tfs]: temscript's HTTP client for the Thermo Fisher adapter (small, BSD-3). Nion's adapter
 # runs inside Nion Swift and JEOL's beside PyJEM on the microscope PC, not in this image.
 RUN pip install .[tfs] \

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 import provenance_store as store
 from api import _schemas as schemas
+from api._bayes_routes import router as bayes_router
 from api._datasets import router as datasets_router
 from api._deps import connection_slots, get_brief_principal
 from api._errors import ApiError, NotReady, install_error_handlers
@@ -130,6 +131,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: sa.Engine | None 
     app.include_router(experiments_router)
     app.include_router(report_router)
     mount_dashboard(app, settings)
+    app.include_router(bayes_router)
 
     @app.get("/healthz", response_model=schemas.Health, tags=["operations"])
     def healthz() -> schemas.Health:

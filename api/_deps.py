@@ -287,6 +287,7 @@ Admin = Annotated[Principal, Depends(require("admin"))]
 Auditor = Annotated[Principal, Depends(require("audit"))]
 WriteReader = Annotated[Principal, Depends(require("read", on=get_write_principal))]
 WriteAuditor = Annotated[Principal, Depends(require("audit", on=get_write_principal))]
+WriteAdmin = Annotated[Principal, Depends(require("admin", on=get_write_principal))]
 StreamReader = Annotated[Principal, Depends(require("read", on=get_stream_principal))]
 
 InstrumentId = Annotated[

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from beamtwin_cli import (
     _adapters,
     _audit,
+    _bayes,
     _db,
     _demo,
     _dev,
@@ -41,6 +42,7 @@ _GROUPS = (
     _report,
     _sources,
     _adapters,
+    _bayes,
 )
 
 

@@ -189,6 +189,49 @@ class NormalizedField(BaseModel):
     )
 
 
+#: Version of the image measurements (:class:`ImageMeasurements`); bump it when a method or
+#: its quality measure changes.
+IMAGE_MEASUREMENT_VERSION = "1.0.0"
+
+
+class ImageMeasurement(BaseModel):
+    """One quantity measured from the data itself (not from the metadata)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    quantity: Literal["defocus", "convergence_semiangle", "camera_length_scale"] = Field(
+        description="`defocus` [m, abTEM sign] from a Thon-ring fit of an HRTEM image; "
+        "`convergence_semiangle` [rad] from the CBED disk radius; `camera_length_scale` [1] "
+        "from the ring radii of a declared standard (1 = the file's calibration is right)."
+    )
+    value: float = Field(description="The measured value in `unit`.")
+    unit: Literal["m", "rad", "1"] = Field(description="Canonical unit of the value.")
+    sd: float = Field(ge=0, description="Standard uncertainty of the value (same unit).")
+    quality: float = Field(
+        ge=-1,
+        le=1,
+        description="How clearly the data showed it: the Thon fit's cross-correlation, the "
+        "disk's contrast, 1 - the rings' rms relative residual.",
+    )
+    method: str = Field(description="The twin function and its settings.")
+    note: str | None = Field(default=None, description="Assumptions (an assumed Cs, ...).")
+
+
+class ImageMeasurements(BaseModel):
+    """The image measurements of one dataset, or why there are none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    version: str = Field(description="`IMAGE_MEASUREMENT_VERSION` of the methods used.")
+    measurements: list[ImageMeasurement] = Field(default_factory=list)
+    skipped: str | None = Field(
+        default=None, description="Why nothing was measured (not HRTEM, too small, ...)."
+    )
+    image_shape: list[int] | None = Field(
+        default=None, description="Shape [pixels] of the frame measured, after any crop."
+    )
+
+
 class FileInfo(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -256,6 +299,12 @@ class AcquisitionEventV1(BaseModel):
     reader_metadata: dict[str, Any] = Field(
         default_factory=dict,
         description="rosettasciio's standard (HyperSpy) metadata tree for the file.",
+    )
+    image_measurements: ImageMeasurements | None = Field(
+        default=None,
+        description="Quantities measured from the data itself where the file is read "
+        "(Thon rings, CBED disk, a standard's rings), with their uncertainty and quality; "
+        "absent for events built without them.",
     )
 
     @model_validator(mode="after")

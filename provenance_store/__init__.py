@@ -73,8 +73,11 @@ from provenance_store._audit import (
     verify_audit_log,
 )
 from provenance_store._calibrations import (
+    accept_calibration,
     calibration_in_force,
     list_calibrations,
+    list_proposed_calibrations,
+    propose_calibration,
     store_calibration,
 )
 from provenance_store._channels import ensure_channels, get_channel_history, get_channels
@@ -311,6 +314,7 @@ __all__ = [
     "TwinStateAt",
     "WindowStatistics",
     "WrongType",
+    "accept_calibration",
     "add_api_user",
     "all_audit_entries",
     "append_audit",
@@ -370,8 +374,10 @@ __all__ = [
     "list_checkpoints",
     "list_instruments",
     "list_jobs",
+    "list_proposed_calibrations",
     "node_hash",
     "normalize_url",
+    "propose_calibration",
     "prov_document",
     "prov_graph",
     "prov_json",

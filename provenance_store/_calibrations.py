@@ -41,13 +41,13 @@ _GET = sa.text(
 _IN_FORCE = sa.text(
     f"""
     SELECT {_COLUMNS} FROM calibration
-    WHERE instrument_id = :i AND valid_from <= :at
+    WHERE instrument_id = :i AND valid_from <= :at AND status = 'in_force'
     ORDER BY valid_from DESC, created_at DESC, version DESC
     LIMIT 1
     """
 )
 _LIST = sa.text(
-    f"SELECT {_COLUMNS} FROM calibration WHERE instrument_id = :i "
+    f"SELECT {_COLUMNS} FROM calibration WHERE instrument_id = :i AND status = 'in_force' "
     "ORDER BY valid_from, created_at, version"
 )
 
@@ -148,3 +148,105 @@ def list_calibrations(*, conn: sa.Connection, instrument_id: str) -> list[Calibr
     if not rows and not instrument_exists(conn, instrument_id):
         raise InstrumentNotFound(instrument_id)
     return [_record(row) for row in rows]
+
+
+# ------------------------------------------------------------------ proposed versions
+_PROPOSE = sa.text(
+    """
+    INSERT INTO calibration (instrument_id, version, valid_from, body, status, posterior)
+    VALUES (:i, :version, now(), CAST(:body AS jsonb), 'proposed', CAST(:posterior AS jsonb))
+    ON CONFLICT (instrument_id, version) DO NOTHING
+    RETURNING version
+    """
+)
+_PROPOSED = sa.text(
+    f"SELECT {_COLUMNS}, posterior FROM calibration WHERE instrument_id = :i "
+    "AND status = 'proposed' ORDER BY created_at, version"
+)
+_ACCEPT = sa.text(
+    f"""
+    UPDATE calibration SET status = 'in_force', valid_from = :valid_from,
+        decided_by = :actor, decided_at = now()
+    WHERE instrument_id = :i AND version = :version AND status = 'proposed'
+    RETURNING {_COLUMNS}
+    """
+)
+
+
+def propose_calibration(
+    *,
+    conn: sa.Connection,
+    instrument_id: str,
+    version: str,
+    body: dict[str, Any],
+    posterior: dict[str, Any],
+    actor: str | None = None,
+) -> None:
+    """Store a calibration version inferred from measurements as **proposed**, with its
+    posterior (mean, covariance, diagnostics, provenance): it is never in force (nor listed by
+    :func:`list_calibrations`) until :func:`accept_calibration`. Audited as
+    ``calibration.propose``.
+
+    Raises:
+        InstrumentNotFound, CalibrationConflict (the version exists), StoreError (not JSON).
+    """
+    if not version:
+        raise InvalidRecord("a calibration needs a version")
+    try:
+        text, post = json.dumps(body, allow_nan=False), json.dumps(posterior, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"calibration {version!r} is not valid JSON: {exc}") from exc
+    if not instrument_exists(conn, instrument_id):
+        raise InstrumentNotFound(instrument_id)
+    params = {"i": instrument_id, "version": version, "body": text, "posterior": post}
+    if conn.execute(_PROPOSE, params).first() is None:
+        raise CalibrationConflict(f"calibration {version!r} of {instrument_id!r} exists already")
+    append_audit(
+        conn=conn,
+        actor=actor,
+        action="calibration.propose",
+        subject=f"calibration:{instrument_id}/{version}",
+        after={"body": body, "posterior": posterior},
+    )
+
+
+def list_proposed_calibrations(
+    *, conn: sa.Connection, instrument_id: str
+) -> list[tuple[CalibrationRecord, dict[str, Any]]]:
+    """The proposed (not accepted) versions of an instrument with their posteriors."""
+    rows = conn.execute(_PROPOSED, {"i": instrument_id}).all()
+    return [(_record(row), row.posterior or {}) for row in rows]
+
+
+def accept_calibration(
+    *,
+    conn: sa.Connection,
+    instrument_id: str,
+    version: str,
+    valid_from: datetime,
+    actor: str,
+    reason: str | None = None,
+) -> CalibrationRecord:
+    """Put a proposed version in force from ``valid_from`` (UTC); audited as
+    ``calibration.accept`` by ``actor`` in the same transaction.
+
+    Raises:
+        CalibrationConflict: no proposed version of that name (unknown or accepted already).
+    """
+    valid_from = require_utc("valid_from", valid_from)
+    row = conn.execute(
+        _ACCEPT, {"i": instrument_id, "version": version, "valid_from": valid_from, "actor": actor}
+    ).first()
+    if row is None:
+        raise CalibrationConflict(
+            f"{instrument_id!r} has no proposed calibration {version!r} (unknown or accepted)"
+        )
+    append_audit(
+        conn=conn,
+        actor=actor,
+        action="calibration.accept",
+        subject=f"calibration:{instrument_id}/{version}",
+        after={"valid_from": valid_from},
+        reason=reason,
+    )
+    return _record(row)

@@ -132,6 +132,25 @@ class SnapshotFlag(_Part):
     severity: str
 
 
+class ImageComparison(_Part):
+    value: float = Field(description="The other side's value [the measurement's unit].")
+    z_score: float = Field(description="(measured - value) / the combined sd.")
+    verdict: Literal["consistent", "disagrees"] = Field(description="|z| > 3 disagrees.")
+
+
+class ImageCheck(_Part):
+    measured: float = Field(description="What the image itself shows (acquisition event).")
+    sd: float = Field(ge=0, description="Its standard uncertainty.")
+    unit: str | None = Field(description="Unit of `measured`, `sd` and the values compared.")
+    quality: float | None = Field(description="The measurement's quality measure.")
+    file: ImageComparison | None = Field(
+        description="Against the file's metadata (a sound value only); null without one."
+    )
+    twin: ImageComparison | None = Field(
+        description="Against the twin's estimate over the window; null without one."
+    )
+
+
 class SnapshotBodyV1(_Part):
     """What the instrument's telemetry and the twin recorded during one acquisition, and a
     verdict on each value its data file claims (docs/snapshots.md)."""
@@ -161,6 +180,10 @@ class SnapshotBodyV1(_Part):
     )
     fields: dict[str, FieldVerdict] = Field(description="Acquisition field -> its verdict.")
     flags: list[SnapshotFlag] = Field(description="The twin's flags in the window, by time.")
+    images: dict[str, ImageCheck] = Field(
+        description="Image-measured quantity (the acquisition event's `image_measurements`) "
+        "-> its checks against the file's metadata and the twin; empty without any."
+    )
 
 
 def validate_snapshot_body(body: Mapping[str, Any]) -> SnapshotBodyV1:

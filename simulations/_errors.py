@@ -46,3 +46,34 @@ class BlockTypeError(SimulationError, TypeError):
 
 class UnknownChannel(SimulationError, KeyError):
     """A channel that the block or the holder log does not have."""
+
+
+class BayesError(SimulationError, ValueError):
+    """A Bayesian experiment (calibration, forecast, design) cannot run on its inputs."""
+
+
+class InvalidMeasurement(BayesError):
+    """A reference measurement that is not finite, has no positive uncertainty, or measures a
+    quantity the calibration model does not know."""
+
+
+class MissingTelemetry(BayesError):
+    """A reference measurement without the telemetry its quantity depends on at its time."""
+
+
+class TooFewMeasurements(BayesError):
+    """Too few measurements (or too few distinct settings) to determine the constants asked
+    for; the message says how many of which are needed."""
+
+
+class NotConverged(BayesError):
+    """A posterior whose diagnostics (R-hat, effective sample size, divergences, posterior
+    predictive check) failed was asked for the calibration it would propose."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("the posterior did not pass its diagnostics: " + "; ".join(problems))
+        self.problems = list(problems)
+
+
+class TooShortSeries(BayesError):
+    """A telemetry series too short (or too sparse) to fit a forecast model on."""

@@ -44,6 +44,14 @@ from twin._detect import (
     stuck_min_run,
     stuck_run_threshold,
 )
+from twin._diffraction import (
+    STANDARDS,
+    DiffractionError,
+    DiskRadius,
+    RingRadii,
+    measure_disk_radius,
+    measure_ring_radii,
+)
 from twin._drift_models import DriftModel, LocalLinearTrend, RandomWalk, ThermalCoupling
 from twin._errors import TwinError
 from twin._instrument import (
@@ -185,6 +193,7 @@ __all__ = [
     "SIGN_MARGIN_THRESHOLD",
     "SNAPSHOT_SCHEMA",
     "SPEED_OF_LIGHT",
+    "STANDARDS",
     "STANDARD_CHANNELS_BY_NAME",
     "STANDARD_STEM_CHANNELS",
     "STATE_QUANTITIES",
@@ -204,6 +213,8 @@ __all__ = [
     "CusumDesign",
     "DefocusComparison",
     "DetectionError",
+    "DiffractionError",
+    "DiskRadius",
     "DriftModel",
     "Estimate",
     "FieldSource",
@@ -217,6 +228,7 @@ __all__ = [
     "QuantityKind",
     "QuantitySeries",
     "RandomWalk",
+    "RingRadii",
     "SmootherResult",
     "SnapshotConfig",
     "SnapshotError",
@@ -269,6 +281,8 @@ __all__ = [
     "kalman_filter",
     "kalman_smoother",
     "matched_cusum",
+    "measure_disk_radius",
+    "measure_ring_radii",
     "merge_late_samples",
     "nion_to_abtem",
     "one_sided_cusum_threshold",

@@ -798,8 +798,67 @@ def build_snapshot(
         "fields": fields_body,
         "flags": flags_body,
     }
+    body["images"] = _image_verdicts(event, reported_fields, state_data)
     result: dict[str, Any] = _jsonable(body)
     return result
+
+
+#: Image-measured quantity -> (acquisition field it checks, twin quantity, field unit per twin
+#: unit, floor of the comparison's sd [field unit]: the rounding of the metadata).
+_IMAGE_CHECKS = {
+    "defocus": ("defocus", "defocus", 1e-10, 1e-9),
+    "convergence_semiangle": ("convergence_semiangle", "convergence_semiangle", 1e-3, 0.2e-3),
+}
+
+
+def _image_verdict(measured: float, sd: float, other: float, other_sd: float) -> dict[str, Any]:
+    scale = math.hypot(sd, other_sd)
+    z = (measured - other) / scale if scale > 0 else math.inf
+    return {
+        "value": other,
+        "z_score": z,
+        "verdict": "disagrees" if abs(z) > _IMAGE_Z else "consistent",
+    }
+
+
+_IMAGE_Z = 3.0
+
+
+def _image_verdicts(
+    event: Mapping[str, Any],
+    reported: Mapping[str, Any],
+    state_data: Mapping[str, _Series],
+) -> dict[str, Any]:
+    """Each image measurement of the event against the file's own metadata and the twin's
+    estimate over the window: ``consistent`` or ``disagrees`` (|z| > 3, the sds of both sides
+    combined, the metadata's with a floor for its rounding: 1 nm of defocus, 0.2 mrad)."""
+    images = event.get("image_measurements") or {}
+    out: dict[str, Any] = {}
+    for item in images.get("measurements") or []:
+        check = _IMAGE_CHECKS.get(item.get("quantity"))
+        if check is None:
+            continue
+        field, quantity, per_twin_unit, floor = check
+        value, sd = float(item["value"]), max(float(item["sd"]), 0.0)
+        entry: dict[str, Any] = {
+            "measured": value, "sd": sd, "unit": item.get("unit"),
+            "quality": item.get("quality"), "file": None, "twin": None,
+        }  # fmt: skip
+        meta = reported.get(field)
+        if (
+            meta is not None
+            and meta.get("quality") == "ok"
+            and isinstance(meta.get("value"), int | float)
+        ):
+            entry["file"] = _image_verdict(value, sd, float(meta["value"]), floor)
+        twin_series = state_data.get(quantity)
+        if twin_series is not None and twin_series.stats.mean is not None:
+            twin_sd = (twin_series.stats.std or 0.0) * per_twin_unit
+            entry["twin"] = _image_verdict(
+                value, sd, twin_series.stats.mean * per_twin_unit, max(twin_sd, floor)
+            )
+        out[item["quantity"]] = entry
+    return out
 
 
 #: Verdicts that compare the file's value with the telemetry of the window.

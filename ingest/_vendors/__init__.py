@@ -25,6 +25,7 @@ standard metadata), ``_calling`` (running a rosettasciio reader), one module per
 
 from ingest._vendors._dispatch import READERS, read_vendor_file
 from ingest._vendors._event import build_acquisition_event, file_digest, rosettasciio_version
+from ingest._vendors._image import measure_image
 from ingest._vendors._metadata import VendorMetadata
 from ingest._vendors._quantities import convert
 
@@ -34,6 +35,7 @@ __all__ = [
     "build_acquisition_event",
     "convert",
     "file_digest",
+    "measure_image",
     "read_vendor_file",
     "rosettasciio_version",
 ]

@@ -18,6 +18,7 @@ from ingest._acquisition import (
 )
 from ingest._errors import RejectedMessage
 from ingest._vendors._dispatch import read_vendor_file
+from ingest._vendors._image import measure_image
 from ingest._vendors._standard import fill_from_standard
 
 
@@ -46,8 +47,15 @@ def build_acquisition_event(
     operator: str | None = None,
     proposal: str | None = None,
     registered_at: datetime | None = None,
+    measure_images: bool = True,
+    standard: str | None = None,
+    cbed: bool = False,
 ) -> AcquisitionEventV1:
     """Read ``path`` and build its acquisition event.
+
+    With ``measure_images`` the twin measures the data itself (Thon rings of an HRTEM image,
+    the CBED disk when ``cbed``, the rings of a declared ``standard`` such as ``"Au"``); see
+    :mod:`._image`.
 
     Raises:
         RejectedMessage: as :func:`read_vendor_file`; ``schema`` when ``instrument_id`` is
@@ -91,6 +99,11 @@ def build_acquisition_event(
                 "state": meta.state,
                 "original_metadata": meta.original_metadata,
                 "reader_metadata": meta.reader_metadata,
+                "image_measurements": (
+                    measure_image(path, meta.state, standard=standard, cbed=cbed)
+                    if measure_images
+                    else None
+                ),
             }
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError

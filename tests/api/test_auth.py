@@ -70,6 +70,53 @@ def test_instrument_routes_by_role_and_grant(
         }
 
 
+DESIGN = "/api/v1/instruments/{i}/calibration-design"
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("grant", ["granted", "ungranted"])
+def test_calibration_design_by_role_and_grant(
+    client: TestClient, world: World, role: str, grant: str
+) -> None:
+    """Every role that reads an instrument may ask for a design plan (it computes, writes
+    nothing); an ungranted instrument answers 404 like a missing one; no token, 401. The
+    world's calibration in force ({"k": 1}) is no twin calibration: a permitted call gets the
+    422 that says so (tests/api/test_bayes_routes.py has the plan itself)."""
+    instrument = world.granted if grant == "granted" else world.ungranted
+    url = _url(DESIGN, instrument)
+    body = {"max_measurements": 20}
+    response = client.post(url, json=body, headers=auth(world.tokens[role]))
+    permitted = grant == "granted" or role == "admin"
+    assert response.status_code == (422 if permitted else 404), response.text
+    if permitted:
+        assert response.json()["error"] == "invalid_request"
+        assert "calibration in force" in response.json()["detail"]
+    assert client.post(url, json=body).status_code == 401
+    assert client.post(url, json=body, headers=auth("not-a-token")).status_code == 401
+
+
+ACCEPT = "/api/v1/instruments/{i}/calibrations/no-such-version/accept"
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("grant", ["granted", "ungranted"])
+def test_accepting_a_calibration_is_for_admins(
+    client: TestClient, world: World, role: str, grant: str
+) -> None:
+    """Only admins accept a proposed calibration: other roles get 403 on a granted instrument
+    and 404 on an ungranted one; an admin reaches the store (no such proposal: 404)."""
+    instrument = world.granted if grant == "granted" else world.ungranted
+    url = _url(ACCEPT, instrument)
+    body = {"reason": "focal series"}
+    response = client.post(url, json=body, headers=auth(world.tokens[role]))
+    if role == "admin":
+        assert response.status_code == 404
+        assert response.json()["error"] == "calibration_not_found"
+    else:
+        assert response.status_code == (403 if grant == "granted" else 404), response.text
+    assert client.post(url, json=body).status_code == 401
+
+
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("route", sorted(GLOBAL_ROUTES))
 def test_global_routes_by_role(client: TestClient, world: World, role: str, route: str) -> None:

@@ -355,7 +355,7 @@ def test_the_body_has_the_documented_keys() -> None:
     body = snap({"high_tension": field(200_000.0, "V")}, HT, flags=flags)
     assert set(body) == {
         "schema", "dataset_id", "instrument_id", "window", "twin_version", "calibration_version",
-        "telemetry", "parameters", "state", "channels", "fields", "flags",
+        "telemetry", "parameters", "state", "channels", "fields", "flags", "images",
     }  # fmt: skip
     assert body["schema"] == twin.SNAPSHOT_SCHEMA == "beamtwin.snapshot.v1"
     assert body["telemetry"] == {"complete": True, "watermark": "2026-03-01T12:00:20Z"}

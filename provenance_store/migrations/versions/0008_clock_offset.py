@@ -1,7 +1,7 @@
 """Twin flags of kind ``clock_offset``: an instrument whose clock disagrees with the ingest's.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-05
 
 A publisher whose clock runs behind (or ahead) stamps its samples with source times that
@@ -14,7 +14,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,168 @@
+"""``beamtwin calibrate``, ``beamtwin forecast`` and ``beamtwin design``: the Bayesian
+experiments of :mod:`simulations` (docs/bayesian.md), run here and now on files or on the
+virtual microscope. (Runs as stored jobs with progress and provenance come with the job
+machinery.)"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from beamtwin_cli._common import CommandError
+
+if TYPE_CHECKING:
+    from beamtwin_cli._common import Subparsers
+
+
+def add_parsers(sub: Subparsers) -> None:
+    _add_calibrate(sub)
+    _add_forecast(sub)
+    _add_design(sub)
+
+
+def _calibration(path: str | None) -> Any:
+    from twin import Calibration
+
+    if path is None:
+        return Calibration()
+    try:
+        return Calibration.from_dict(json.loads(Path(path).read_text()))
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"{path}: not a calibration ({exc})") from None
+
+
+def _write(payload: Any, output: str) -> None:
+    text = json.dumps(payload, indent=2, allow_nan=False, default=float)
+    if output == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        Path(output).write_text(text + "\n")
+
+
+def _add_calibrate(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="infer the instrument model's constants from reference measurements (NUTS)",
+        description="Posterior of the calibration constants given reference measurements "
+        "(a JSON list of {quantity, value, sd, telemetry, telemetry_sd, dataset_id}) or "
+        "--virtual N measurements on the virtual microscope. Exit 1 when a diagnostic failed.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--measurements", metavar="FILE", help="reference measurements (JSON)")
+    src.add_argument("--virtual", type=int, metavar="N", help="N virtual measurements")
+    p.add_argument("--calibration", metavar="FILE", help="calibration in force (JSON)")
+    p.add_argument("--method", choices=["auto", "nuts", "svi"], default="auto")
+    p.add_argument("--samples", type=int, default=500, help="draws per chain")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--version", default=None, help="version of the proposed calibration")
+    p.add_argument("--output", default="-", metavar="FILE", help="where to write ('-': stdout)")
+    p.set_defaults(func=calibrate)
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import simulations
+
+    prior = _calibration(args.calibration)
+    if args.virtual is not None:
+        rng = np.random.default_rng(args.seed)
+        truth = simulations.draw_true_calibration(prior, rng)
+        measurements = simulations.virtual_reference_set(truth, args.virtual, rng)
+    else:
+        try:
+            rows = json.loads(Path(args.measurements).read_text())
+            measurements = [simulations.ReferenceMeasurement(**row) for row in rows]
+        except (OSError, ValueError, TypeError) as exc:
+            raise CommandError(f"{args.measurements}: not reference measurements ({exc})") from None
+    post = simulations.calibrate(
+        measurements, prior, method=args.method, samples=args.samples, seed=args.seed
+    )
+    payload = post.to_dict()
+    if post.converged and args.version:
+        payload["proposed"] = post.proposed_calibration(args.version).to_dict()
+    _write(payload, args.output)
+    return 0 if post.converged else 1
+
+
+def _add_forecast(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "forecast",
+        help="forecast a drifting quantity and the chance it stays within a tolerance",
+        description="Fit the Bayesian damped-trend model to a series (a Protochips holder log's "
+        "channel, or a virtual microscope channel) and print predictive quantiles.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--holder-log", metavar="CSV", help="a Protochips holder log")
+    src.add_argument("--virtual", metavar="HOURS", type=float, help="hours of virtual telemetry")
+    p.add_argument("--channel", default="holder.temperature", help="channel to forecast")
+    p.add_argument("--horizon", type=float, nargs="+", default=[1, 5, 20, 60], help="[min]")
+    p.add_argument("--tolerance", type=float, default=None, help="[channel unit]")
+    p.add_argument("--duration", type=float, default=20.0, help="interval [min]")
+    p.add_argument("--output", default="-", metavar="FILE")
+    p.set_defaults(func=forecast)
+
+
+def forecast(args: argparse.Namespace) -> int:
+    import simulations
+
+    if args.holder_log:
+        log = simulations.read_holder_log(Path(args.holder_log))
+        row, unit = log.index(args.channel), None
+        times, values = log.offsets_ns / 1e9, log.values[row]
+        unit = log.units[row]
+    else:
+        vm = simulations.VirtualMicroscope(rate_hz=0.5, seed=0, start_ns=0)
+        block = vm.generate(int(args.virtual * 3600 * 0.5))
+        names = [c.name for c in block.channels]
+        if args.channel not in names:
+            raise CommandError(f"the virtual microscope has no channel {args.channel!r}")
+        times = (block.times_ns - block.times_ns[0]) / 1e9
+        values, unit = (
+            block.values[names.index(args.channel)],
+            block.units[names.index(args.channel)],
+        )
+    model = simulations.fit_forecast(times, values, quantity=args.channel, unit=unit)
+    result = model.predict([h * 60 for h in args.horizon])
+    payload: dict[str, Any] = {
+        "quantity": args.channel,
+        "unit": unit,
+        "horizons_min": list(args.horizon),
+        "quantiles": {str(q): v.tolist() for q, v in result.quantiles.items()},
+    }
+    if args.tolerance is not None:
+        payload["tolerance"] = args.tolerance
+        payload["duration_min"] = args.duration
+        payload["probability_within"] = model.probability_within(args.tolerance, args.duration * 60)
+        payload["stable_after_s"] = model.stable_after(args.tolerance, args.duration * 60)
+    _write(payload, args.output)
+    return 0
+
+
+def _add_design(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "design",
+        help="rank the reference measurements that pin down the calibration fastest (EIG)",
+        description="Greedy expected-information-gain plan of reference measurements until "
+        "every constant's posterior sd reaches a fraction of its prior sd.",
+    )
+    p.add_argument("--calibration", metavar="FILE", help="calibration in force (JSON)")
+    p.add_argument("--target-fraction", type=float, default=0.05, help="target sd / prior sd")
+    p.add_argument("--max", type=int, default=200, help="longest plan")
+    p.add_argument("--output", default="-", metavar="FILE")
+    p.set_defaults(func=design)
+
+
+def design(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import simulations
+
+    prior = _calibration(args.calibration)
+    target = {c: s * args.target_fraction for c, s in simulations.default_prior_sd(prior).items()}
+    plan = simulations.design_calibration(prior, target_sd=target, max_measurements=args.max)
+    _write(dataclasses.asdict(plan), args.output)
+    return 0 if plan.reached_target else 1
