@@ -279,8 +279,9 @@ def test_the_live_state_changes_within_three_seconds_of_new_telemetry(
     defocus.wait_for()
     assert defocus.inner_text() == "50"
     assert "± 0.5" in card.locator('tr[data-quantity="defocus"] td.std').inner_text()
-    assert "drift of defocus" in card.locator(".flags-box").inner_text()  # an open flag
-    assert card.locator(".telemetry-age").inner_text().endswith(" old")
+    # An open flag, and the telemetry's age: each filled by its own fetch (wait for them).
+    card.locator(".flags-box", has_text="drift of defocus").wait_for()
+    card.locator(".telemetry-age", has_text=" old").wait_for()
     # New telemetry (a sample of the holder temperature, as the ingest worker stores it) and
     # the twin's estimate from it (as the twin worker stores it).
     now = datetime.now(UTC)
@@ -386,8 +387,9 @@ def test_a_dataset_page_shows_its_verdicts_and_a_correction_makes_a_new_version(
     page.wait_for_function(
         f"() => document.querySelector('#fields')?.dataset.version === '{before + 1}'"
     )
-    assert "Stored version" in page.inner_text("#correction-result")
+    page.locator("#correction-result", has_text="Stored version").wait_for()
     assert "consistent" in page.locator("#fields tr", has_text="high_tension").inner_text()
+    page.locator("#history", has_text="the file's HT was read in kV").wait_for()
     history = page.inner_text("#history")
     assert "the file's HT was read in kV" in history and dash.names["operator"] in history
     with store_engine_api.connect() as conn:
