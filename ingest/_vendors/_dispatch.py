@@ -40,7 +40,7 @@ READERS: dict[str, tuple[Callable[[Path], VendorMetadata], str]] = {
     ".hdr": (read_merlin_hdr, "Quantum Detectors Merlin header (with its .mib)"),
     ".msa": (read_msa, "EMSA/MSA spectrum"),
     ".ems": (read_msa, "EMSA/MSA spectrum"),
-    ".prz": (read_prz, "CEOS Panta Rhei PRZ"),
+    ".prz": (read_prz, "Panta Rhei PRZ"),
     ".blo": (read_blockfile, "NanoMegas blockfile"),
 }
 

@@ -1,5 +1,5 @@
 """Formats rosettasciio reads for which beamtwin has no vendor rules: Bruker BCF, Quantum
-Detectors Merlin (``.mib`` with its ``.hdr``), EMSA/MSA spectra and CEOS Panta Rhei ``.prz``.
+Detectors Merlin (``.mib`` with its ``.hdr``), EMSA/MSA spectra and Panta Rhei ``.prz``.
 Their fields come from rosettasciio's mapped standard metadata (``Acquisition_instrument``:
 beam energy, current, dwell time, stage, magnification, camera length; source ``rsciio:``) and
 their times from its ``General.date``/``time``/``time_zone``.
