@@ -50,7 +50,7 @@ __all__ = [
     "submit_job",
 ]
 
-JOB_KINDS = ("experiment", "calibration", "design", "rehearsal")
+JOB_KINDS = ("experiment", "calibration", "design", "rehearsal", "forecast")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
 

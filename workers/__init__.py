@@ -1,16 +1,18 @@
 """Long-running processes that join the provenance store with the twin (and, as they arrive,
 the simulations): the twin worker (stored telemetry -> state estimates and flags), snapshot
 computation and the snapshot worker (acquisition events -> datasets with verified snapshots),
-and the experiment worker (queued virtual experiments -> dask.distributed -> stored results).
+and the experiment worker (queued jobs of every kind in :data:`JOB_KINDS` -> dask.distributed
+-> stored results).
 
 Only the CLI imports this package; it may import :mod:`ingest` (contracts, the consumer loop),
 :mod:`provenance_store`, :mod:`twin` and :mod:`simulations`, never :mod:`api`."""
 
 from workers._artifacts import array_sha256, attempt_url, remove_attempts, write_result
-from workers._errors import InvalidEvent, JobsStillRunning, WorkerError
-from workers._experiment_task import ExperimentCancelled, execute_experiment
+from workers._errors import InvalidEvent, JobsStillRunning, UnknownJobKind, WorkerError
+from workers._experiment_task import ExperimentCancelled, ProgressChannel, execute_experiment
 from workers._experiment_worker import ExperimentStats, ExperimentWorker, connect_cluster
 from workers._experiments import ExperimentSubmission, submit_experiment
+from workers._job_kinds import JOB_KINDS, JobKind, JobTask, job_payload, register_job_kind
 from workers._settings import (
     SNAPSHOT_GROUP_ID,
     ExperimentSettings,
@@ -27,6 +29,7 @@ from workers._snapshots import ComputedSnapshot, compute_snapshot, warm_up
 from workers._twin_worker import STATE_FORMAT, TwinStats, TwinWorker, WindowResult
 
 __all__ = [
+    "JOB_KINDS",
     "SNAPSHOT_ACTOR",
     "SNAPSHOT_GROUP_ID",
     "SNAPSHOT_REASON",
@@ -38,13 +41,17 @@ __all__ = [
     "ExperimentSubmission",
     "ExperimentWorker",
     "InvalidEvent",
+    "JobKind",
+    "JobTask",
     "JobsStillRunning",
+    "ProgressChannel",
     "SnapshotSettings",
     "SnapshotStats",
     "SnapshotWorker",
     "TwinSettings",
     "TwinStats",
     "TwinWorker",
+    "UnknownJobKind",
     "WindowResult",
     "WorkerError",
     "array_sha256",
@@ -52,6 +59,8 @@ __all__ = [
     "compute_snapshot",
     "connect_cluster",
     "execute_experiment",
+    "job_payload",
+    "register_job_kind",
     "remove_attempts",
     "submit_experiment",
     "warm_up",

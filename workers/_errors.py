@@ -14,3 +14,7 @@ class InvalidEvent(WorkerError, ValueError):
 
 class JobsStillRunning(WorkerError, TimeoutError):
     """Jobs were still running when a bounded wait for them ended."""
+
+
+class UnknownJobKind(WorkerError, ValueError):
+    """A job kind the worker has no task for, or one the store does not know."""

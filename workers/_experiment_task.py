@@ -1,4 +1,5 @@
-"""The task a dask.distributed worker runs for one experiment, and its progress channel.
+"""The task a dask.distributed worker runs for one experiment, and the progress channel every
+job task reports through.
 
 The task runs :func:`simulations.run_experiment` whole (abTEM computes inside with dask's
 synchronous scheduler). Progress goes back through a ``distributed.Variable`` named after
@@ -20,7 +21,7 @@ from simulations import (
 )
 from workers._errors import WorkerError
 
-__all__ = ["REPORT_INTERVAL_S", "ExperimentCancelled", "execute_experiment"]
+__all__ = ["REPORT_INTERVAL_S", "ExperimentCancelled", "ProgressChannel", "execute_experiment"]
 
 REPORT_INTERVAL_S = 0.25
 
@@ -29,9 +30,12 @@ class ExperimentCancelled(WorkerError):
     """The job was cancelled while its task ran."""
 
 
-class _Channel:
+class ProgressChannel:
     """Progress out and cancel in, through two named ``distributed.Variable`` of the
-    cluster (absent outside a dask.distributed worker: nothing is reported then)."""
+    cluster (absent outside a dask.distributed worker: nothing is reported then).
+
+    Called as ``channel(fraction, stage)``; raises :class:`ExperimentCancelled` (the job was
+    cancelled) at a report, so a task stops at its next progress report."""
 
     def __init__(self, channel: str | None) -> None:
         self.progress_var: Any = None
@@ -80,5 +84,5 @@ def execute_experiment(
         None if uncertainty_json is None else UncertaintyV1.model_validate_json(uncertainty_json)
     )
     return run_experiment(
-        spec, state, uncertainty=uncertainty, progress=_Channel(channel), threads=threads
+        spec, state, uncertainty=uncertainty, progress=ProgressChannel(channel), threads=threads
     )

@@ -1,14 +1,16 @@
-"""The experiment worker (``beamtwin experiments``): claims queued jobs from the store, runs
-them on dask.distributed and stores their results.
+"""The experiment worker (``beamtwin experiments``): claims queued jobs from the store, runs them
+on dask.distributed and stores their results.
 
-A :class:`ExperimentWorker` keeps up to ``experiment_max_concurrent`` jobs in flight, each a
-dask task (:func:`workers.execute_experiment`). Every ``experiment_heartbeat_s`` it reads each
-task's progress, renews the job's lease with it (``heartbeat_job``) and learns whether the job
-was cancelled; a cancelled task is told to stop and the job ends as cancelled. A finished task's
-arrays are written under the artifact root and the job completed with their hashes in one
-transaction; a worker that lost its lease (it stalled and another took the job over) writes
-nothing and removes its attempt's artifacts. The cluster is a ``LocalCluster`` unless
-``BEAMTWIN_DASK_SCHEDULER`` names one (``tcp://host:8786``).
+It runs every kind of job in the registry :data:`workers.JOB_KINDS` (virtual experiments and the
+Bayesian and rehearsal jobs registered beside them; ``kinds`` narrows it). A
+:class:`ExperimentWorker` keeps up to ``experiment_max_concurrent`` jobs in flight, each a dask
+task (the kind's task, e.g. :func:`workers.execute_experiment`). Every
+``experiment_heartbeat_s`` it reads each task's progress, renews the job's lease with it
+(``heartbeat_job``) and learns whether the job was cancelled; a cancelled task is told to stop
+and the job ends as cancelled. A finished task's arrays are written under the artifact root and
+the job completed with their hashes in one transaction; a worker that lost its lease (it stalled
+and another took the job over) writes nothing and removes its attempt's artifacts. The cluster
+is a ``LocalCluster`` unless ``BEAMTWIN_DASK_SCHEDULER`` names one (``tcp://host:8786``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import sqlalchemy as sa
 
 import provenance_store as store
 from workers._artifacts import attempt_url, remove_attempts, write_result
-from workers._errors import JobsStillRunning
-from workers._experiment_task import execute_experiment
+from workers._errors import JobsStillRunning, UnknownJobKind
+from workers._job_kinds import JOB_KINDS, job_payload
 from workers._settings import ExperimentSettings
 
 __all__ = ["ExperimentStats", "ExperimentWorker", "connect_cluster"]
@@ -85,6 +87,7 @@ class ExperimentWorker:
         client: Any = None,
         name: str | None = None,
         stats: ExperimentStats | None = None,
+        kinds: list[str] | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -95,6 +98,10 @@ class ExperimentWorker:
         self._own_client = client is None
         self._in_flight: dict[str, _InFlight] = {}
         self._stop = threading.Event()
+        unknown = sorted(set(kinds or ()) - set(JOB_KINDS))
+        if unknown:
+            raise UnknownJobKind(f"no task for job kinds {unknown}; known: {sorted(JOB_KINDS)}")
+        self.kinds = sorted(kinds or JOB_KINDS)
 
     # ------------------------------------------------------------------ life cycle
     @property
@@ -154,7 +161,7 @@ class ExperimentWorker:
                 conn=conn,
                 worker=self.name,
                 lease_seconds=self.settings.experiment_lease_s,
-                kinds=["experiment"],
+                kinds=self.kinds,
             )
         if job is None:
             return False
@@ -162,7 +169,6 @@ class ExperimentWorker:
         root = self.settings.artifact_root
         url = attempt_url(root, job.id, job.attempts)
         remove_attempts(root, job.id)  # a dead worker's partial artifacts
-        state = job.state or {}
         channel = f"beamtwin-{job.id}-{job.attempts}"
         from distributed import Variable
 
@@ -170,10 +176,8 @@ class ExperimentWorker:
         # Set before the task runs, so that reading it never waits (nor times out).
         Variable(f"{channel}-progress", client=self.client).set([0.0, "queued on the cluster"])
         future = self.client.submit(
-            execute_experiment,
-            _json(job.spec),
-            _json(state.get("state")),
-            None if state.get("uncertainty") is None else _json(state["uncertainty"]),
+            JOB_KINDS[job.kind].task,
+            job_payload(job),
             channel,
             self.settings.experiment_threads,
             key=channel,
@@ -271,6 +275,9 @@ class ExperimentWorker:
                     versions={**flight.job.versions, **parameters.get("versions", {})},
                     specimen_sha256=parameters.get("structure_sha256"),
                 )
+                on_complete = JOB_KINDS[flight.job.kind].on_complete
+                if on_complete is not None:
+                    on_complete(conn, flight.job, result)
             remove_attempts(root, job_id, keep=flight.url)
             self.stats.succeeded += 1
         except store.LeaseLost:
@@ -286,9 +293,3 @@ def _remove_own(flight: _InFlight) -> None:
     fs, path = fsspec.core.url_to_fs(flight.url)
     if fs.exists(path):
         fs.rm(path, recursive=True)
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, sort_keys=True)

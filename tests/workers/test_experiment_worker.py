@@ -157,3 +157,32 @@ def test_a_failing_job_is_marked_failed_with_its_error(
     assert results(engine, broken.id) == []
     folder = Path(worker.settings.artifact_root) / "jobs" / broken.id
     assert not folder.exists() or not list(folder.iterdir())  # nothing half-written
+
+
+def test_the_worker_runs_only_kinds_it_has_a_task_for(engine: sa.Engine, client: object) -> None:
+    from workers import JOB_KINDS, JobKind, UnknownJobKind, register_job_kind
+
+    assert "experiment" in JOB_KINDS
+    with pytest.raises(UnknownJobKind, match="no task for job kinds"):
+        ExperimentWorker(ExperimentSettings(), engine=engine, client=client, kinds=["forecast2"])
+    with pytest.raises(UnknownJobKind, match="unknown job kind"):
+        register_job_kind(JobKind("not-a-kind", JOB_KINDS["experiment"].task))
+    assert "not-a-kind" not in JOB_KINDS
+    narrowed = ExperimentWorker(
+        ExperimentSettings(), engine=engine, client=client, kinds=["experiment"]
+    )
+    assert narrowed.kinds == ["experiment"]
+
+
+def test_a_task_gets_the_job_as_its_payload(engine: sa.Engine) -> None:
+    import json
+
+    from workers import job_payload
+
+    submitted = submit(engine, hrtem_spec())
+    payload = json.loads(job_payload(submitted))
+    assert payload["id"] == submitted.id and payload["kind"] == "experiment"
+    assert payload["spec"] == submitted.spec and payload["seed"] == submitted.seed
+    assert payload["state"] == submitted.state
+    with engine.begin() as conn:  # not ours to run
+        store.cancel_job(conn=conn, job_id=submitted.id, actor="tester")
