@@ -679,6 +679,12 @@ def test_the_preview_sliders_redraw_the_fast_preview(
     page.click("#preview-apply")
     assert page.input_value("#f-override-defocus") == wanted
     page.locator('#estimate[data-state="ok"]').wait_for()
+    # STEM: the form's default HAADF detector, a convergence slider, the incoherent preview.
+    page.select_option("#f-mode", "stem")
+    assert page.locator(".detectors tbody tr").count() == 1
+    page.locator('#estimate[data-state="ok"]', has_text="probe positions").wait_for()
+    page.locator('#preview-status[data-state="drawn"]', has_text="incoherent").wait_for()
+    assert page.input_value("#slider-convergence_semiangle") == "25"
 
 
 def test_viewers_are_told_they_cannot_submit_and_their_writes_are_refused(
