@@ -645,6 +645,27 @@ def test_an_experiment_submitted_from_the_form_completes_and_its_image_is_shown(
     assert not violations, dump(violations)
 
 
+def test_an_operator_cancels_a_queued_experiment_from_its_page(
+    page: Page, served: Served, dash: Dash, store_engine_api: sa.Engine
+) -> None:
+    sign_in(page, served.url, dash.tokens["operator"], "/ui/experiments")
+    _fill_experiment(page, dash.live, secrets.randbelow(2**40))
+    page.locator('#estimate[data-state="ok"]').wait_for()
+    page.click("#submit-experiment")  # no worker runs here: it stays queued
+    page.locator("#submit-result.ok").wait_for()
+    job_id = page.get_attribute("#submit-result", "data-job") or ""
+    page.locator('#experiment-detail[data-status="queued"]').wait_for()
+    assert page.evaluate("document.querySelector('#exp-progress').value") == 0
+    page.click("#cancel-experiment")
+    # The server-sent events end with the cancellation, and the page says so.
+    page.locator('#experiment-detail[data-status="cancelled"]').wait_for()
+    page.locator("#results", has_text="Cancelled: no results.").wait_for()
+    assert page.locator("#cancel-experiment").count() == 0
+    with store_engine_api.connect() as conn:
+        job = store.get_job(conn=conn, job_id=job_id)
+    assert job is not None and job.status == "cancelled"
+
+
 def test_the_preview_sliders_redraw_the_fast_preview(
     page: Page, served: Served, dash: Dash
 ) -> None:
