@@ -85,3 +85,53 @@ class Preview(BaseModel):
     shape: list[int]
     image: list[list[float]]
     state: dict[str, Any]
+
+
+class CostEstimateBody(BaseModel):
+    """What an experiment is estimated to cost before it runs: peak ``memory_bytes`` [B],
+    ``seconds`` [s] on one core, the potential's grid ``gpts``, ``slices``, probe
+    ``positions``, ensemble ``members``, phonon ``configurations`` and PRISM
+    ``plane_waves`` (0 without)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    memory_bytes: int
+    seconds: float
+    gpts: list[int]
+    slices: int
+    positions: int
+    members: int
+    configurations: int
+    plane_waves: int
+
+
+class ExperimentLimitsBody(BaseModel):
+    """The largest experiment the service runs: grid side [points], probe positions,
+    ensemble members, peak memory [B] and time [s] of the estimate."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_gpts: int
+    max_positions: int
+    max_members: int
+    max_memory_bytes: int
+    max_seconds: float
+
+
+class Estimate(BaseModel):
+    """A spec planned as a submission would plan it, without queuing anything: the state it
+    would run with, its cost estimate and whether that is within the limits (a submission
+    over them is refused with 413)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cost: CostEstimateBody
+    within_limits: bool
+    detail: str | None = Field(
+        description="why a submission would be refused (each limit exceeded), else null"
+    )
+    limits: ExperimentLimitsBody
+    as_of: datetime = Field(description="the time of the twin's state used")
+    state: dict[str, Any] = Field(
+        description="the state and uncertainty it would run with, as stored with a job"
+    )

@@ -10,8 +10,11 @@ Requests submit and read; the experiment worker runs the jobs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import math
 import re
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -36,7 +39,10 @@ from api._deps import (
 from api._errors import ApiError, InvalidRequest, TooLarge
 from api._experiment_report import render_report
 from api._experiment_schemas import (
+    CostEstimateBody,
+    Estimate,
     Experiment,
+    ExperimentLimitsBody,
     ExperimentRequest,
     ExperimentResultItem,
     Preview,
@@ -56,6 +62,14 @@ JobId = Annotated[
 BEAMTWIN_VERSION = "0.1.0"
 #: Largest grid side of a synchronous preview [points].
 MAX_PREVIEW_GPTS = 1024
+#: Limits no estimate reaches: an estimate is made whatever its size, then checked.
+_UNLIMITED = simulations.ExperimentLimits(
+    max_gpts=sys.maxsize,
+    max_positions=sys.maxsize,
+    max_members=sys.maxsize,
+    max_memory_bytes=sys.maxsize,
+    max_seconds=math.inf,
+)
 
 
 class ExperimentNotFound(ApiError):
@@ -118,7 +132,10 @@ def _visible_job(principal: Principal, conn: sa.Connection, job_id: str) -> stor
 
 
 def _plan(
-    conn: sa.Connection, principal: Principal, spec: simulations.ExperimentSpecV1
+    conn: sa.Connection,
+    principal: Principal,
+    spec: simulations.ExperimentSpecV1,
+    limits: simulations.ExperimentLimits | None = None,
 ) -> tuple[simulations.ExperimentPlan, store.TwinStateAt | None, datetime]:
     at = spec.as_of or datetime.now(UTC)
     twin = None
@@ -130,6 +147,7 @@ def _plan(
             spec,
             twin_values=None if twin is None else twin.values,
             twin_std=None if twin is None else twin.std,
+            limits=limits,
         )
     except simulations.SimulationError as exc:
         raise _refused(exc) from exc
@@ -181,6 +199,35 @@ def submit(
         response.status_code = 200
     results = store.job_results(conn=conn, job_id=record.id)
     return _experiment(record, results, reused=not created)
+
+
+@router.post("/experiments/estimate", response_model=Estimate, responses=_ERRORS)
+def estimate(
+    principal: ReadOperator,
+    conn: ConnDep,
+    request: Annotated[ExperimentRequest, Body()],
+) -> Estimate:
+    """What submitting the spec would cost, planned as a submission plans it (the twin's
+    state at ``as_of`` with the overrides, the specimen built) but queuing nothing
+    (operators and admins; the spec's instrument must be granted). An estimate over the
+    limits is answered too, with ``within_limits`` false and the reason in ``detail``;
+    a spec that cannot run at all is 422."""
+    plan, _, at = _plan(conn, principal, request.spec, limits=_UNLIMITED)
+    limits = simulations.ExperimentLimits()
+    try:
+        limits.check(plan.estimate)
+        detail = None
+    except simulations.ExperimentTooLarge as exc:
+        detail = str(exc)
+    cost = plan.estimate.as_dict()
+    return Estimate(
+        cost=CostEstimateBody.model_validate(cost),
+        within_limits=detail is None,
+        detail=detail,
+        limits=ExperimentLimitsBody.model_validate(dataclasses.asdict(limits)),
+        as_of=at,
+        state=plan.state_document(),
+    )
 
 
 @router.get("/experiments", response_model=list[Experiment], responses=_ERRORS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import secrets
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 import provenance_store as store
+import simulations
 from api._datasets import _visible
 from api._deps import Principal, _held, authenticate, get_engine, visible_instrument
 from api._errors import ApiError
@@ -314,12 +316,24 @@ async def dataset_page(request: Request, engine: EngineDep, dataset_id: str) -> 
     return _page("dataset.html", request, who, "datasets", dataset=record)
 
 
+@functools.cache
+def _spec_schema() -> dict[str, Any]:
+    # The contract's own JSON Schema (as committed in docs/schemas/): the experiment form
+    # takes its fields' bounds, defaults, units and choices from it.
+    schema: dict[str, Any] = simulations.ExperimentSpecV1.model_json_schema(
+        by_alias=True, mode="validation"
+    )
+    return schema
+
+
 @router.get("/experiments")
 async def experiments_page(request: Request, engine: EngineDep) -> Response:
+    """Virtual experiments: the form built from the experiment spec (operators and admins),
+    the list of experiments, and one experiment's progress and results."""
     who = await _principal(request, engine)
     if who is None:
         return _to_signin(request)
-    return _page("experiments.html", request, who, "experiments")
+    return _page("experiments.html", request, who, "experiments", schema=_spec_schema())
 
 
 @router.get("/audit")

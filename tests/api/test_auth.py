@@ -435,10 +435,13 @@ def test_submit_by_role_and_grant(client: TestClient, world: World, role: str, g
 
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("grant", ["granted", "ungranted"])
-def test_preview_by_role_and_grant(client: TestClient, world: World, role: str, grant: str) -> None:
+@pytest.mark.parametrize("route", ["/api/v1/experiments/preview", "/api/v1/experiments/estimate"])
+def test_preview_and_estimate_by_role_and_grant(
+    client: TestClient, world: World, role: str, grant: str, route: str
+) -> None:
     instrument = world.granted if grant == "granted" else world.ungranted
     response = client.post(
-        "/api/v1/experiments/preview",
+        route,
         json={"spec": spec_document(instrument)},
         headers=auth(world.tokens[role]),
     )
@@ -474,6 +477,7 @@ def test_cancel_by_role_and_grant(
         *(("GET", r) for r in (*EXPERIMENT_ROUTES, *EXPERIMENT_GLOBAL_ROUTES)),
         ("POST", "/api/v1/experiments"),
         ("POST", "/api/v1/experiments/preview"),
+        ("POST", "/api/v1/experiments/estimate"),
         ("DELETE", "/api/v1/experiments/{e}"),
     ],
 )

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,7 +60,12 @@ def _estimate(
         time=when,
         value=value,
         std=0.5,
-        unit={"defocus": "Å", "energy": "eV", "holder_temperature": "K"}.get(quantity, ""),
+        unit={
+            "defocus": "Å",
+            "energy": "eV",
+            "holder_temperature": "K",
+            "convergence_semiangle": "mrad",
+        }.get(quantity, ""),
         calibration_version="cal-1",
         twin_version="test",
     )
@@ -115,7 +122,12 @@ def dash(store_engine_api: sa.Engine) -> Dash:
             estimates=[
                 _estimate(i, q, v, now - timedelta(seconds=5))
                 for i in (live, hidden)
-                for q, v in (("defocus", 50.0), ("energy", 2e5), ("holder_temperature", 300.1))
+                for q, v in (
+                    ("defocus", 50.0),
+                    ("energy", 2e5),
+                    ("convergence_semiangle", 25.0),
+                    ("holder_temperature", 300.1),
+                )
             ],
         )
         store.insert_flags(
@@ -441,6 +453,8 @@ def test_a_viewer_without_a_grant_never_sees_the_instrument_or_its_datasets(
     assert dash.dataset not in page.inner_text("#datasets")
     page.goto(f"{base}/ui/audit")
     page.wait_for_load_state("networkidle")
+    page.goto(f"{base}/ui/experiments")
+    page.locator('#experiment-list[data-state="ready"]').wait_for()
     for path in (f"/ui/instruments/{dash.live}", f"/ui/datasets/{dash.dataset}"):
         answer = page.goto(f"{base}{path}")
         assert answer is not None and answer.status == 404
@@ -502,6 +516,225 @@ def test_viewers_cannot_verify_the_audit_log(page: Page, served: Served, dash: D
     assert answer.status == 403
 
 
+# ---------------------------------------------------------------------------- experiments
+@pytest.fixture()
+def experiment_worker(store_engine_api: sa.Engine, tmp_path: Path) -> Iterator[None]:
+    """The real experiment worker on a dask LocalCluster, in a thread of the test process,
+    running what the dashboard queues."""
+    from distributed import Client, LocalCluster
+
+    from workers import ExperimentSettings, ExperimentWorker
+
+    settings = ExperimentSettings(
+        artifact_root=str(tmp_path / "artifacts"),
+        dask_workers=1,
+        experiment_heartbeat_s=0.2,
+        experiment_lease_s=30.0,
+    )
+    with store_engine_api.begin() as conn:  # jobs other tests left queued are not ours to run
+        while (
+            left := store.claim_job(
+                conn=conn, worker="dash-drain", lease_seconds=60, kinds=["experiment"]
+            )
+        ) is not None:
+            store.fail_job(conn=conn, job_id=left.id, worker="dash-drain", error="drained")
+    # As ``connect_cluster`` makes it, with its HTTP server on a free port: other clusters
+    # on this machine may hold dask's default 8787.
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
+    )
+    client = Client(cluster)
+    worker = ExperimentWorker(settings, engine=store_engine_api, client=client, name="dash")
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        client.close()
+        cluster.close()
+
+
+def _fill_experiment(page: Page, instrument: str, seed: int) -> None:
+    """A tiny HRTEM ensemble (SrTiO3, one cell wide, 40x40 pixels) on ``instrument``."""
+    page.locator('#experiment-form[data-state="ready"]').wait_for()
+    page.select_option("#f-instrument", instrument)
+    page.select_option("#f-specimen", "srtio3-001")
+    page.fill("#f-param-repeats", "1")
+    page.fill("#f-param-layers", "2")
+    page.select_option("#f-mode", "hrtem")
+    page.fill("#f-sampling", "0.1")
+    page.fill("#f-doses", "500, 50000")
+    page.fill("#f-ensemble-size", "3")
+    page.fill("#f-defocus-std", "20")
+    page.fill("#f-seed", str(seed))
+    page.fill("#f-override-defocus", "80")
+
+
+def test_an_experiment_submitted_from_the_form_completes_and_its_image_is_shown(
+    page: Page, served: Served, dash: Dash, store_engine_api: sa.Engine, experiment_worker: None
+) -> None:
+    import zarr
+
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    sign_in(page, served.url, dash.tokens["operator"], "/ui/experiments")
+    _fill_experiment(page, dash.live, seed := secrets.randbelow(2**40))
+    # The cost estimate before submitting: the form's spec planned by the server.
+    estimate = page.locator('#estimate[data-state="ok"]')
+    estimate.wait_for()
+    text = estimate.inner_text()
+    assert "40×40 grid" in text and "3 ensemble members" in text and "Within the limits" in text
+    seconds = float(estimate.get_attribute("data-seconds") or "nan")
+    page.click("#submit-experiment")
+    page.locator("#submit-result.ok, #submit-result.error").wait_for()
+    assert page.get_attribute("#submit-result", "class") == "ok", page.inner_text("#submit-result")
+    assert "Queued job-" in page.inner_text("#submit-result")
+    job_id = page.get_attribute("#submit-result", "data-job")
+    assert job_id and job_id.startswith("job-")
+    # Progress from the server-sent events, to the end.
+    detail = page.locator('#experiment-detail[data-status="succeeded"]')
+    detail.wait_for(timeout=150_000)
+    assert any(f"/api/v1/experiments/{job_id}/events" in u for u in requested), requested
+    assert page.evaluate("document.querySelector('#exp-progress').value") == 1
+    # The result image: the noise-free ensemble mean, as the PNG of the results route.
+    image = page.locator("#result-image[data-loaded]")
+    image.wait_for()
+    size = page.evaluate(
+        "() => { const i = document.querySelector('#result-image');"
+        " return [i.naturalWidth, i.naturalHeight, i.getAttribute('src')]; }"
+    )
+    assert size[:2] == [40, 40], size
+    assert size[2].endswith(f"/api/v1/experiments/{job_id}/results/image?format=png")
+    # The dose slider: the lowest dose's Poisson realisation.
+    page.focus("#dose")
+    page.keyboard.press("Home")
+    page.locator('#result-image[data-loaded][src*="image_dose"]').wait_for()
+    assert page.inner_text("#dose-value") == "500 e/Å²"
+    src = page.get_attribute("#result-image", "src") or ""
+    assert src.endswith("/results/image_dose0?format=png"), src
+    # The ensemble's standard deviation map, with its range read from the array.
+    page.locator("#result-std[data-loaded]").wait_for()
+    page.locator("#std-range[data-max]").wait_for()
+    shown_max = float(page.get_attribute("#std-range", "data-max") or "nan")
+    with store_engine_api.connect() as conn:
+        job = store.get_job(conn=conn, job_id=job_id)
+        results = {r.name: r for r in store.job_results(conn=conn, job_id=job_id)}
+    assert job is not None and job.status == "succeeded"
+    std = np.asarray(zarr.open_array(results["image_std"].uri, mode="r")[...])
+    assert shown_max == pytest.approx(float(std.max()), rel=1e-12) and shown_max > 0
+    # What was run is what the form said, by whom it was submitted.
+    assert job.owner == dash.names["operator"] and job.instrument_id == dash.live
+    assert job.spec["overrides"] == {"defocus": 80.0} and job.spec["seed"] == seed
+    assert job.spec["doses"] == [500.0, 50000.0] and job.spec["ensemble_size"] == 3
+    assert job.spec["uncertainty"]["std"] == {"defocus": 20.0}
+    assert job.state is not None and job.state["state"]["aberrations"]["C10"] == -80.0
+    assert job.cost is not None and job.cost["seconds"] == pytest.approx(seconds)
+    # The list says so too (read again when the experiment ended).
+    page.locator(
+        f'#experiment-list tr:has(a[data-job="{job_id}"])', has_text="succeeded"
+    ).wait_for()
+    page.keyboard.press("ArrowRight")  # the next dose up, for the picture
+    page.locator('#result-image[data-loaded][src*="image_dose1"]').wait_for()
+    assert page.inner_text("#dose-value") == "50000 e/Å²"
+    page.locator("#experiment-detail").scroll_into_view_if_needed()
+    screenshot(page, "experiment-result")
+    violations = axe_violations(page)
+    assert not violations, dump(violations)
+
+
+def test_an_operator_cancels_a_queued_experiment_from_its_page(
+    page: Page, served: Served, dash: Dash, store_engine_api: sa.Engine
+) -> None:
+    sign_in(page, served.url, dash.tokens["operator"], "/ui/experiments")
+    _fill_experiment(page, dash.live, secrets.randbelow(2**40))
+    page.locator('#estimate[data-state="ok"]').wait_for()
+    page.click("#submit-experiment")  # no worker runs here: it stays queued
+    page.locator("#submit-result.ok").wait_for()
+    job_id = page.get_attribute("#submit-result", "data-job") or ""
+    page.locator('#experiment-detail[data-status="queued"]').wait_for()
+    assert page.evaluate("document.querySelector('#exp-progress').value") == 0
+    page.click("#cancel-experiment")
+    # The server-sent events end with the cancellation, and the page says so.
+    page.locator('#experiment-detail[data-status="cancelled"]').wait_for()
+    page.locator("#results", has_text="Cancelled: no results.").wait_for()
+    assert page.locator("#cancel-experiment").count() == 0
+    with store_engine_api.connect() as conn:
+        job = store.get_job(conn=conn, job_id=job_id)
+    assert job is not None and job.status == "cancelled"
+
+
+def test_the_preview_sliders_redraw_the_fast_preview(
+    page: Page, served: Served, dash: Dash
+) -> None:
+    sign_in(page, served.url, dash.tokens["operator"], "/ui/experiments")
+    _fill_experiment(page, dash.live, 1)
+    page.locator('#estimate[data-state="ok"]').wait_for()
+    status = page.locator('#preview-status[data-state="drawn"]')
+    status.wait_for()
+    canvas = page.locator("#preview-canvas")
+    # The sliders start at the state the experiment would run with (the form's override).
+    page.wait_for_function(
+        "() => document.querySelector('#preview-canvas').dataset.defocus === '80'"
+    )
+    assert page.input_value("#slider-defocus") == "80"
+    pixels = (
+        "() => Array.from(document.querySelector('#preview-canvas').getContext('2d')"
+        ".getImageData(0, 0, 40, 40).data).join(',')"
+    )
+    before = page.evaluate(pixels)
+    assert canvas.get_attribute("width") == "40" and len(set(before.split(","))) > 2
+    page.focus("#slider-defocus")
+    page.keyboard.press("End")  # the largest defocus the slider offers
+    wanted = page.input_value("#slider-defocus")
+    assert float(wanted) > 80
+    page.wait_for_function(
+        "(v) => document.querySelector('#preview-canvas').dataset.defocus === v", arg=wanted
+    )
+    page.locator('#preview-status[data-state="drawn"]').wait_for()
+    assert page.evaluate(pixels) != before
+    assert "weak-phase" in status.inner_text()
+    # The slider's value goes into the form, and the estimate follows it.
+    page.click("#preview-apply")
+    assert page.input_value("#f-override-defocus") == wanted
+    page.locator('#estimate[data-state="ok"]').wait_for()
+    # STEM: the form's default HAADF detector, a convergence slider, the incoherent preview.
+    page.select_option("#f-mode", "stem")
+    assert page.locator(".detectors tbody tr").count() == 1
+    page.locator('#estimate[data-state="ok"]', has_text="probe positions").wait_for()
+    page.locator('#preview-status[data-state="drawn"]', has_text="incoherent").wait_for()
+    assert page.input_value("#slider-convergence_semiangle") == "25"
+
+
+def test_viewers_are_told_they_cannot_submit_and_their_writes_are_refused(
+    page: Page, served: Served, dash: Dash
+) -> None:
+    sign_in(page, served.url, dash.tokens["viewer"], "/ui/experiments")
+    page.locator('#experiment-list[data-state="ready"]').wait_for()
+    assert page.locator("#experiment-form").count() == 0
+    assert page.locator("#preview-canvas").count() == 0
+    refusal = page.inner_text("#experiment-form-refused")
+    assert "for operators and admins" in refusal and "your role is viewer" in refusal
+    csrf = page.get_attribute('meta[name="csrf-token"]', "content") or ""
+    spec = {
+        "instrument": dash.live,
+        "specimen": {"name": "srtio3-001"},
+        "mode": {"mode": "hrtem"},
+    }
+    for route in ("experiments", "experiments/estimate", "experiments/preview"):
+        answer = page.request.post(
+            f"{served.url}/api/v1/{route}", data={"spec": spec}, headers={"X-CSRF-Token": csrf}
+        )
+        assert answer.status == 403, (route, answer.status)
+    # Without the CSRF token an operator's session cannot estimate either (a write's rule).
+    page.click("#signout")
+    sign_in(page, served.url, dash.tokens["operator"], "/ui/experiments")
+    answer = page.request.post(f"{served.url}/api/v1/experiments/estimate", data={"spec": spec})
+    assert answer.status == 403 and "CSRF" in answer.json()["detail"]
+
+
 # ---------------------------------------------------------------------------- every page
 PAGES = (
     (
@@ -512,7 +745,7 @@ PAGES = (
     ("instrument", "/ui/instruments/{live}?span=7200", '#charts[data-state="drawn"]'),
     ("datasets", "/ui/datasets", '#datasets[data-state="ready"]'),
     ("dataset", "/ui/datasets/{dataset}", "#prov-graph[data-nodes]"),
-    ("experiments", "/ui/experiments", "#experiments-placeholder"),
+    ("experiments", "/ui/experiments?instrument={live}", '#preview-status[data-state="drawn"]'),
     ("audit", "/ui/audit", '#checkpoint[data-state="ready"]'),
 )
 

@@ -100,6 +100,62 @@ def test_bad_specs_are_refused_clearly_and_nothing_is_written(
     assert job_count(store_engine_api) == before
 
 
+def test_the_estimate_is_the_submissions_and_queues_nothing(
+    client: TestClient, world: World, store_engine_api: sa.Engine
+) -> None:
+    spec = spec_document(world.granted, state=None, as_of="2026-03-02T08:00:30Z")
+    spec["overrides"] = {"energy": 300e3, "convergence_semiangle": 25.0}
+    before = job_count(store_engine_api)
+    response = client.post(
+        "/api/v1/experiments/estimate", json={"spec": spec}, headers=auth(world.tokens["operator"])
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert job_count(store_engine_api) == before
+    assert body["within_limits"] is True and body["detail"] is None
+    assert body["as_of"] == "2026-03-02T08:00:30Z"
+    # The twin's defocus (70 Å at 08:00:20) with the overrides, as a submission would use.
+    assert body["state"]["state"]["aberrations"] == {"C10": -70.0}
+    assert body["state"]["state"]["energy"] == 300e3
+    assert body["limits"]["max_gpts"] == 2048
+    submitted = post(client, world, "operator", spec)
+    assert submitted.status_code == 201, submitted.text
+    assert submitted.json()["cost"] == body["cost"]
+    assert submitted.json()["state"]["state"] == body["state"]["state"]
+
+
+def test_an_estimate_over_the_limits_says_which_and_queues_nothing(
+    client: TestClient, world: World, store_engine_api: sa.Engine
+) -> None:
+    spec = spec_document(
+        world.granted,
+        sampling=0.002,
+        specimen={"name": "srtio3-001", "parameters": {"repeats": 4}},
+        ensemble_size=300,
+        uncertainty={"std": {"defocus": 5.0}},
+    )
+    before = job_count(store_engine_api)
+    response = client.post(
+        "/api/v1/experiments/estimate", json={"spec": spec}, headers=auth(world.tokens["admin"])
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["within_limits"] is False
+    assert body["cost"]["gpts"] == [7840, 7840] and body["cost"]["members"] == 300
+    assert "grid 7840 points > 2048" in body["detail"]
+    assert "ensemble of 300 > 256" in body["detail"]
+    # A submission of the same spec is refused with the same reason.
+    refused = post(client, world, "operator", spec)
+    assert refused.status_code == 413 and refused.json()["detail"] == body["detail"]
+    assert job_count(store_engine_api) == before
+    bad = client.post(
+        "/api/v1/experiments/estimate",
+        json={"spec": spec_document(world.granted, specimen={"name": "unobtainium"})},
+        headers=auth(world.tokens["operator"]),
+    )
+    assert bad.status_code == 422 and "unknown specimen 'unobtainium'" in bad.json()["detail"]
+
+
 def test_an_ungranted_instrument_answers_404(client: TestClient, world: World) -> None:
     response = post(client, world, "operator", spec_document(world.ungranted))
     assert response.status_code == 404
