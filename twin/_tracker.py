@@ -473,6 +473,15 @@ _RATE_GRID = 10.0 ** np.arange(-9.0, 0.0)
 #: quarter decade, since their drift-rate test leans on the level diffusion.
 _FINE_LEVEL_GRID = 10.0 ** np.arange(-6.0, 1.01, 0.25)
 _MIN_LEARN_SAMPLES = 30
+#: Identical readings that make a first window a setting even when they are fewer than
+#: _MIN_LEARN_SAMPLES: an adapter publishes a steady control only with its heartbeat (1 Hz),
+#: so a window holds few of its readings, and no later window more.
+_MIN_SETTING_SAMPLES = 10
+
+
+def _read_back(y: np.ndarray) -> bool:
+    """Whether readings too few to learn noise from are a set value read back (identical)."""
+    return bool(y.size >= _MIN_SETTING_SAMPLES and np.all(y == y[0]))
 
 
 def _fit_noise(
@@ -644,6 +653,8 @@ class Tracker:
                 fresh.append(i)
                 continue
             stats = _robust_noise(y[finite])
+            if stats is None and _read_back(y[finite]):
+                stats = (0.0, 0.0, 1.0)  # a set value read back: exact, a setting
             if stats is None:
                 continue  # too few readings yet: wait for the next window
             fresh.append(i)

@@ -285,3 +285,24 @@ def test_a_reported_c10_is_fused_with_the_defocus_of_the_lens_law() -> None:
     assert np.all(fused_sd < lens_sd)
     assert np.sqrt(np.mean(fused_error**2)) < np.sqrt(np.mean(lens_error**2))
     assert np.mean(np.abs(fused_error) <= 1.96 * fused_sd) >= 0.9
+
+
+def test_a_steady_instrument_read_once_a_second_is_learned_from_its_heartbeat() -> None:
+    """An adapter publishes unchanged controls only with its 1 Hz heartbeat: a first window of
+    12 readings is enough to know them as set values (no later window holds 30)."""
+    t = S0 + np.arange(60.0) + 0.03
+    samples = {
+        "objective.C10": (t, np.full(t.size, 500e-9)),
+        "gun.high_tension": (t, np.full(t.size, 100e3)),
+    }
+    tracker = Tracker(default_tracker_config(CAL, channels=sorted(samples), rate_hz=1.0))
+    ends = [S0 + 12.0, S0 + 22.0, S0 + 32.0]
+    state, estimates, flags = _run(tracker, samples, ends)
+    assert state.setting.tolist() == [True, True]
+    defocus = [e for e in estimates if e.quantity == "defocus"]
+    assert [e.time_s - S0 for e in defocus] == [float(s) for s in range(32)]
+    assert all(e.value == pytest.approx(-5000.0) for e in defocus)
+    assert flags == []
+    # Fewer identical readings than that wait for more.
+    few = {name: (t[:8], y[:8]) for name, (t, y) in samples.items()}
+    assert not _run(tracker, few, [S0 + 12.0])[1]
