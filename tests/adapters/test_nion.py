@@ -243,30 +243,32 @@ def test_the_twins_defocus_follows_a_set_c10_and_its_drift(
             control.set_expression(
                 "rate * (now() - t0)", {"rate": rate, "now": time.monotonic, "t0": t0}
             )
-            pipeline.wait_for(instrument, "objective.C10", lambda v: v >= 600e-9, 5.0)
+            pipeline.wait_for(instrument, "objective.C10", lambda v: v >= 800e-9, 5.0)
             reached = pipeline.stored(instrument, "objective.C10")[-1][0]
             _wait_for_defocus_at(engine, instrument, reached)
         assert twin_stats.windows > 0
     assert run.stats.dropouts == 0
-    period = 1.0 / settings.adapter_optics_hz
+    readings = [(w.timestamp(), v) for w, v in pipeline.stored(instrument, "objective.C10")]
+    read_at = np.array([t for t, _ in readings])
     drifting = [
-        e
-        for e in _defocus(engine, instrument)
-        if t0_wall + period < e.time.timestamp() <= reached.timestamp()
+        e for e in _defocus(engine, instrument) if t0_wall < e.time.timestamp() <= read_at[-1]
     ]
-    assert len(drifting) >= 2, drifting
-
-    def truth(at: float) -> float:  # the twin's defocus [Å] of C10 = 300 nm + drift
-        return -1e10 * (300e-9 + rate * max(at - t0_wall, 0.0))
-
+    assert len(drifting) >= 4, drifting
+    ages = []
     for e in drifting:
         at = e.time.timestamp()
-        # At most one poll period behind (plus a poll's jitter), within the uncertainty.
-        assert truth(at) - 2 * e.std <= e.value <= truth(at - 1.5 * period) + 2 * e.std, (
-            at - t0_wall,
-            e.value,
-            truth(at),
-        )
+        k = int(np.searchsorted(read_at, at, side="right")) - 1
+        last_read, c10 = readings[k]
+        # The twin follows every reading: its defocus is -C10 of the last one at that instant
+        # (the drift moves C10 by 20 nm, 200 Å, per poll; the estimate's std is 10 Å) ...
+        assert abs(e.value + 1e10 * c10) <= 2 * e.std, (at - t0_wall, e.value, c10)
+        # ... which is the drift at its own read time.
+        drift = rate * max(last_read - t0_wall, 0.0)
+        assert c10 == pytest.approx(300e-9 + drift, abs=rate * 0.02)
+        ages.append(at - last_read)
+    # The readings it follows are at most a poll period old (a loaded machine delays a poll
+    # now and then: the median).
+    assert float(np.median(ages)) <= 1.0 / settings.adapter_optics_hz, ages
 
 
 def test_the_source_stopping_is_a_dropout_flag_of_the_twin(
