@@ -58,6 +58,7 @@ from twin._instrument import (
     CORRECTOR_CHANNELS,
     CORRECTOR_COEFFICIENTS,
     INPUT_CHANNELS,
+    REPORTED_CHANNELS,
     SETTABLE,
     STATE_QUANTITIES,
     Calibration,
@@ -66,6 +67,7 @@ from twin._instrument import (
     StateQuantity,
     channels_from_state,
     derive_state,
+    fuse_reported,
     quantity,
 )
 from twin._kalman import (
@@ -189,6 +191,7 @@ __all__ = [
     "PLANCK_CONSTANT",
     "POLAR_ALIASES",
     "POLAR_SYMBOLS",
+    "REPORTED_CHANNELS",
     "SETTABLE",
     "SIGN_MARGIN_THRESHOLD",
     "SNAPSHOT_SCHEMA",
@@ -272,6 +275,7 @@ __all__ = [
     "energy2wavelength",
     "estimate_at",
     "fit_thon_rings",
+    "fuse_reported",
     "grid_sampling",
     "incoherent_stem_preview",
     "initial_state",

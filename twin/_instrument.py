@@ -37,6 +37,13 @@ The mappings, one per state quantity (all jit-compiled, vmappable, float64):
   ``I_probe * dwell / (e * pixel²)`` [e/Å²] and the area-averaged dose rate
   ``I_probe / (e * field_of_view²)`` [e/Å²/s].
 * **Stage and holder** pass through (position [m], tilt [rad], temperature [K]).
+* **A directly reported defocus** (:data:`REPORTED_CHANNELS`: the vendor's own ``C10``
+  read-out, Nion's ``C10`` or Thermo Fisher's ``defocus``, both stored as ``objective.C10``
+  [m]) is a *measurement* of the defocus, not an input of the lens law:
+  :func:`fuse_reported` takes it in with one Kalman measurement update,
+  ``z = -1e10 C10`` [Å] with variance ``1e20 var(C10) + reported_defocus_std²`` (the
+  read-out's own variance plus its accuracy as a measure of the defocus, a calibration
+  constant), on the defocus the lens law derived (or, without the lens channels, on no prior).
 
 Uncertainties propagate to first order (the Jacobian of the mapping, :func:`derive_state` with
 ``variances``), the channel errors taken as independent.
@@ -47,6 +54,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
 from typing import Any
 
 import jax
@@ -62,6 +70,7 @@ __all__ = [
     "CORRECTOR_CHANNELS",
     "CORRECTOR_COEFFICIENTS",
     "INPUT_CHANNELS",
+    "REPORTED_CHANNELS",
     "SETTABLE",
     "STATE_QUANTITIES",
     "Calibration",
@@ -70,6 +79,7 @@ __all__ = [
     "StateQuantity",
     "channels_from_state",
     "derive_state",
+    "fuse_reported",
     "quantity",
 ]
 
@@ -122,6 +132,14 @@ INPUT_CHANNELS: tuple[str, ...] = (
     "scan.pixels",
 )
 _INDEX = {name: i for i, name in enumerate(INPUT_CHANNELS)}
+
+#: Channels that report a state quantity directly (a measurement of it, not an input of the
+#: model): channel -> (quantity, factor from the channel's canonical unit to the quantity's).
+#: ``objective.C10`` is the vendor's defocus read-out, ``C10`` [m] (Nion's ``C10``, Thermo
+#: Fisher's ``defocus``); the twin's defocus [Å] is ``-C10``.
+REPORTED_CHANNELS: Mapping[str, tuple[str, float]] = MappingProxyType(
+    {"objective.C10": ("defocus", -1e10)}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +217,9 @@ class Calibration:
     holder_temperature_ref: float = 293.15  # [K]
     defocus_per_kelvin: float = 40.0  # [Å/K], holder thermal expansion
     stage_z_ref: float = 1.2e-6  # [m]
+    # accuracy of a directly reported defocus (the vendor's C10 read-out) as a measurement of
+    # the defocus: how far the control software's number may be from the beam's defocus
+    reported_defocus_std: float = 10.0  # [Å]
     # stigmators and corrector (Cartesian coefficients [Å])
     stigmator_ref: tuple[float, float] = (0.0123, -0.0071)  # [A]
     stigmator_response: tuple[tuple[float, float], tuple[float, float]] = (
@@ -252,6 +273,8 @@ class Calibration:
                 f"corrector_response must be {len(CORRECTOR_COEFFICIENTS)}x"
                 f"{len(CORRECTOR_CHANNELS)} (coefficients x excitations)"
             )
+        if self.reported_defocus_std < 0:
+            raise CalibrationError("calibration field reported_defocus_std must be >= 0")
         if any(g == 0 for g in self.projector_exponents):
             raise CalibrationError("projector_exponents must be non-zero")
         if len(self.coefficients_ref) != len(CORRECTOR_COEFFICIENTS):
@@ -484,6 +507,84 @@ def derive_state(
     values = {name: y[:, i].reshape(shape) for i, name in enumerate(_QUANTITY_NAMES)}
     std = {name: sd[:, i].reshape(shape) for i, name in enumerate(_QUANTITY_NAMES)}
     return StateEstimate(values=values, std=std, calibration_version=calibration.version)
+
+
+@jax.jit
+def _measurement_update(prior: Array, prior_var: Array, z: Array, r: Array) -> tuple[Array, Array]:
+    """One scalar Kalman measurement update per element (``H = 1``): the posterior mean and
+    variance. A prior that is NaN (or has no variance) carries no weight; a NaN measurement
+    changes nothing; two exact values are averaged."""
+    no_prior = ~(jnp.isfinite(prior) & jnp.isfinite(prior_var))
+    no_meas = ~(jnp.isfinite(z) & jnp.isfinite(r))
+    p = jnp.where(no_prior, 0.0, prior_var)
+    s = p + r
+    gain = jnp.where(s > 0, p / jnp.where(s > 0, s, 1.0), 0.5)
+    mean = jnp.where(no_prior, z, prior + gain * (z - prior))
+    var = jnp.where(no_prior, r, (1.0 - gain) * p)
+    return jnp.where(no_meas, prior, mean), jnp.where(no_meas, prior_var, var)
+
+
+def fuse_reported(
+    calibration: Calibration,
+    state: StateEstimate | None,
+    reported: Mapping[str, ArrayLike],
+    *,
+    variances: Mapping[str, ArrayLike] | None = None,
+) -> StateEstimate:
+    """The state with directly reported quantities taken in as measurements.
+
+    For each channel of :data:`REPORTED_CHANNELS` in ``reported``, one Kalman measurement
+    update of its quantity: the prior is the quantity in ``state`` (what the model derived from
+    the sensor channels, with its standard deviation), the measurement is the reported value
+    scaled to the quantity's unit, with variance ``factor² var + reported_defocus_std²``.
+    Where the prior is missing (no ``state``, NaN values or NaN standard deviations) the
+    measurement alone is the estimate; where the reading is NaN the prior stands.
+
+    Args:
+        calibration: the calibration in force (``reported_defocus_std``).
+        state: the derived state (:func:`derive_state`), or None when the model's channels are
+            not all there: the result then holds only the reported quantities.
+        reported: channel name -> values [canonical unit], broadcastable to one shape (that of
+            ``state``, when given); names not in :data:`REPORTED_CHANNELS` are ignored.
+        variances: channel name -> variance of the reported value [unit²] (the read-out's own,
+            e.g. from the Kalman filter); a channel not given reads exactly.
+
+    Returns:
+        A :class:`StateEstimate` with the same quantities as ``state`` (or only the reported
+        ones), the reported ones updated; ``std`` is NaN only where neither source gave one.
+    """
+    known = {name: reported[name] for name in REPORTED_CHANNELS if name in reported}
+    values = dict(state.values) if state is not None else {}
+    std = dict(state.std) if state is not None else {}
+    if not known:
+        return StateEstimate(values, std, calibration.version)
+    measured = {name: np.asarray(v, dtype=np.float64) for name, v in known.items()}
+    shapes = [v.shape for v in measured.values()] + [np.shape(v) for v in values.values()]
+    shape = np.broadcast_shapes(*shapes)
+    accuracy = {"defocus": calibration.reported_defocus_std}
+    for name, reading in measured.items():
+        quantity_name, factor = REPORTED_CHANNELS[name]
+        var = np.asarray((variances or {}).get(name, 0.0), dtype=np.float64)
+        z = np.broadcast_to(factor * reading, shape).reshape(-1)
+        r = np.broadcast_to(factor**2 * var + accuracy[quantity_name] ** 2, shape).reshape(-1)
+        if quantity_name in values:
+            prior = np.broadcast_to(np.asarray(values[quantity_name], float), shape).reshape(-1)
+            prior_sd = np.broadcast_to(np.asarray(std[quantity_name], float), shape).reshape(-1)
+        else:
+            prior = prior_sd = np.full(z.shape, np.nan)
+        n = z.size
+        size = 1 << max(n - 1, 0).bit_length()  # a few compiled shapes, not one per length
+
+        def padded(a: np.ndarray, size: int = size, n: int = n) -> Array:
+            return jnp.asarray(np.pad(a, (0, size - n), constant_values=np.nan))
+
+        with jax.enable_x64(True):
+            mean, post_var = _measurement_update(
+                padded(prior), padded(prior_sd**2), padded(z), padded(r)
+            )
+            values[quantity_name] = np.asarray(mean)[:n].reshape(shape)
+            std[quantity_name] = np.sqrt(np.asarray(post_var)[:n]).reshape(shape)
+    return StateEstimate(values, std, calibration.version)
 
 
 #: State quantities :func:`channels_from_state` sets; the rest follow from the channels.

@@ -63,7 +63,14 @@ from twin._detect import (
 )
 from twin._drift_models import LocalLinearTrend
 from twin._errors import TwinError
-from twin._instrument import INPUT_CHANNELS, STATE_QUANTITIES, Calibration
+from twin._instrument import (
+    INPUT_CHANNELS,
+    REPORTED_CHANNELS,
+    STATE_QUANTITIES,
+    Calibration,
+    StateEstimate,
+    fuse_reported,
+)
 from twin._kalman import FilterState, estimate_at, kalman_filter
 
 __all__ = [
@@ -466,6 +473,15 @@ _RATE_GRID = 10.0 ** np.arange(-9.0, 0.0)
 #: quarter decade, since their drift-rate test leans on the level diffusion.
 _FINE_LEVEL_GRID = 10.0 ** np.arange(-6.0, 1.01, 0.25)
 _MIN_LEARN_SAMPLES = 30
+#: Identical readings that make a first window a setting even when they are fewer than
+#: _MIN_LEARN_SAMPLES: an adapter publishes a steady control only with its heartbeat (1 Hz),
+#: so a window holds few of its readings, and no later window more.
+_MIN_SETTING_SAMPLES = 10
+
+
+def _read_back(y: np.ndarray) -> bool:
+    """Whether readings too few to learn noise from are a set value read back (identical)."""
+    return bool(y.size >= _MIN_SETTING_SAMPLES and np.all(y == y[0]))
 
 
 def _fit_noise(
@@ -637,6 +653,8 @@ class Tracker:
                 fresh.append(i)
                 continue
             stats = _robust_noise(y[finite])
+            if stats is None and _read_back(y[finite]):
+                stats = (0.0, 0.0, 1.0)  # a set value read back: exact, a setting
             if stats is None:
                 continue  # too few readings yet: wait for the next window
             fresh.append(i)
@@ -708,8 +726,10 @@ class Tracker:
         for i in range(c):  # settings: hold the set value
             if i in active or np.isnan(state.mean[i, 0]):
                 continue
+            before = state.mean[i, 0]
             self._watch_setting(state, i, per_channel[i], flags)
-            levels[i], variances[i] = state.mean[i, 0], max(state.cov[i, 0, 0], 0.0)
+            levels[i] = _held(grid, per_channel[i], before)
+            variances[i] = max(state.cov[i, 0, 0], 0.0)
             rates[i], rate_vars[i] = state.mean[i, 1], state.cov[i, 1, 1]
         if not active:
             return levels, variances, rates, rate_vars
@@ -1120,25 +1140,39 @@ class Tracker:
         if not state.setting[i]:
             return
         t, y = channel
+        # Changes closer together than max_gap_s are one episode, one flag (first change to
+        # last, value before to value after): a set value turned continuously (a focus knob,
+        # a drift compensation) is not one flag per reading.
+        episode: list[float] = []  # first change, last change, value before, changes
         for k in np.flatnonzero(np.isfinite(y)):
-            if y[k] != state.mean[i, 0]:
-                flags.append(
-                    self._flag(
-                        "setting_change",
-                        i,
-                        time_rel=t[k],
-                        end_rel=None,
-                        expected=state.mean[i, 0],
-                        observed=y[k],
-                        tolerance=0.0,
-                        severity="info",
-                        state=state,
-                        detail={},
-                    )
-                )
-                state.mean[i, 0] = y[k]
+            if y[k] == state.mean[i, 0]:
+                continue
+            if episode and t[k] - episode[1] <= self.config.max_gap_s:
+                episode[1], episode[3] = t[k], episode[3] + 1
+            else:
+                if episode:
+                    flags.append(self._setting_flag(state, i, episode))
+                episode = [t[k], t[k], state.mean[i, 0], 1]
+            state.mean[i, 0] = y[k]
+        if episode:
+            flags.append(self._setting_flag(state, i, episode))
         if y.size:
             state.time[i] = t[-1]
+
+    def _setting_flag(self, state: TrackerState, i: int, episode: list[float]) -> Flag:
+        start, end, before, changes = episode
+        return self._flag(
+            "setting_change",
+            i,
+            time_rel=start,
+            end_rel=None if changes == 1 else end,
+            expected=before,
+            observed=state.mean[i, 0],
+            tolerance=0.0,
+            severity="info",
+            state=state,
+            detail={"changes": int(changes)},
+        )
 
     def _dropouts(
         self,
@@ -1230,18 +1264,34 @@ class Tracker:
         if grid.size == 0:
             return out
         times = grid + origin
+        derived: StateEstimate | None = None
         if cfg.derives_state:
             idx = [self._index[name] for name in INPUT_CHANNELS]
             if not np.isnan(levels[idx]).any():
                 readings = {name: levels[self._index[name]] for name in INPUT_CHANNELS}
                 var = {name: variances[self._index[name]] for name in INPUT_CHANNELS}
                 derived = derive_state_series(cfg.calibration, readings, variances=var)
-                for q in STATE_QUANTITIES:
-                    values, std = derived.values[q.name], derived.std[q.name]
-                    out.extend(
-                        Estimate(float(t), q.name, float(v), float(s), q.unit)
-                        for t, v, s in zip(times, values, std, strict=True)
-                    )
+        # A directly reported quantity (the vendor's C10) is a measurement of it: taken in
+        # with the derived value as the prior, or alone where the model's channels are absent.
+        reported = [n for n in REPORTED_CHANNELS if n in self._index]
+        reported = [n for n in reported if np.isfinite(levels[self._index[n]]).any()]
+        if reported:
+            derived = fuse_reported(
+                cfg.calibration,
+                derived,
+                {n: levels[self._index[n]] for n in reported},
+                variances={n: variances[self._index[n]] for n in reported},
+            )
+        if derived is not None:
+            for q in STATE_QUANTITIES:
+                if q.name not in derived.values:
+                    continue
+                values, std = derived.values[q.name], derived.std[q.name]
+                out.extend(
+                    Estimate(float(t), q.name, float(v), float(s), q.unit)
+                    for t, v, s in zip(times, values, std, strict=True)
+                    if math.isfinite(v)
+                )
         for channel, quantity in _DRIFT_QUANTITIES.items():
             i = self._index.get(channel)
             if i is None or np.isnan(rates[i]).all():
@@ -1252,6 +1302,16 @@ class Tracker:
                 if math.isfinite(v) and math.isfinite(s)
             )
         return out
+
+
+def _held(grid: np.ndarray, channel: tuple[np.ndarray, np.ndarray], before: float) -> np.ndarray:
+    """A set value at each report instant: its last reading at or before the instant (the
+    value before the window where none is)."""
+    t, y = channel
+    finite = np.isfinite(y)
+    t, y = t[finite], y[finite]
+    k = np.searchsorted(t, grid, side="right") - 1
+    return np.where(k >= 0, y[np.maximum(k, 0)] if y.size else before, before)
 
 
 def _copy_state(s: TrackerState) -> TrackerState:

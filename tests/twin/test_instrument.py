@@ -167,3 +167,61 @@ def test_missing_channels_and_unsettable_quantities_are_refused() -> None:
 def test_every_input_channel_is_a_standard_channel_with_a_virtual_model() -> None:
     assert set(twin.INPUT_CHANNELS) <= set(twin.STANDARD_CHANNELS_BY_NAME)
     assert set(twin.INPUT_CHANNELS) <= set(STANDARD_CHANNEL_MODELS)
+
+
+def test_a_reported_c10_alone_is_the_defocus_with_its_accuracy() -> None:
+    """Nion's ``C10`` / Thermo Fisher's ``defocus`` [m], stored as ``objective.C10``: the
+    twin's defocus is ``-C10`` [Å], its uncertainty the read-out's plus the calibration's."""
+    c10 = np.array([300e-9, -1.5e-6, np.nan])
+    s = twin.fuse_reported(CAL, None, {"objective.C10": c10})
+    assert set(s.values) == {"defocus"}
+    assert s["defocus"][:2] == pytest.approx([-3000.0, 15000.0])
+    assert s.std["defocus"][:2] == pytest.approx([CAL.reported_defocus_std] * 2)
+    assert math.isnan(s["defocus"][2])  # no reading, no prior: nothing known
+    variances = {"objective.C10": (2e-9) ** 2}  # [m²]: a read-out noisy by 2 nm
+    noisy = twin.fuse_reported(CAL, None, {"objective.C10": 300e-9}, variances=variances)
+    assert float(noisy.std["defocus"]) == pytest.approx(math.hypot(20.0, 10.0))
+
+
+def test_a_reported_c10_is_a_measurement_update_of_the_derived_defocus() -> None:
+    sd = {"objective.lens_current": 3e-6}
+    derived = derive_state(CAL, _nominal(), variances={k: v**2 for k, v in sd.items()})
+    prior, prior_sd = float(derived["defocus"]), float(derived.std["defocus"])
+    c10 = np.array([-(prior + 30.0) * 1e-10, np.nan])
+    two = twin.StateEstimate(
+        {k: np.full(2, v) for k, v in derived.values.items()},
+        {k: np.full(2, v) for k, v in derived.std.items()},
+        derived.calibration_version,
+    )
+    fused = twin.fuse_reported(CAL, two, {"objective.C10": c10})
+    r = CAL.reported_defocus_std**2
+    gain = prior_sd**2 / (prior_sd**2 + r)
+    assert fused["defocus"][0] == pytest.approx(prior + gain * 30.0)
+    assert fused.std["defocus"][0] == pytest.approx(math.sqrt((1 - gain) * prior_sd**2))
+    assert fused.std["defocus"][0] < min(prior_sd, CAL.reported_defocus_std)
+    # Where the reading is missing the derived value stands; other quantities are untouched.
+    assert fused["defocus"][1] == pytest.approx(prior)
+    assert fused.std["defocus"][1] == pytest.approx(prior_sd)
+    assert fused["energy"][0] == pytest.approx(float(derived["energy"]))
+    # Monte Carlo: the posterior of two independent Gaussian measurements of one defocus.
+    rng = np.random.default_rng(3)
+    truth = rng.normal(0.0, 1.0, 200_000)
+    a = truth + rng.normal(0.0, prior_sd, truth.size)
+    b = truth + rng.normal(0.0, CAL.reported_defocus_std, truth.size)
+    both = twin.fuse_reported(
+        CAL,
+        twin.StateEstimate({"defocus": a}, {"defocus": np.full(a.size, prior_sd)}, "mc"),
+        {"objective.C10": -b * 1e-10},
+    )
+    assert np.std(both["defocus"] - truth) == pytest.approx(float(both.std["defocus"][0]), rel=0.01)
+
+
+def test_the_reported_defocus_accuracy_is_part_of_the_calibration() -> None:
+    revised = CAL.revised("virtual-stem/3", reported_defocus_std=50.0)
+    assert Calibration.from_dict(revised.to_dict()).reported_defocus_std == 50.0
+    s = twin.fuse_reported(revised, None, {"objective.C10": 0.0})
+    assert float(s.std["defocus"]) == pytest.approx(50.0)
+    with pytest.raises(CalibrationError, match="reported_defocus_std"):
+        CAL.revised("virtual-stem/4", reported_defocus_std=-1.0)
+    # Channels that report nothing the model knows are ignored.
+    assert twin.fuse_reported(CAL, None, {"objective.lens_current": 5.6}).values == {}

@@ -212,3 +212,97 @@ def test_a_whole_instrument_falling_silent_is_one_flag_and_set_values_are_exact(
     assert dropouts[0].end_s is None and dropouts[0].time_s == pytest.approx(S0 + 120, abs=0.2)
     dwell = [e for e in estimates if e.quantity == "dwell_time"]
     assert dwell and all(e.std == 0.0 and e.value == pytest.approx(2e-6) for e in dwell)
+
+
+def _reported_c10(c10: np.ndarray, seconds: int = 100) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """An instrument that reports its defocus as ``C10`` (a Nion or Thermo Fisher adapter):
+    set values read back at 10 Hz, read 30 ms after each tick."""
+    t = S0 + 0.1 * np.arange(seconds * 10) + 0.03
+    return {
+        "gun.high_tension": (t, np.full(t.size, 100e3)),
+        "objective.C10": (t, c10(t)),
+        "stage.x": (t, np.full(t.size, 1e-6)),
+    }
+
+
+def test_a_reported_c10_sets_the_defocus_at_each_instant_and_follows_its_drift() -> None:
+    rate = 200e-9  # [m/s]
+
+    def c10(t: np.ndarray) -> np.ndarray:
+        value = np.where(t < S0 + 65.3, 500e-9, 300e-9)
+        return value + rate * np.clip(t - (S0 + 81.0), 0.0, 4.0)
+
+    samples = _reported_c10(c10)
+    tracker = Tracker(default_tracker_config(CAL, channels=sorted(samples)))
+    _, estimates, flags = _run(tracker, samples, _windows(100))
+    defocus = {round(e.time_s - S0, 3): e for e in estimates if e.quantity == "defocus"}
+    assert sorted(defocus) == [float(s) for s in range(100)]
+    assert all(e.unit == "Å" and e.std == CAL.reported_defocus_std for e in defocus.values())
+    # A set value holds from the reading that shows it: the instants before the change keep
+    # the old defocus (-C10 = -5000 Å), those after it have the new one.
+    assert [defocus[s].value for s in (64.0, 65.0)] == [-5000.0, -5000.0]
+    assert [defocus[s].value for s in (66.0, 80.0)] == pytest.approx([-3000.0, -3000.0])
+    # The drift is followed with at most one reading period (0.1 s) of lag.
+    for s in range(82, 86):
+        now, period_ago = (float(-1e10 * c10(np.array(S0 + x))) for x in (s, s - 0.1))
+        assert now - 1e-6 <= defocus[float(s)].value <= period_ago + 1e-6, s
+    assert defocus[90.0].value == pytest.approx(-3000.0 - 1e10 * rate * 4.0)
+    # One information flag for the step, one for the whole drift (not one per reading).
+    changes = [f for f in flags if f.channel == "objective.C10"]
+    assert [(f.kind, f.severity, f.detail["changes"]) for f in changes] == [
+        ("setting_change", "info", 1),
+        ("setting_change", "info", 41),
+    ]
+    step, drift = changes
+    assert (step.expected, step.observed, step.end_s) == (500e-9, 300e-9, None)
+    assert step.time_s == pytest.approx(S0 + 65.33) and step.quantity == "objective.C10"
+    assert drift.time_s == pytest.approx(S0 + 81.03) and drift.end_s == pytest.approx(S0 + 85.03)
+    assert drift.expected == 300e-9 and drift.observed == pytest.approx(300e-9 + rate * 4.0)
+
+
+def test_a_reported_c10_is_fused_with_the_defocus_of_the_lens_law() -> None:
+    """The virtual microscope plus a noisy ``objective.C10`` read-out of its true defocus: the
+    twin's defocus takes in both, closer to the truth and surer than either alone."""
+    block = _block(1, 180)
+    truth = true_state(CAL, block)
+    samples = _samples(block)
+    t = block.times_ns / 1e9
+    rng = np.random.default_rng(5)
+    c10 = -(truth["defocus"] + rng.normal(0.0, 20.0, t.size)) * 1e-10  # 2 nm read-out noise
+    with_c10 = {**samples, "objective.C10": (t, c10)}
+    results = {}
+    for name, data in (("lens law", samples), ("fused", with_c10)):
+        tracker = Tracker(default_tracker_config(CAL, channels=sorted(data)))
+        _, estimates, _ = _run(tracker, data, _windows(180))
+        # From the end of the learning window, where the lens law has estimates too.
+        mine = [e for e in estimates if e.quantity == "defocus" and e.time_s >= S0 + 60]
+        at = np.array([e.time_s for e in mine])
+        error = np.array([e.value for e in mine]) - np.interp(at, t, truth["defocus"])
+        results[name] = (at, error, np.array([e.std for e in mine]))
+    lens_at, lens_error, lens_sd = results["lens law"]
+    fused_at, fused_error, fused_sd = results["fused"]
+    assert np.array_equal(lens_at, fused_at) and lens_at.size == 120
+    assert np.all(fused_sd < lens_sd)
+    assert np.sqrt(np.mean(fused_error**2)) < np.sqrt(np.mean(lens_error**2))
+    assert np.mean(np.abs(fused_error) <= 1.96 * fused_sd) >= 0.9
+
+
+def test_a_steady_instrument_read_once_a_second_is_learned_from_its_heartbeat() -> None:
+    """An adapter publishes unchanged controls only with its 1 Hz heartbeat: a first window of
+    12 readings is enough to know them as set values (no later window holds 30)."""
+    t = S0 + np.arange(60.0) + 0.03
+    samples = {
+        "objective.C10": (t, np.full(t.size, 500e-9)),
+        "gun.high_tension": (t, np.full(t.size, 100e3)),
+    }
+    tracker = Tracker(default_tracker_config(CAL, channels=sorted(samples), rate_hz=1.0))
+    ends = [S0 + 12.0, S0 + 22.0, S0 + 32.0]
+    state, estimates, flags = _run(tracker, samples, ends)
+    assert state.setting.tolist() == [True, True]
+    defocus = [e for e in estimates if e.quantity == "defocus"]
+    assert [e.time_s - S0 for e in defocus] == [float(s) for s in range(32)]
+    assert all(e.value == pytest.approx(-5000.0) for e in defocus)
+    assert flags == []
+    # Fewer identical readings than that wait for more.
+    few = {name: (t[:8], y[:8]) for name, (t, y) in samples.items()}
+    assert not _run(tracker, few, [S0 + 12.0])[1]
