@@ -243,8 +243,8 @@ def forecast(
         ),
     ],
     horizon: Annotated[
-        list[float] | None,
-        Query(gt=0, le=1440, description="horizons [min] (repeat it; default 1 5 10 20 30 60)"),
+        list[Annotated[float, Field(gt=0, le=1440)]] | None,
+        Query(max_length=60, description="horizons [min] (repeat it; default 1 5 10 20 30 60)"),
     ] = None,
     tolerance: Annotated[
         float | None, Query(gt=0, description="[unit of the quantity], +- around its value now")
@@ -294,8 +294,8 @@ def forecast(
         )  # fmt: skip
     view = job_view(job, store.job_results(conn=conn, job_id=job.id))
     document = view.result or {}
+    fields = {k: v for k, v in document.items() if k in Forecast.model_fields}
     try:
-        return Forecast(job_id=job.id, instrument_id=instrument_id, **{
-            k: v for k, v in document.items() if k in Forecast.model_fields})  # fmt: skip
+        return Forecast(**{**fields, "job_id": job.id, "instrument_id": instrument_id})
     except ValueError as exc:
         raise ForecastFailed(f"job {job.id} holds no readable forecast: {exc}") from None

@@ -67,8 +67,10 @@ class CalibrationJobRequest(BaseModel):
         default=None,
         min_length=1,
         max_length=200,
-        description="Version of the proposed calibration (default: the prior's + "
-        "`+bayes-` + part of the job id).",
+        pattern=r"^[A-Za-z0-9._+-]+$",
+        description="Version of the proposed calibration (default: the prior's, with "
+        "characters other than letters, digits and `._+-` as `-`, + `+bayes-` + part of the "
+        "job id).",
     )
     force: bool = Field(default=False, description="Run again even if done before.")
 

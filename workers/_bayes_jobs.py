@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -88,7 +89,9 @@ def execute_calibration(payload_json: str, channel: str | None, threads: int) ->
         seed=int(payload["seed"]),
         progress=lambda f: report(0.95 * f, "sampling" if f < 1 else "checking"),
     )
-    version = spec.get("version") or f"{prior.version}+bayes-{payload['id'][4:16]}"
+    # a version names a URL path segment (.../calibrations/{version}/accept)
+    safe = re.sub(r"[^A-Za-z0-9._+-]", "-", prior.version)
+    version = spec.get("version") or f"{safe}+bayes-{payload['id'][4:16]}"
     summary = clean_json(posterior.to_dict())
     proposed = posterior.proposed_calibration(version).to_dict() if posterior.converged else None
     parameters = {
