@@ -26,7 +26,11 @@ _STYLE = (
     "text-align:left}table{border-collapse:collapse}tr:nth-child(even){background:#f4f4f4}"
     ".bad{color:#c0392b}.ok{color:#1e8449}</style>"
 )
-_RC = {"svg.hashsalt": "beamtwin-report", "svg.fonttype": "none", "font.family": "DejaVu Sans"}
+_RC: dict[str, Any] = {
+    "svg.hashsalt": "beamtwin-report",
+    "svg.fonttype": "none",
+    "font.family": "DejaVu Sans",
+}
 
 
 def _svg(draw: Any, size: tuple[float, float]) -> str:
@@ -34,7 +38,7 @@ def _svg(draw: Any, size: tuple[float, float]) -> str:
     from matplotlib.backends.backend_svg import FigureCanvasSVG
     from matplotlib.figure import Figure
 
-    with RENDER_LOCK, matplotlib.rc_context(_RC):
+    with RENDER_LOCK, matplotlib.rc_context(_RC):  # type: ignore[arg-type]
         fig = Figure(figsize=size, dpi=100)
         FigureCanvasSVG(fig)
         draw(fig)

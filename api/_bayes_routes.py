@@ -285,7 +285,7 @@ def forecast(
         raise ForecastFailed(f"the forecast of these data failed (job {job.id}): {job.error}")
     if job.status != "succeeded":
         body = JobAccepted(
-            job_id=job.id, status=job.status, progress=job.progress, stage=job.stage,  # type: ignore[arg-type]
+            job_id=job.id, status=job.status, progress=job.progress, stage=job.stage,
             poll=f"/api/v1/jobs/{job.id}", events=f"/api/v1/jobs/{job.id}/events",
         )  # fmt: skip
         return Response(

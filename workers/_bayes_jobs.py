@@ -189,7 +189,7 @@ def execute_forecast(payload_json: str, channel: str | None, threads: int) -> Ex
     )
     horizons = np.asarray(spec["horizons_s"], dtype=float)
     report(0.85, "predicting")
-    forecast = model.predict(horizons)
+    forecast = model.predict([float(h) for h in horizons])
     quantiles = np.array(
         [np.asarray(forecast.quantiles[q], dtype=float) for q in FORECAST_LEVELS]
     ).reshape(len(FORECAST_LEVELS), len(horizons))
