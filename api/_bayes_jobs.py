@@ -304,6 +304,7 @@ def submit_calibration(
                 f"calibration {request.version!r} of {instrument_id!r} exists already"
             )
     spec = {
+        "instrument_id": instrument_id,
         "method": request.method,
         "samples": request.samples,
         "warmup": request.warmup,
@@ -470,6 +471,7 @@ def forecast_job(
             "window, or more telemetry)"
         )
     spec = {
+        "instrument_id": instrument_id,
         "quantity": query.quantity,
         "window_s": float(query.window_s),
         "start": start.isoformat(),

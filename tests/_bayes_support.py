@@ -6,8 +6,11 @@ microscope with known true constants), the telemetry at each acquisition, and a 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -117,3 +120,20 @@ def bayes_instrument(
         values = drift + 5e-11 * rng.normal(size=3600)
         insert(engine, make_batch(chans["stage.x"].id, times, values))
     return BayesInstrument(ident, calibration, truth, datasets, orphan_id)
+
+
+@contextmanager
+def local_client() -> Iterator[Any]:
+    """A dask.distributed client on a LocalCluster of one thread worker, its dashboard on a
+    free port (other clusters may hold the default one)."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+    )
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()

@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 import provenance_store as store
-from tests._bayes_support import bayes_instrument
+from tests._bayes_support import bayes_instrument, local_client
 from tests.api.conftest import World, auth
-from workers import ExperimentSettings, ExperimentWorker, connect_cluster
+from workers import ExperimentSettings, ExperimentWorker
 
 FAST = {
     "samples": 300,
@@ -29,10 +29,8 @@ FAST = {
 
 @pytest.fixture(scope="module")
 def dask_client() -> Iterator[object]:
-    dask_client, cluster = connect_cluster(ExperimentSettings(dask_workers=1))
-    yield dask_client
-    dask_client.close()
-    cluster.close()
+    with local_client() as client:
+        yield client
 
 
 @pytest.fixture()

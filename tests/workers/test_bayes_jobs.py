@@ -5,6 +5,7 @@ proposed calibration only when its diagnostics pass, a forecast's quantiles and 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,19 +17,17 @@ import sqlalchemy as sa
 import provenance_store as store
 import simulations
 from api import CalibrationJobRequest, ForecastQuery, forecast_job, job_document, submit_calibration
-from tests._bayes_support import bayes_instrument
-from tests.workers._experiment_support import job, results
-from workers import ExperimentSettings, ExperimentWorker, connect_cluster
+from tests._bayes_support import bayes_instrument, local_client
+from tests.workers._experiment_support import job, results, wait_until
+from workers import ExperimentSettings, ExperimentWorker
 
 NOW = datetime(2026, 11, 21, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[object]:
-    dask_client, cluster = connect_cluster(ExperimentSettings(dask_workers=1))
-    yield dask_client
-    dask_client.close()
-    cluster.close()
+    with local_client() as dask_client:
+        yield dask_client
 
 
 @pytest.fixture()
@@ -129,3 +128,50 @@ def test_a_forecast_job_gives_quantiles_and_a_probability(
         again = forecast_job(conn=conn, instrument_id=setup.instrument_id, owner="other",
                              query=query, submit=True)  # fmt: skip
     assert not again.created and again.job is not None and again.job.id == asked.job.id
+
+
+def test_a_calibration_reports_progress_and_stops_when_cancelled(
+    engine: sa.Engine, worker: ExperimentWorker
+) -> None:
+    setup = bayes_instrument(engine, forecast=False)
+    submitted = _calibrate(engine, setup.instrument_id, samples=5000, warmup=5000, chains=4)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_until(
+            lambda: job(engine, submitted.id).progress > 0.0,
+            timeout=120,
+            what="progress of the sampling",
+        )
+        running = job(engine, submitted.id)
+        assert running.status == "running" and running.stage == "sampling"
+        with engine.begin() as conn:
+            store.cancel_job(conn=conn, job_id=submitted.id, actor="tester")
+        wait_until(
+            lambda: job(engine, submitted.id).status == "cancelled", timeout=120, what="cancel"
+        )
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert job(engine, submitted.id).progress < 1.0
+    with engine.begin() as conn:
+        assert not store.list_proposed_calibrations(conn=conn, instrument_id=setup.instrument_id)
+
+
+def test_the_same_data_of_another_instrument_is_another_forecast(engine: sa.Engine) -> None:
+    """Jobs are found again by their spec and inputs: the instrument is part of the spec."""
+    first, second = (bayes_instrument(engine, measurements=4) for _ in range(2))
+    query = ForecastQuery(quantity="stage.x", window_s=3600, horizons_s=(60,))
+    with engine.begin() as conn:
+        a, b = (
+            forecast_job(conn=conn, instrument_id=i.instrument_id, owner="tester", query=query,
+                         submit=True)
+            for i in (first, second)
+        )  # fmt: skip
+    assert a.job is not None and b.job is not None
+    assert a.state_sha256 == b.state_sha256 and b.created and a.job.id != b.job.id
+    assert b.job.instrument_id == second.instrument_id
+    with engine.begin() as conn:  # not for the worker of the next test
+        for asked in (a.job, b.job):
+            store.cancel_job(conn=conn, job_id=asked.id, actor="tester")
