@@ -49,6 +49,8 @@ __all__ = [
 BEAMTWIN_VERSION = "0.1.0"
 #: Datasets considered by default: acquired in the last 30 days.
 DEFAULT_CALIBRATION_PERIOD = timedelta(days=30)
+#: Most datasets a calibration considers (a period with more is refused, not truncated).
+MAX_DATASETS = 1000
 #: The forecast window ends at the last data point rounded down to this [s], so that asking
 #: again within it finds the same job (and its stored result).
 FORECAST_REFRESH_S = 60
@@ -178,12 +180,15 @@ def _stored_measurements(
         start = request.start or end - DEFAULT_CALIBRATION_PERIOD
         if end <= start:
             raise InvalidRequest("end must be after start")
-        records = [
-            s.dataset
-            for s in store.search_datasets(
-                conn=conn, instrument_ids=[instrument_id], start=start, end=end, limit=1000
+        found = store.search_datasets(
+            conn=conn, instrument_ids=[instrument_id], start=start, end=end, limit=MAX_DATASETS
+        )
+        if len(found) == MAX_DATASETS:
+            raise InvalidRequest(
+                f"{MAX_DATASETS} or more datasets of {instrument_id} in the period: choose a "
+                "shorter one (start, end) or list the reference datasets"
             )
-        ]
+        records = [s.dataset for s in found]
     known = set(store.get_channels(conn=conn, instrument_id=instrument_id))
     max_age = timedelta(seconds=request.max_telemetry_age_s)
     used: list[dict[str, Any]] = []
