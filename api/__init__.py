@@ -18,19 +18,13 @@ the same roles and grants.
 """
 
 from api._app import API_VERSION, ApiConfigError, create_app
-from api._bayes_jobs import (
-    CalibrationVersionConflict,
-    ForecastJob,
-    ForecastQuery,
-    forecast_job,
-    job_arrays,
-    job_document,
-    submit_calibration,
-)
+from api._bayes_jobs import job_arrays, job_document
 from api._bayes_report import render_job_report
 from api._bayes_schemas import CalibrationJobRequest, ReferenceMeasurementIn
+from api._calibration_jobs import CalibrationVersionConflict, submit_calibration
 from api._deps import ROLE_CAPABILITIES, Principal
 from api._errors import ApiError, Forbidden, InvalidRequest, NotAuthenticated, TooLarge
+from api._forecast_jobs import ForecastJob, ForecastQuery, forecast_job
 from api._reports import (
     ReportError,
     ReportTooLarge,

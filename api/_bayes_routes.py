@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import provenance_store as store
 import simulations
-from api._bayes_jobs import ForecastQuery, calibration_prior, forecast_job, submit_calibration
+from api._bayes_jobs import calibration_prior
 from api._bayes_schemas import (
     CalibrationJobRequest,
     Forecast,
@@ -29,6 +29,7 @@ from api._bayes_schemas import (
     JobAccepted,
     ProposedCalibration,
 )
+from api._calibration_jobs import submit_calibration
 from api._deps import (
     ConnDep,
     InstrumentDep,
@@ -38,6 +39,7 @@ from api._deps import (
     WriteReader,
 )
 from api._errors import ApiError, Forbidden
+from api._forecast_jobs import ForecastQuery, forecast_job
 from api._job_routes import Operator, job_view
 from api._schemas import ErrorBody
 from api._time import Time
