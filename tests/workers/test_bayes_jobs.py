@@ -175,3 +175,28 @@ def test_the_same_data_of_another_instrument_is_another_forecast(engine: sa.Engi
     with engine.begin() as conn:  # not for the worker of the next test
         for asked in (a.job, b.job):
             store.cancel_job(conn=conn, job_id=asked.id, actor="tester")
+
+
+def test_a_bad_measurement_fails_the_predictive_check(
+    engine: sa.Engine, worker: ExperimentWorker
+) -> None:
+    """Measurements given explicitly, one of them 100 sd off (a misread image): the posterior
+    predictive check fails, the job says so and proposes nothing."""
+    setup = bayes_instrument(engine, forecast=False)
+    rng = np.random.default_rng(3)
+    settings = simulations.candidate_settings("defocus", 12, None)
+    measured = simulations.measure_virtually(setup.truth, "defocus", settings, rng)
+    rows = [
+        {"quantity": m.quantity, "value": m.value + (100 * m.sd if i == 5 else 0.0), "sd": m.sd,
+         "telemetry": dict(m.telemetry), "telemetry_sd": dict(m.telemetry_sd)}
+        for i, m in enumerate(measured)
+    ]  # fmt: skip
+    submitted = _calibrate(engine, setup.instrument_id, measurements=rows)
+    assert len((submitted.state or {})["measurements"]) == 12  # only those given
+    worker.run_until_idle(timeout=300)
+    document = job_document(results(engine, submitted.id))
+    assert document is not None and not document["converged"]
+    assert any("posterior predictive check" in p for p in document["problems"])
+    assert document["posterior"]["posterior_predictive"]["max_abs_residual"] > 10
+    with engine.begin() as conn:
+        assert not store.list_proposed_calibrations(conn=conn, instrument_id=setup.instrument_id)
