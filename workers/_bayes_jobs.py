@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import re
+import threading
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +38,9 @@ from workers._job_kinds import JobKind, register_job_kind
 __all__ = ["clean_json", "execute_calibration", "execute_forecast", "store_proposed_calibration"]
 
 log = logging.getLogger(__name__)
+#: pyro keeps global state (its parameter store, its random seed): two Bayesian tasks in the
+#: threads of one dask worker take turns; process workers each have their own.
+_PYRO_LOCK = threading.Lock()
 
 
 def clean_json(value: Any) -> Any:
@@ -79,16 +83,17 @@ def execute_calibration(payload_json: str, channel: str | None, threads: int) ->
         for m in state["measurements"]
     ]
     method = spec.get("method", "auto")
-    posterior = simulations.calibrate(
-        measurements,
-        prior,
-        method=method,
-        samples=int(spec.get("samples", 500)),
-        warmup=int(spec.get("warmup", 400)),
-        chains=int(spec.get("chains", 2)),
-        seed=int(payload["seed"]),
-        progress=lambda f: report(0.95 * f, "sampling" if f < 1 else "checking"),
-    )
+    with _PYRO_LOCK:
+        posterior = simulations.calibrate(
+            measurements,
+            prior,
+            method=method,
+            samples=int(spec.get("samples", 500)),
+            warmup=int(spec.get("warmup", 400)),
+            chains=int(spec.get("chains", 2)),
+            seed=int(payload["seed"]),
+            progress=lambda f: report(0.95 * f, "sampling" if f < 1 else "checking"),
+        )
     # a version names a URL path segment (.../calibrations/{version}/accept)
     safe = re.sub(r"[^A-Za-z0-9._+-]", "-", prior.version)
     version = spec.get("version") or f"{safe}+bayes-{payload['id'][4:16]}"
@@ -180,18 +185,24 @@ def execute_forecast(payload_json: str, channel: str | None, threads: int) -> Ex
     times = np.asarray(series["t_s"], dtype=float)
     values = np.asarray(series["value"], dtype=float)
     unit = state.get("unit") or ""
-    model = simulations.fit_forecast(
-        times,
-        values,
-        quantity=spec["quantity"],
-        unit=unit,
-        progress=lambda f: report(0.8 * f, "fitting"),
-    )
+    with _PYRO_LOCK:
+        model = simulations.fit_forecast(
+            times,
+            values,
+            quantity=spec["quantity"],
+            unit=unit,
+            progress=lambda f: report(0.8 * f, "fitting"),
+        )
     horizons = np.asarray(spec["horizons_s"], dtype=float)
     report(0.85, "predicting")
     forecast = model.predict([float(h) for h in horizons])
     quantiles = np.array(
-        [np.asarray(forecast.quantiles[q], dtype=float) for q in FORECAST_LEVELS]
+        [
+            np.asarray(forecast.quantiles[q], dtype=float)
+            if q in forecast.quantiles
+            else np.quantile(np.asarray(forecast.samples, dtype=float), q, axis=0)
+            for q in FORECAST_LEVELS
+        ]
     ).reshape(len(FORECAST_LEVELS), len(horizons))
     window_start = datetime.fromisoformat(state["window"]["start"])
     origin = window_start + timedelta(seconds=float(forecast.origin_s))
