@@ -1,21 +1,46 @@
-"""``POST /api/v1/instruments/{id}/calibration-design``: a ranked plan of reference
-measurements by expected information gain (docs/bayesian.md). The plan is closed-form linear
-algebra over at most 75 candidates and 200 steps (well under a second), so it is answered in
-the request; calibrations and forecasts, which sample, are left to the job machinery."""
+"""The Bayesian routes (docs/bayesian.md):
+
+- ``POST /api/v1/instruments/{id}/calibration-design``: a ranked plan of reference
+  measurements by expected information gain, closed-form linear algebra over at most 75
+  candidates and 200 steps (well under a second): answered in the request;
+- ``POST /api/v1/instruments/{id}/calibration-jobs``: a calibration job from the instrument's
+  stored reference measurements (or given ones), sampled by the experiment worker;
+- ``GET /api/v1/instruments/{id}/forecast``: the stored forecast of the latest data window, or
+  202 and the job that computes it (a fit samples for seconds: never in a request);
+- ``GET /api/v1/instruments/{id}/calibrations/proposed`` and
+  ``POST .../calibrations/{version}/accept``: proposed versions and accepting one (admins).
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 import provenance_store as store
 import simulations
-import twin
-from api._deps import ConnDep, InstrumentDep, WriteAdmin, WriteConnDep, WriteInstrumentDep
-from api._errors import ApiError, InvalidRequest
+from api._bayes_jobs import calibration_prior
+from api._bayes_schemas import (
+    CalibrationJobRequest,
+    Forecast,
+    Job,
+    JobAccepted,
+    ProposedCalibration,
+)
+from api._calibration_jobs import submit_calibration
+from api._deps import (
+    ConnDep,
+    InstrumentDep,
+    WriteAdmin,
+    WriteConnDep,
+    WriteInstrumentDep,
+    WriteReader,
+)
+from api._errors import ApiError, Forbidden
+from api._forecast_jobs import ForecastQuery, forecast_job
+from api._job_routes import Operator, job_view
 from api._schemas import ErrorBody
 from api._time import Time
 
@@ -72,17 +97,7 @@ def calibration_design(
     """The reference measurements that pin down the instrument's calibration fastest, ranked by
     expected information gain, starting from the calibration in force now."""
     request = request or CalibrationDesignRequest()
-    record = store.calibration_in_force(
-        conn=conn, instrument_id=instrument_id, at=datetime.now(UTC)
-    )
-    try:
-        prior = (
-            twin.Calibration.from_dict(record.body)
-            if record is not None
-            else twin.Calibration(instrument_id=instrument_id, version="default")
-        )
-    except (twin.TwinError, TypeError) as exc:
-        raise InvalidRequest(f"the calibration in force cannot be used: {exc}") from None
+    prior, _ = calibration_prior(conn, instrument_id, datetime.now(UTC))
     targets = {
         c: s * request.target_fraction for c, s in simulations.default_prior_sd(prior).items()
     }
@@ -138,3 +153,151 @@ def accept_calibration(
         instrument_id=instrument_id, version=record.version, valid_from=record.valid_from,
         accepted_by=principal.name,
     )  # fmt: skip
+
+
+@router.get(
+    "/instruments/{instrument_id}/calibrations/proposed",
+    response_model=list[ProposedCalibration],
+    responses=_ERRORS,
+)
+def proposed_calibrations(instrument_id: InstrumentDep, conn: ConnDep) -> list[ProposedCalibration]:
+    """Calibration versions inferred from measurements and not accepted yet, each with its
+    posterior (mean, sd, covariance, R-hat, ESS, divergences, posterior predictive check) and
+    provenance (job, datasets, prior version)."""
+    return [
+        ProposedCalibration(
+            instrument_id=record.instrument_id, version=record.version,
+            created_at=record.created_at, body=record.body, posterior=posterior,
+        )
+        for record, posterior in store.list_proposed_calibrations(
+            conn=conn, instrument_id=instrument_id
+        )
+    ]  # fmt: skip
+
+
+@router.post(
+    "/instruments/{instrument_id}/calibration-jobs",
+    response_model=Job,
+    status_code=201,
+    responses={
+        **_ERRORS,
+        200: {"model": Job, "description": "the same calibration, asked before"},
+        409: {"model": ErrorBody, "description": "the requested version exists"},
+    },
+)
+def submit_calibration_job(
+    instrument_id: WriteInstrumentDep,
+    principal: Operator,
+    conn: WriteConnDep,
+    response: Response,
+    request: CalibrationJobRequest | None = None,
+) -> Job:
+    """Queue a Bayesian calibration of the instrument model (operators and admins) from the
+    image measurements of its registered datasets, each with the telemetry at its time, and/or
+    measurements given here; the prior is the calibration in force. Refused (422) with too few
+    measurements, measurements without telemetry at their time (unless ``skip_incomplete``),
+    or none at all. The worker stores a converged posterior as a proposed calibration version
+    (never in force until an admin accepts it); one whose diagnostics failed proposes nothing
+    and says why. The same request on the same data returns the earlier job (200)."""
+    request = request or CalibrationJobRequest()
+    record, created = submit_calibration(
+        conn=conn, instrument_id=instrument_id, owner=principal.name, request=request
+    )
+    if not created:
+        response.status_code = 200
+    return job_view(record, store.job_results(conn=conn, job_id=record.id), reused=not created)
+
+
+class ForecastFailed(ApiError):
+    """The forecast of these data failed (its job's error says why)."""
+
+    status = 422
+    code = "forecast_failed"
+
+
+@router.get(
+    "/instruments/{instrument_id}/forecast",
+    response_model=Forecast,
+    responses={
+        **_ERRORS,
+        202: {"model": JobAccepted, "description": "queued or running: poll the job"},
+        403: {
+            "model": ErrorBody,
+            "description": "nothing forecast for these data yet, and the role may not queue it",
+        },
+        422: {"model": ErrorBody, "description": "invalid parameters, too little data, or the "
+              "forecast of these data failed (`forecast_failed`)"},
+    },
+)  # fmt: skip
+def forecast(
+    instrument_id: WriteInstrumentDep,
+    principal: WriteReader,
+    conn: WriteConnDep,
+    response: Response,
+    quantity: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=200,
+            pattern=r"^[A-Za-z0-9_.:-]+$",
+            description="a channel (`holder.temperature`, `stage.x`) or a twin quantity "
+            "(`defocus`)",
+        ),
+    ],
+    horizon: Annotated[
+        list[Annotated[float, Field(gt=0, le=1440)]] | None,
+        Query(max_length=60, description="horizons [min] (repeat it; default 1 5 10 20 30 60)"),
+    ] = None,
+    tolerance: Annotated[
+        float | None, Query(gt=0, description="[unit of the quantity], +- around its value now")
+    ] = None,
+    duration: Annotated[
+        float, Query(gt=0, le=1440, description="interval to stay within tolerance [min]")
+    ] = 20.0,
+    window: Annotated[
+        float, Query(ge=10, le=1440, description="data window before the last point [min]")
+    ] = 120.0,
+) -> Forecast | Response:
+    """Predictive quantiles of a drifting quantity at each horizon and, with a tolerance, the
+    probability that it stays within it for ``duration`` minutes, from the Bayesian forecast of
+    the latest ``window`` of its data. A fit samples for seconds, so it runs as a job: the
+    stored result of the same data and question answers 200; otherwise 202 with the job to
+    poll (operators and admins queue it; other roles get 403 until one did). The window ends
+    at the last data point rounded down to the minute: asking again within it finds the same
+    job."""
+    query = ForecastQuery(
+        quantity=quantity,
+        window_s=window * 60,
+        horizons_s=tuple(h * 60 for h in (horizon or (1, 5, 10, 20, 30, 60))),
+        tolerance=tolerance,
+        duration_s=duration * 60,
+    )
+    may_queue = principal.can("operate")
+    found = forecast_job(
+        conn=conn, instrument_id=instrument_id, owner=principal.name, query=query,
+        submit=may_queue,
+    )  # fmt: skip
+    job = found.job
+    if job is None:
+        raise Forbidden(
+            f"no forecast of {quantity} for these data yet, and role {principal.role!r} may "
+            "not queue one: an operator or admin must ask first"
+        )
+    if job.status == "failed":
+        raise ForecastFailed(f"the forecast of these data failed (job {job.id}): {job.error}")
+    if job.status != "succeeded":
+        body = JobAccepted(
+            job_id=job.id, status=job.status, progress=job.progress, stage=job.stage,
+            poll=f"/api/v1/jobs/{job.id}", events=f"/api/v1/jobs/{job.id}/events",
+        )  # fmt: skip
+        return Response(
+            body.model_dump_json(), status_code=202, media_type="application/json",
+            headers={"Location": f"/api/v1/jobs/{job.id}", "Retry-After": "2"},
+        )  # fmt: skip
+    view = job_view(job, store.job_results(conn=conn, job_id=job.id))
+    document = view.result or {}
+    fields = {k: v for k, v in document.items() if k in Forecast.model_fields}
+    try:
+        return Forecast(**{**fields, "job_id": job.id, "instrument_id": instrument_id})
+    except ValueError as exc:
+        raise ForecastFailed(f"job {job.id} holds no readable forecast: {exc}") from None

@@ -42,6 +42,7 @@ __all__ = [
     "claim_job",
     "complete_job",
     "fail_job",
+    "find_job",
     "finish_cancelled",
     "get_job",
     "heartbeat_job",
@@ -344,6 +345,30 @@ def submit_job(
 def get_job(*, conn: sa.Connection, job_id: str) -> JobRecord | None:
     """The job, or ``None``."""
     row = conn.execute(_GET, {"id": job_id}).first()
+    return None if row is None else _record(row)
+
+
+_FIND = sa.text(
+    f"""
+    SELECT {_COLUMNS} FROM job
+    WHERE kind = :kind AND spec_sha256 = :spec_sha256
+      AND state_sha256 IS NOT DISTINCT FROM :state_sha256
+    ORDER BY (status = 'succeeded') DESC, (status IN ('queued', 'running')) DESC,
+             created_at DESC
+    LIMIT 1
+    """
+)
+
+
+def find_job(
+    *, conn: sa.Connection, kind: str, spec_sha256: str, state_sha256: str | None
+) -> JobRecord | None:
+    """The job of this kind, spec hash and state hash that answers it best: a succeeded one,
+    else one queued or running, else the newest (failed or cancelled); ``None`` when none was
+    ever submitted. What :func:`submit_job` would return instead of queuing, without queuing."""
+    row = conn.execute(
+        _FIND, {"kind": kind, "spec_sha256": spec_sha256, "state_sha256": state_sha256}
+    ).first()
     return None if row is None else _record(row)
 
 

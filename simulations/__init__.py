@@ -42,6 +42,7 @@ from simulations._bayes_model import (
     MEASURED_QUANTITIES,
     ReferenceMeasurement,
     default_prior_sd,
+    require_enough,
 )
 from simulations._bayes_sbc import SbcResult, simulation_based_calibration, virtual_reference_set
 from simulations._bayes_virtual import (
@@ -295,6 +296,7 @@ __all__ = [
     "read_holder_log",
     "read_structure",
     "rehearse_design",
+    "require_enough",
     "resolve_state",
     "run_case",
     "run_experiment",

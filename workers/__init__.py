@@ -8,6 +8,12 @@ Only the CLI imports this package; it may import :mod:`ingest` (contracts, the c
 :mod:`provenance_store`, :mod:`twin` and :mod:`simulations`, never :mod:`api`."""
 
 from workers._artifacts import array_sha256, attempt_url, remove_attempts, write_result
+from workers._bayes_jobs import (
+    clean_json,
+    execute_calibration,
+    execute_forecast,
+    store_proposed_calibration,
+)
 from workers._errors import InvalidEvent, JobsStillRunning, UnknownJobKind, WorkerError
 from workers._experiment_task import ExperimentCancelled, ProgressChannel, execute_experiment
 from workers._experiment_worker import ExperimentStats, ExperimentWorker, connect_cluster
@@ -56,12 +62,16 @@ __all__ = [
     "WorkerError",
     "array_sha256",
     "attempt_url",
+    "clean_json",
     "compute_snapshot",
     "connect_cluster",
+    "execute_calibration",
     "execute_experiment",
+    "execute_forecast",
     "job_payload",
     "register_job_kind",
     "remove_attempts",
+    "store_proposed_calibration",
     "submit_experiment",
     "warm_up",
     "write_result",

@@ -141,8 +141,12 @@ class ExperimentWorker:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             self.step()
+            # a step that finished the last job in flight claims nothing after it: idle only
+            # when the next step finds nothing to claim either
             if not self._in_flight:
-                return
+                self.step()
+                if not self._in_flight:
+                    return
             time.sleep(min(0.1, self.settings.experiment_heartbeat_s))
         raise JobsStillRunning(f"jobs still running after {timeout} s")
 

@@ -19,6 +19,7 @@ INSTRUMENT_ROUTES = (
     f"/api/v1/instruments/{{i}}/telemetry?{_RANGE}&format=csv&bucket=1m",
     "/api/v1/instruments/{i}/flags",
     "/api/v1/instruments/{i}/calibrations",
+    "/api/v1/instruments/{i}/calibrations/proposed",
     f"/api/v1/instruments/{{i}}/gaps?{_RANGE}",
     "/api/v1/instruments/{i}/state/stream?max_events=1",
 )
@@ -501,3 +502,140 @@ def test_experiment_routes_refuse_a_bad_token_with_401(
     )
     assert response.status_code == 401, response.text
     assert response.json()["error"] == "not_authenticated"
+
+
+# ---------------------------------------------------------------------------- jobs (any kind)
+#: Routes about one job ({e}: the world's finished experiments): every role reads them.
+JOB_ROUTES = ("/api/v1/jobs/{e}", "/api/v1/jobs/{e}/events?max_events=1")
+FORECAST = (
+    "/api/v1/instruments/{i}/forecast?quantity=gun.high_tension&horizon=5&tolerance=2.5&window=60"
+)
+CALIBRATION_JOBS = "/api/v1/instruments/{i}/calibration-jobs"
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("route", JOB_ROUTES)
+@pytest.mark.parametrize("grant", ["granted", "ungranted"])
+def test_job_routes_by_role_and_grant(
+    client: TestClient, world: World, experiments: Experiments, role: str, route: str, grant: str
+) -> None:
+    job = experiments.granted if grant == "granted" else experiments.ungranted
+    response = client.get(route.replace("{e}", job), headers=auth(world.tokens[role]))
+    expected = 200 if grant == "granted" or role == "admin" else 404
+    assert response.status_code == expected, response.text
+    if expected == 404:
+        assert response.json() == {"error": "job_not_found", "detail": f"job {job!r} not found"}
+    # a job's report is for calibrations and forecasts: an experiment's is elsewhere (409)
+    report = client.get(f"/api/v1/jobs/{job}/report", headers=auth(world.tokens[role]))
+    assert report.status_code == (409 if expected == 200 else 404), report.text
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_job_listing_holds_nothing_of_ungranted_instruments(
+    client: TestClient, world: World, experiments: Experiments, role: str
+) -> None:
+    response = client.get("/api/v1/jobs", headers=auth(world.tokens[role]))
+    assert response.status_code == 200, response.text
+    listed = {j["id"] for j in response.json()}
+    assert experiments.granted in listed
+    assert (experiments.ungranted in listed) == (role == "admin")
+    if role != "admin":
+        assert world.ungranted not in response.text
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("grant", ["granted", "ungranted"])
+def test_job_cancel_by_role_and_grant(
+    client: TestClient, world: World, experiments: Experiments, role: str, grant: str
+) -> None:
+    job = experiments.granted if grant == "granted" else experiments.ungranted
+    response = client.delete(f"/api/v1/jobs/{job}", headers=auth(world.tokens[role]))
+    if role not in EXPERIMENTERS:
+        assert response.status_code == 403, response.text
+    elif grant == "ungranted" and role != "admin":
+        assert response.status_code == 404, response.text
+        assert response.json()["error"] == "job_not_found"
+    else:  # the world's experiments have ended: nothing to cancel
+        assert response.status_code == 409, response.text
+        assert response.json()["error"] == "job_conflict"
+
+
+@pytest.fixture(scope="module")
+def forecast_asked(client: TestClient, world: World) -> str:
+    """The forecast of the matrix, queued by an admin: every reader of the instrument then
+    finds its job."""
+    response = client.get(_url(FORECAST, world.granted), headers=auth(world.tokens["admin"]))
+    assert response.status_code in (200, 202), response.text
+    return str(response.json()["job_id"])
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("grant", ["granted", "ungranted"])
+def test_forecast_by_role_and_grant(
+    client: TestClient, world: World, forecast_asked: str, role: str, grant: str
+) -> None:
+    """Every role reads a granted instrument's forecast (202 while its job runs, 200 once
+    done); an ungranted one answers 404 like a missing one (the admin's: 422, it has no
+    telemetry). tests/api/test_bayes_jobs.py has who may queue one."""
+    instrument = world.granted if grant == "granted" else world.ungranted
+    response = client.get(_url(FORECAST, instrument), headers=auth(world.tokens[role]))
+    if grant == "granted":
+        assert response.status_code in (200, 202), response.text
+        assert response.json()["job_id"] == forecast_asked
+    elif role == "admin":
+        assert response.status_code == 422, response.text
+        assert "no telemetry" in response.json()["detail"]
+    else:
+        assert response.status_code == 404, response.text
+        assert response.json()["error"] == "instrument_not_found"
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("grant", ["granted", "ungranted"])
+def test_calibration_jobs_by_role_and_grant(
+    client: TestClient, world: World, role: str, grant: str
+) -> None:
+    """Operators and admins submit calibrations on instruments granted to them; the world's
+    calibration in force ({"k": 1}) is no twin calibration, so a permitted call gets the 422
+    that says so (tests/api/test_bayes_jobs.py runs real ones)."""
+    instrument = world.granted if grant == "granted" else world.ungranted
+    url = _url(CALIBRATION_JOBS, instrument)
+    response = client.post(url, json={}, headers=auth(world.tokens[role]))
+    if grant == "ungranted" and role != "admin":
+        assert response.status_code == 404, response.text
+        assert response.json()["error"] == "instrument_not_found"
+    elif role not in EXPERIMENTERS:
+        assert response.status_code == 403, response.text
+    else:
+        assert response.status_code == 422, response.text
+        assert "calibration in force" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("why", ["none", "malformed", "unknown", "revoked", "expired", "disabled"])
+@pytest.mark.parametrize(
+    ("method", "route"),
+    [
+        *(("GET", r) for r in (*JOB_ROUTES, "/api/v1/jobs", "/api/v1/jobs/{e}/report", FORECAST)),
+        ("DELETE", "/api/v1/jobs/{e}"),
+        ("POST", CALIBRATION_JOBS),
+    ],
+)
+def test_job_routes_refuse_a_bad_token_with_401(
+    client: TestClient,
+    world: World,
+    experiments: Experiments,
+    method: str,
+    route: str,
+    why: str,
+) -> None:
+    bad = {
+        "none": {},
+        "malformed": {"Authorization": f"Basic {world.tokens['admin']}"},
+        "unknown": auth("btk_" + "x" * 43),
+    }
+    headers = bad[why] if why in bad else auth(world.refused[why])
+    url = _url(route, world.granted).replace("{e}", experiments.granted)
+    response = client.request(method, url, json={} if method == "POST" else None, headers=headers)
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "not_authenticated"
+    assert world.granted not in response.text

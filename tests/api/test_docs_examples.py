@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 import provenance_store as store
 import workers
-from api import ApiSettings, create_app
+from api import ApiSettings, ForecastQuery, create_app, forecast_job
 from ingest import AcquisitionEventV1
 from tests._datasets import make_event
 from tests.provenance_store._support import HIGH_TENSION, insert, make_batch
@@ -111,7 +111,9 @@ def _value(key: str, doc: Any, real: Any, where: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def client(database_url: str, engine: sa.Engine) -> Iterator[TestClient]:
+def client(
+    database_url: str, engine: sa.Engine, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
     """A store holding what the examples name, and an app serving it as alice."""
     with engine.begin() as conn:
         store.register_instrument(
@@ -130,6 +132,7 @@ def client(database_url: str, engine: sa.Engine) -> Iterator[TestClient]:
     times = int(START.timestamp() * 1e6) + np.arange(7200, dtype=np.int64) * 1_000_000
     insert(engine, make_batch(chans["gun.high_tension"].id, times, 2e5 + 0.1 * np.sin(times)))
     _dataset(engine)
+    _forecast(engine, tmp_path_factory.mktemp("artifacts"))
     settings = ApiSettings(database_url=SecretStr(database_url))
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as c:
         yield c
@@ -167,6 +170,35 @@ def _dataset(engine: sa.Engine) -> None:
             actor="alice",
             reason="HT read from the wrong Velox tag",
         )
+
+
+#: The forecast the example of ``GET .../forecast`` asks for.
+FORECAST_QUERY = ForecastQuery(
+    quantity="gun.high_tension", horizons_s=(300.0, 1200.0), tolerance=1.0, duration_s=1200.0
+)
+
+
+def _forecast(engine: sa.Engine, artifacts: Path) -> None:
+    """The forecast of the example, asked by an operator and run as the experiment worker runs
+    it (its task, its artifacts, the job completed), with any other forecast queued."""
+    with engine.begin() as conn:
+        forecast_job(conn=conn, instrument_id=INSTRUMENT, owner="bob", query=FORECAST_QUERY,
+                     submit=True)  # fmt: skip
+    while True:
+        with engine.begin() as conn:
+            job = store.claim_job(conn=conn, worker="docs", lease_seconds=300, kinds=["forecast"])
+        if job is None:
+            return
+        try:
+            result = workers.execute_forecast(workers.job_payload(job), None, 1)
+        except Exception as exc:  # another test's forecast: it fails as in the worker
+            with engine.begin() as conn:
+                store.fail_job(conn=conn, job_id=job.id, worker="docs", error=repr(exc))
+            continue
+        url = workers.attempt_url(str(artifacts), job.id, job.attempts)
+        rows, _ = workers.write_result(url, result)
+        with engine.begin() as conn:
+            store.complete_job(conn=conn, job_id=job.id, worker="docs", results=rows)
 
 
 def test_every_marked_example_is_found() -> None:

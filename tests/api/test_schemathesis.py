@@ -115,7 +115,7 @@ def test_generated_requests_get_no_server_error(
     api_schema: schemathesis.BaseSchema, world: World, datasets: Datasets, experiments: Experiments
 ) -> None:
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 39
+    assert len(operations) == 47
     headers = auth(world.tokens["admin"])
     statuses: list[tuple[str, int]] = []
     for operation in operations:
@@ -165,6 +165,11 @@ def test_generated_requests_get_no_server_error(
     assert "/api/v1/reports/instruments/{instrument_id}" in ok
     assert "/api/v1/experiments/{job_id}" in ok
     assert "/api/v1/specimens" in ok
+    assert {"/api/v1/jobs", "/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/events"} <= ok
+    assert "/api/v1/instruments/{instrument_id}/calibrations/proposed" in ok
+    # the world's calibration is no twin calibration: calibration jobs are refused (422)
+    assert ("/api/v1/instruments/{instrument_id}/calibration-jobs", 422) in statuses
+    assert ("/api/v1/instruments/{instrument_id}/forecast", 422) in statuses
     # the world's calibration is no twin calibration: the design route refuses it (422)
     assert ("/api/v1/instruments/{instrument_id}/calibration-design", 422) in statuses
 

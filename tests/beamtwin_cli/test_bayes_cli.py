@@ -1,11 +1,17 @@
-"""``beamtwin calibrate``, ``forecast`` and ``design`` run the Bayesian experiments directly."""
+"""``beamtwin calibrate``, ``forecast`` and ``design`` run the Bayesian experiments directly, or,
+with ``--instrument``, submit them as jobs on the stored instrument's data and follow them."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
+
+import provenance_store as store
 from beamtwin_cli import main
+from tests._bayes_support import bayes_instrument
 
 
 def test_design_prints_a_ranked_plan(tmp_path: Path) -> None:
@@ -30,3 +36,69 @@ def test_calibrate_refuses_a_file_that_is_not_measurements(tmp_path: Path) -> No
     bad = tmp_path / "m.json"
     bad.write_text('[{"quantity": "defocus"}]')
     assert main(["calibrate", "--measurements", str(bad)]) == 2
+
+
+# ---------------------------------------------------------------------------- jobs
+@pytest.fixture()
+def cli_env(monkeypatch: pytest.MonkeyPatch, database_url: str, tmp_path: Path) -> Path:
+    monkeypatch.setenv("BEAMTWIN_DATABASE_URL", database_url)
+    monkeypatch.setenv("BEAMTWIN_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("BEAMTWIN_EXPERIMENT_HEARTBEAT_S", "0.2")
+    return tmp_path
+
+
+def _drain(engine: sa.Engine) -> None:
+    """Jobs other tests left queued are not ours to run here."""
+    with engine.begin() as conn:
+        while (left := store.claim_job(conn=conn, worker="drain", lease_seconds=60)) is not None:
+            store.fail_job(conn=conn, job_id=left.id, worker="drain", error="drained")
+
+
+def test_calibrate_an_instrument_as_a_job(
+    capsys: pytest.CaptureFixture[str], cli_env: Path, engine: sa.Engine
+) -> None:
+    setup = bayes_instrument(engine, forecast=False)
+    _drain(engine)
+    out = cli_env / "posterior.json"
+    code = main(["calibrate", "--instrument", setup.instrument_id, "--here", "--samples", "300",
+                 "--warmup", "300", "--start", "2026-11-01T00:00Z",
+                 "--output", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert code == 0, (err, result.get("problems"))
+    assert result["converged"] and result["datasets"] == sorted(setup.datasets)
+    assert "submitted job-" in err and "] " in err and "succeeded" in err  # progress, then done
+    with engine.begin() as conn:
+        proposed = store.list_proposed_calibrations(conn=conn, instrument_id=setup.instrument_id)
+    assert [p.version for p, _ in proposed] == [result["proposed_version"]]
+
+
+def test_calibrate_refuses_measurements_without_telemetry(
+    capsys: pytest.CaptureFixture[str], cli_env: Path, engine: sa.Engine
+) -> None:
+    setup = bayes_instrument(engine, orphan=True, forecast=False)
+    code = main(["calibrate", "--instrument", setup.instrument_id, "--start", "2026-11-01T00:00Z"])
+    err = capsys.readouterr().err
+    assert code == 2 and setup.orphan is not None and setup.orphan in err and "no telemetry" in err
+    few = main(
+        ["calibrate", "--instrument", setup.instrument_id, "--datasets", *setup.datasets[:2]]
+    )
+    assert few == 2 and "need at least 4" in capsys.readouterr().err
+
+
+def test_forecast_an_instrument_as_a_job(
+    capsys: pytest.CaptureFixture[str], cli_env: Path, engine: sa.Engine
+) -> None:
+    setup = bayes_instrument(engine, measurements=4)
+    _drain(engine)
+    out = cli_env / "forecast.json"
+    code = main(["forecast", "--instrument", setup.instrument_id, "--quantity", "stage.x",
+                 "--window", "60", "--horizon", "1", "10", "--tolerance", "5e-9",
+                 "--duration", "10", "--here", "--output", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert [h["horizon_s"] for h in result["horizons"]] == [60, 600]
+    assert 0 <= result["probability_within"] <= 1 and result["unit"] == "m"
+    unknown = main(["forecast", "--instrument", setup.instrument_id, "--quantity", "no.such"])
+    assert unknown == 2 and "neither a channel" in capsys.readouterr().err

@@ -247,3 +247,25 @@ def test_list_jobs_filters_by_instrument(engine: sa.Engine, instrument_id: str) 
     assert job.id in {j.id for j in mine} and hypothetical.id in {j.id for j in mine}
     assert {j.instrument_id for j in strict} == {instrument_id}
     assert hypothetical.id in {j.id for j in carol}
+
+
+def test_find_job_prefers_a_result_then_a_running_job_and_queues_nothing(
+    engine: sa.Engine, instrument_id: str
+) -> None:
+    spec_sha, state_sha = sha(), sha()
+    keys = {"kind": "forecast", "spec_sha256": spec_sha, "state_sha256": state_sha}
+    with engine.begin() as conn:
+        assert store.find_job(conn=conn, **keys) is None
+    failed = submit(engine, instrument_id, **keys)
+    with engine.begin() as conn:
+        store.cancel_job(conn=conn, job_id=failed.id, actor="alice")
+        found = store.find_job(conn=conn, **keys)
+    assert found is not None and found.id == failed.id and found.status == "cancelled"
+    queued = submit(engine, instrument_id, **keys)
+    with engine.begin() as conn:
+        found = store.find_job(conn=conn, **keys)
+        assert found is not None and found.id == queued.id
+        other = store.find_job(conn=conn, **{**keys, "state_sha256": sha()})
+        count = conn.execute(sa.text("SELECT count(*) FROM job WHERE spec_sha256 = :s"),
+                             {"s": spec_sha}).scalar_one()  # fmt: skip
+    assert other is None and count == 2
