@@ -344,16 +344,22 @@ def run_case(
     false_alarms_per_day: float = 1.0,
     calibration: Calibration | None = None,
     chunk_s: float = 3600.0,
+    extra_channels: int = 0,
 ) -> CaseResult:
     """Stream one case through a twin tracker (a first window of :data:`LEARN_S`, then
     ``window_s`` windows) and score its flags. The telemetry is generated ``chunk_s`` at a
     time and each window gets only its own samples, as the twin worker reads them, so a run of
-    days costs time in proportion to its length and memory for one chunk."""
+    days costs time in proportion to its length and memory for one chunk. ``extra_channels``
+    adds the virtual microscope's further channels (the demo runs 68), with their ranges."""
     cal = calibration or Calibration()
-    vm = _microscope(case, seed, rate_hz)
+    vm = _microscope(case, seed, rate_hz, extra_channels=extra_channels)
     names = [spec.name for spec in vm.channels]
     config = default_tracker_config(
-        cal, channels=names, rate_hz=rate_hz, false_alarms_per_day=false_alarms_per_day
+        cal,
+        channels=names,
+        rate_hz=rate_hz,
+        false_alarms_per_day=false_alarms_per_day,
+        limits={spec.name: (spec.lower, spec.upper) for spec in vm.channels},
     )
     tracker = Tracker(config)
     start = _T0_NS / 1e9

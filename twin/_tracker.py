@@ -144,6 +144,11 @@ _SCALE_MEMORY = 6000  # drift alarms closer than this to the previous one extend
 #: a ramp being detected barely moves it.
 _BLOCK_MEMORY = 36_000
 _MIN_BLOCK = 20
+#: Memory [samples] of the misfit statistic, and the long-run variance of the innovations
+#: (times the model's) above which a channel's diffusions are re-learned: the mean of ~10
+#: windows' chi-square(1) sums exceeds 6 about once in 10^8 windows when the model is right.
+_MISFIT_MEMORY = 1_000
+_MISFIT_TRIGGER = 6.0
 
 
 class TrackerError(TwinError, ValueError):
@@ -353,6 +358,7 @@ class TrackerState:
     z_scale: np.ndarray  # (C,) running mean of the squared normalized innovations
     z_corr: np.ndarray  # (C,) running lag-1 autocorrelation of the normalized innovations
     z_block: np.ndarray  # (C,) running mean of (sum of a window's innovations)² / its length
+    z_misfit: np.ndarray  # (C,) the same over a short memory, windows without flags only
 
     def to_json(self) -> dict[str, Any]:
         def arr(a: np.ndarray) -> list[Any]:
@@ -399,6 +405,7 @@ class TrackerState:
             "z_scale": arr(self.z_scale),
             "z_corr": arr(self.z_corr),
             "z_block": arr(self.z_block),
+            "z_misfit": arr(self.z_misfit),
         }
 
     @classmethod
@@ -444,6 +451,7 @@ class TrackerState:
             z_scale=arr("z_scale", (c,), 1.0),
             z_corr=arr("z_corr", (c,), 0.0),
             z_block=arr("z_block", (c,), 1.0),
+            z_misfit=arr("z_misfit", (c,), 1.0),
         )
 
 
@@ -633,6 +641,7 @@ class Tracker:
             z_scale=np.ones(c),
             z_corr=np.zeros(c),
             z_block=np.ones(c),
+            z_misfit=np.ones(c),
         )
 
     # ------------------------------------------------------------------------------ update
@@ -888,7 +897,8 @@ class Tracker:
             if n == 0:
                 continue
             zi = z[row, :n]
-            self._update_scale(state, i, raw_z[row, :n])
+            block = self._update_scale(state, i, raw_z[row, :n])
+            flagged_before = len(flags)
             self._disagreements(state, i, t, y, zi, innovation[row, :n], pred_var[row, :n], flags)
             reopen = self._drifts(
                 state, i, t, y, zi, alarm[row, :n], mean[row, :n], pred_var[row, :n], flags
@@ -907,14 +917,41 @@ class Tracker:
             if rate_alarm is not None:
                 # The drift rate changed: let the filter learn the new one.
                 state.cov[i, 1, 1] += rate_alarm**2
+            if block is not None and len(flags) == flagged_before:
+                self._adapt(state, i, block, n)
         return levels, variances, rates, rate_vars
 
+    def _adapt(self, state: TrackerState, i: int, block: float, n: int) -> None:
+        """Re-learn a channel's diffusions when its innovations show that the model is far too
+        stiff. For a random walk filtered with a diffusion ``q'`` where the truth has ``q``, the
+        long-run variance of the normalized innovations is ``q / q'`` (``K² S = q'`` in the
+        steady state): a noise learned in a calm first minute (a wander that beats over
+        minutes) shows as window sums far wider than their length. Only windows without a flag
+        on the channel count (a fault is not a misfit), and only a large misfit acts, after
+        which the diffusions are multiplied by it and the statistics start again."""
+        w = min(1.0, n / _MISFIT_MEMORY)
+        state.z_misfit[i] = (1.0 - w) * state.z_misfit[i] + w * block
+        if state.z_misfit[i] <= _MISFIT_TRIGGER:
+            return
+        name = self.config.channels[i]
+        noise = state.noise[name]
+        factor = min(float(state.z_misfit[i]), 100.0)
+        state.noise[name] = dataclasses.replace(
+            noise,
+            level_diffusion=noise.level_diffusion * factor,
+            rate_diffusion=noise.rate_diffusion * factor,
+        )
+        state.z_misfit[i] = state.z_block[i] = state.z_scale[i] = 1.0
+        state.z_corr[i] = 0.0
+
     # ------------------------------------------------------------------------------ detectors
-    def _update_scale(self, state: TrackerState, i: int, z: np.ndarray) -> None:
-        """Running mean of z² (outliers clipped, so a fault does not hide itself)."""
+    def _update_scale(self, state: TrackerState, i: int, z: np.ndarray) -> float | None:
+        """Running mean of z² (outliers clipped, so a fault does not hide itself), their lag-1
+        autocorrelation and their long-run variance; returns the window's
+        ``(sum z)² / n`` (None for a window too short)."""
         finite = z[np.isfinite(z)]
         if finite.size == 0:
-            return
+            return None
         w = min(1.0, finite.size / _SCALE_MEMORY)
         clipped = np.clip(finite, -5.0, 5.0)
         mean_sq = float(np.mean(clipped**2))
@@ -922,10 +959,12 @@ class Tracker:
         if clipped.size > 1:
             lag1 = float(np.mean(clipped[1:] * clipped[:-1])) / max(mean_sq, 1e-12)
             state.z_corr[i] = (1.0 - w) * state.z_corr[i] + w * lag1
-        if clipped.size >= _MIN_BLOCK:
-            block = float(np.sum(clipped)) ** 2 / clipped.size
-            wb = clipped.size / _BLOCK_MEMORY
-            state.z_block[i] = (1.0 - wb) * state.z_block[i] + wb * block
+        if clipped.size < _MIN_BLOCK:
+            return None
+        block = float(np.sum(clipped)) ** 2 / clipped.size
+        wb = clipped.size / _BLOCK_MEMORY
+        state.z_block[i] = (1.0 - wb) * state.z_block[i] + wb * block
+        return block
 
     def _flag(
         self,
