@@ -166,6 +166,7 @@ from simulations._specimens import (
     structure_hash,
 )
 from simulations._virtual_microscope import (
+    FLASH_INTERVAL_S,
     STANDARD_CHANNEL_MODELS,
     ChannelModel,
     VirtualMicroscope,
@@ -182,6 +183,7 @@ __all__ = [
     "ELEMENTARY_CHARGE",
     "EXPERIMENT_SPEC_SCHEMA_ID",
     "FAULT_SUITE",
+    "FLASH_INTERVAL_S",
     "FLOPS_PER_SECOND",
     "HOLDER_LOG_CHANNELS",
     "MEASURED_QUANTITIES",

@@ -38,6 +38,7 @@ from simulations._faults import (
 from twin import STANDARD_STEM_CHANNELS, ChannelSpec, QuantityKind, Subsystem
 
 __all__ = [
+    "FLASH_INTERVAL_S",
     "LENS_THERMAL_TIME_S",
     "LENS_WARMUP_K",
     "STANDARD_CHANNEL_MODELS",
@@ -60,8 +61,9 @@ class ChannelModel:
 
     The true value at ``t`` seconds after the start is::
 
-        linear:     nominal * exp(-t / decay_time_s) + X(t)
-        log_normal: nominal * exp(-t / decay_time_s) * exp(X(t))
+        linear:     nominal * exp(-s / decay_time_s) + X(t)
+        log_normal: nominal * exp(-s / decay_time_s) * exp(X(t))
+        s = t mod flash_interval_s   (the time since the last restoration; t without one)
         X(t) = drift_per_s * t + random walk + wander(t) + ripple(t)
                + thermal_coefficient * lens_temperature_rise(t)
 
@@ -80,6 +82,9 @@ class ChannelModel:
         ripple_hz: frequency of that ripple [Hz].
         decay_time_s: time constant of an exponential decay of the nominal value [s] (the
             emission of a cold field-emission gun); ``inf`` for none.
+        flash_interval_s: every this many seconds the decay restarts from ``nominal`` (a cold
+            FEG's tip flash: a brief heating of the tip that desorbs the gas that lowered its
+            emission) [s]; ``inf`` for never. Flashes are at whole multiples from tick 0.
         thermal_coefficient: change of the truth per kelvin of lens warm-up [unit/K].
         noise: standard deviation of the read-out noise [unit].
         log_normal: fluctuations and read-out noise are multiplicative.
@@ -96,6 +101,7 @@ class ChannelModel:
     ripple: float = 0.0
     ripple_hz: float = 50.0
     decay_time_s: float = math.inf
+    flash_interval_s: float = math.inf
     thermal_coefficient: float = 0.0
     noise: float = 0.0
     log_normal: bool = False
@@ -124,11 +130,18 @@ class ChannelModel:
                 raise MicroscopeConfigError(f"{name} must be finite and >= 0, not {value!r}")
         if not self.decay_time_s > 0:
             raise MicroscopeConfigError(f"decay_time_s must be > 0, not {self.decay_time_s!r}")
+        if not self.flash_interval_s > 0:
+            raise MicroscopeConfigError(
+                f"flash_interval_s must be > 0, not {self.flash_interval_s!r}"
+            )
         if self.significant_digits < 0:
             raise MicroscopeConfigError("significant_digits must be >= 0")
         if self.log_normal and self.nominal <= 0:
             raise MicroscopeConfigError("a log-normal channel needs a positive nominal value")
 
+
+#: How often the virtual microscope's cold field-emission tip is flashed [s].
+FLASH_INTERVAL_S = 2 * 3600.0
 
 #: Temperature rise of the lens coils after switch-on [K], and its time constant [s].
 LENS_WARMUP_K = 0.8
@@ -227,9 +240,16 @@ STANDARD_CHANNEL_MODELS: Mapping[str, ChannelModel] = MappingProxyType(
             noise=0.05,
             resolution=0.01,
         ),
-        # A cold FEG tip loses emission over hours until the next flash.
+        # A cold FEG tip loses emission over hours (gas adsorbs on it); it is flashed every
+        # 2 h, when its emission has fallen to about half, which restores it. Without the
+        # flash the emission would fall below the read-out noise within a day.
         "gun.emission_current": ChannelModel(
-            nominal=15e-6, decay_time_s=3 * 3600.0, wander=5e-8, noise=3e-8, resolution=1e-9
+            nominal=15e-6,
+            decay_time_s=3 * 3600.0,
+            flash_interval_s=FLASH_INTERVAL_S,
+            wander=5e-8,
+            noise=3e-8,
+            resolution=1e-9,
         ),
         "gun.extraction_voltage": ChannelModel(
             nominal=3850.0, wander=5e-3, noise=0.02, resolution=0.01
@@ -513,6 +533,21 @@ class VirtualMicroscope:
     def faults(self) -> tuple[Fault, ...]:
         return self._faults
 
+    def tip_flashes(self, start_s: float, end_s: float) -> list[tuple[str, float]]:
+        """The restorations of decaying channels (tip flashes of a cold FEG) within
+        ``[start_s, end_s)`` [s since tick 0], as ``(channel, time [s since tick 0])`` sorted by
+        time: true changes of the instrument, not faults."""
+        found: list[tuple[str, float]] = []
+        for row, interval in zip(self._decay_rows, self._flash_interval_s, strict=True):
+            if not math.isfinite(interval):
+                continue
+            first = max(1, math.ceil(start_s / interval))
+            k = first
+            while k * interval < end_s:
+                found.append((self._channels[row].name, k * float(interval)))
+                k += 1
+        return sorted(found, key=lambda item: (item[1], item[0]))
+
     @property
     def next_seq(self) -> int:
         """Tick counter of the next tick ``generate`` will produce."""
@@ -568,6 +603,7 @@ class VirtualMicroscope:
         self._ripple_hz = column("ripple_hz")[self._ripple_rows]
         self._decay_rows = rows([math.isfinite(m.decay_time_s) for m in models])
         self._decay_time_s = column("decay_time_s")[self._decay_rows]
+        self._flash_interval_s = column("flash_interval_s")[self._decay_rows]
         self._thermal_rows = rows([m.thermal_coefficient != 0 for m in models])
         self._thermal_coefficient = column("thermal_coefficient")[self._thermal_rows]
         self._resolution_rows = rows([m.resolution > 0 for m in models])
@@ -629,7 +665,9 @@ class VirtualMicroscope:
 
         base = np.repeat(self._nominal[:, None], n, axis=1)
         if len(self._decay_rows):
-            base[self._decay_rows] *= np.exp(-np.divide.outer(t_s, self._decay_time_s).T)
+            # Time since the last flash (np.fmod by inf leaves t as it is).
+            since = np.fmod(t_s[None, :], self._flash_interval_s[:, None])
+            base[self._decay_rows] *= np.exp(-since / self._decay_time_s[:, None])
         truth = base + excursion
         if len(self._log_rows):
             truth[self._log_rows] = base[self._log_rows] * np.exp(excursion[self._log_rows])

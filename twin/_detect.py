@@ -67,7 +67,10 @@ def cusum_threshold(false_alarms_per_day: float, rate_hz: float, k: float = 0.5)
     A two-sided CUSUM is two one-sided ones; its ARL is half of one side's.
     """
     target_arl = SECONDS_PER_DAY * rate_hz / false_alarms_per_day  # samples between alarms
-    lo, hi = 0.0, 200.0
+    # A small k (a design matched to a slow ramp at a high rate) needs a large h: bracket it.
+    lo, hi = 0.0, 64.0
+    while _siegmund_arl(hi, k) / 2.0 < target_arl and hi < 1e9:
+        lo, hi = hi, 2.0 * hi
     for _ in range(200):  # bisection: the ARL grows monotonically with h
         mid = 0.5 * (lo + hi)
         if _siegmund_arl(mid, k) / 2.0 < target_arl:
@@ -267,9 +270,9 @@ def matched_cusum(
 ) -> CusumDesign:
     """The reference ``k`` that detects the fault whose mean innovations are ``signature``
     soonest at the given false-alarm rate (each ``k`` gets its own ``h``), searched over a
-    logarithmic grid of 0.01-4 sigma."""
+    logarithmic grid of 0.001-4 sigma."""
     best, best_margin = CusumDesign(1.0, math.inf, math.inf), 0.0
-    for k in np.geomspace(0.01, 4.0, 61):
+    for k in np.geomspace(0.001, 4.0, 73):
         if two_sided:
             h = cusum_threshold(false_alarms_per_day, rate_hz, float(k))
         else:
@@ -347,11 +350,40 @@ _repeat_table: list[np.ndarray] = []
 def step_to_noise_from_repeats(repeat_fraction: float) -> float:
     """The step-to-noise ratio whose repeat probability is ``repeat_fraction`` (inverse of
     :func:`repeat_probability`, interpolated in a table built on first use)."""
-    if not _repeat_table:
-        _repeat_table.append(np.array([repeat_probability(r) for r in _RATIO_GRID]))
-    table = _repeat_table[0]
+    table = _run_tables()[0]
     p = min(max(float(repeat_fraction), float(table[0])), float(table[-1]))
     return float(np.exp(np.interp(p, table, np.log(_RATIO_GRID))))
+
+
+def continuation_probability(step_to_noise: float) -> float:
+    """Probability that a reading repeats once more, given that the two before it were
+    identical: ``P(3) / P(2)`` of :func:`run_probability`. Larger than the pair repeat
+    probability (a run selects truths near the middle of a bin); read-out noise that is
+    correlated from one reading to the next makes it larger still."""
+    two, three = run_probability(step_to_noise, np.array([2, 3]))
+    return float(three / two)
+
+
+def step_to_noise_from_continuation(continuation: float) -> float:
+    """The step-to-noise ratio whose :func:`continuation_probability` is ``continuation``
+    (interpolated in a table built on first use): for a sensor whose noise is correlated, the
+    ratio of white noise that makes runs as long, which is what the run threshold needs."""
+    table = _run_tables()[1]
+    c = min(max(float(continuation), float(table[0])), float(table[-1]))
+    return float(np.exp(np.interp(c, table, np.log(_RATIO_GRID))))
+
+
+def _run_tables() -> list[np.ndarray]:
+    if not _repeat_table:
+        probabilities = _run_probability_table(_RATIO_GRID, 3)
+        _repeat_table.append(probabilities[:, 0])
+        _repeat_table.append(probabilities[:, 1] / probabilities[:, 0])
+    return _repeat_table
+
+
+def _run_probability_table(ratios: np.ndarray, max_length: int) -> np.ndarray:
+    """:func:`run_probability` for each ratio (rows) and lengths 2..``max_length`` (columns)."""
+    return np.array([run_probability(float(r), np.arange(2, max_length + 1)) for r in ratios])
 
 
 def stuck_run_threshold(

@@ -31,6 +31,15 @@ Noise parameters are learned from the first window of each channel (robust stati
 first differences), unless the config gives them; a channel whose first window is constant is a
 *setting* and is only watched for changes.
 
+A reading at (or beyond) the end of a channel's range (``TrackerConfig.channel_limits``: an
+emission current or a pressure of exactly 0, an ADC at full scale) is *clipped*: it says only
+that the value is at or beyond the limit. When the filter's prediction puts the limit within the
+disagreement threshold (the noise model explains the clipping), the reading is *censored*: the
+filter still follows it, but no test counts it (it breaks runs of identical readings, so a
+quantity resting at its limit is not a stuck sensor) and no flag is raised for it. A reading that
+jumps to a limit the prediction is far from is an ordinary reading, which the disagreement and
+drift tests flag (a sensor failing to its rail).
+
 Times are float seconds since the Unix epoch at the API; inside, relative to the state's
 ``origin_s`` so float64 keeps sub-microsecond resolution.
 """
@@ -51,6 +60,7 @@ import numpy as np
 from twin._derive import derive_state_series, padded_length
 from twin._detect import (
     CusumDesign,
+    continuation_probability,
     cusum_jit,
     cusum_threshold,
     innovation_signature,
@@ -58,6 +68,7 @@ from twin._detect import (
     matched_cusum,
     merge_alarms,
     steady_state_filter,
+    step_to_noise_from_continuation,
     step_to_noise_from_repeats,
     stuck_run_threshold,
 )
@@ -72,6 +83,7 @@ from twin._instrument import (
     fuse_reported,
 )
 from twin._kalman import FilterState, estimate_at, kalman_filter
+from twin._vocabulary import STANDARD_CHANNELS_BY_NAME
 
 __all__ = [
     "CHANNEL_QUANTITY",
@@ -134,6 +146,16 @@ _TESTS = 4
 #: Memory of the innovation-scale estimate [samples]: a model that underestimates a channel's
 #: noise gives innovations wider than N(0, 1); the detectors divide them by their running rms.
 _SCALE_MEMORY = 6000  # drift alarms closer than this to the previous one extend it
+#: Memory [samples] of the long-run variance of the innovations (window sums, at least
+#: ``_MIN_BLOCK`` readings each), which scales the drift-rate CUSUM: an hour at 10 Hz, so that
+#: a ramp being detected barely moves it.
+_BLOCK_MEMORY = 36_000
+_MIN_BLOCK = 20
+#: Memory [samples] of the misfit statistic, and the long-run variance of the innovations
+#: (times the model's) above which a channel's diffusions are re-learned: the mean of ~10
+#: windows' chi-square(1) sums exceeds 6 about once in 10^8 windows when the model is right.
+_MISFIT_MEMORY = 1_000
+_MISFIT_TRIGGER = 6.0
 
 
 class TrackerError(TwinError, ValueError):
@@ -151,6 +173,10 @@ class ChannelNoise:
         quantum: the read-out step [U] (0 when unknown or unquantized).
         significant_digits: the read-out keeps this many significant digits (gauges), so its
             step is proportional to the value; 0 for a fixed step.
+        read_out_sigma: on a significant-digit read-out, the read-out noise sigma [tracked
+            unit: log units on log channels] implied by the repeats while it was learned (one
+            step size then), from which the stuck test takes the step-to-noise ratio at any
+            value; NaN otherwise.
         repeat_probability: how often two successive readings were identical while the channel
             was learned (NaN: unknown); the tracker keeps counting repeats afterwards.
     """
@@ -161,6 +187,7 @@ class ChannelNoise:
     quantum: float = 0.0
     repeat_probability: float = math.nan
     significant_digits: float = 0.0
+    read_out_sigma: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -181,6 +208,9 @@ class TrackerConfig:
         log_scale: channels to track in log space (default: ``vacuum.*``, the gauges).
         ramps: channel -> ramp of interest [U/s] of the drift-rate test; default
             :data:`DEFAULT_RAMPS`.
+        limits: channel -> ``(lowest, highest)`` reading of its range [U] (``None``: no limit);
+            a reading at or beyond either is clipped (see :attr:`channel_limits`). Channels of
+            the standard vocabulary default to their plausibility limits.
         twin_version: recorded with every estimate and flag.
     """
 
@@ -195,6 +225,23 @@ class TrackerConfig:
     twin_version: str = TWIN_VERSION
     log_scale: tuple[str, ...] | None = None
     ramps: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RAMPS))
+    limits: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+    @property
+    def channel_limits(self) -> dict[str, tuple[float, float]]:
+        """Range of each channel's readings [U], ``-inf``/``inf`` where unlimited: ``limits``,
+        else the plausibility limits of the standard vocabulary
+        (:data:`twin.STANDARD_CHANNELS_BY_NAME`: a current or a pressure reads no less than 0)."""
+        out: dict[str, tuple[float, float]] = {}
+        for name in self.channels:
+            spec = STANDARD_CHANNELS_BY_NAME.get(name)
+            standard = (None, None) if spec is None else (spec.lower, spec.upper)
+            lo, hi = self.limits.get(name, standard)
+            out[name] = (
+                -math.inf if lo is None else float(lo),
+                math.inf if hi is None else float(hi),
+            )
+        return out
 
     @property
     def log_channels(self) -> frozenset[str]:
@@ -233,8 +280,10 @@ def default_tracker_config(
     rate_hz: float = 10.0,
     report_interval_s: float = 1.0,
     twin_version: str = TWIN_VERSION,
+    limits: Mapping[str, tuple[float | None, float | None]] | None = None,
 ) -> TrackerConfig:
-    """A config tracking ``channels`` with noise learned from the data."""
+    """A config tracking ``channels`` with noise learned from the data (``limits``: the
+    ranges of channels outside the standard vocabulary, see :class:`TrackerConfig`)."""
     return TrackerConfig(
         calibration=calibration,
         channels=tuple(channels),
@@ -243,6 +292,7 @@ def default_tracker_config(
         report_interval_s=report_interval_s,
         max_gap_s=max(2.0, 20.0 / rate_hz) if rate_hz > 0 else 2.0,
         twin_version=twin_version,
+        limits=dict(limits or {}),
     )
 
 
@@ -310,15 +360,19 @@ class TrackerState:
     ramp_lower: np.ndarray  # (C,)
     repeat_pairs: np.ndarray  # (C,) successive readings compared (outside flagged runs)
     repeat_count: np.ndarray  # (C,) of which identical
+    run_trials: np.ndarray  # (C,) readings that followed two identical ones (outside flagged runs)
+    run_continued: np.ndarray  # (C,) of which identical to them too
     z_scale: np.ndarray  # (C,) running mean of the squared normalized innovations
     z_corr: np.ndarray  # (C,) running lag-1 autocorrelation of the normalized innovations
+    z_block: np.ndarray  # (C,) running mean of (sum of a window's innovations)² / its length
+    z_misfit: np.ndarray  # (C,) the same over a short memory, windows without flags only
 
     def to_json(self) -> dict[str, Any]:
         def arr(a: np.ndarray) -> list[Any]:
             return [None if isinstance(v, float) and not math.isfinite(v) else v for v in _flat(a)]
 
         return {
-            "version": 2,
+            "version": 3,
             "origin_s": self.origin_s,
             "until_s": self.until_s,
             "channels": list(self.channels),
@@ -343,6 +397,7 @@ class TrackerState:
                     n.quantum,
                     None if math.isnan(n.repeat_probability) else n.repeat_probability,
                     n.significant_digits,
+                    None if math.isnan(n.read_out_sigma) else n.read_out_sigma,
                 ]
                 for name, n in self.noise.items()
             },
@@ -352,15 +407,19 @@ class TrackerState:
             "ramp_lower": arr(self.ramp_lower),
             "repeat_pairs": arr(self.repeat_pairs),
             "repeat_count": arr(self.repeat_count),
+            "run_trials": arr(self.run_trials),
+            "run_continued": arr(self.run_continued),
             "z_scale": arr(self.z_scale),
             "z_corr": arr(self.z_corr),
+            "z_block": arr(self.z_block),
+            "z_misfit": arr(self.z_misfit),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TrackerState:
         # Version 1 (with the tolerance test's references) resumes with fresh drift-rate
         # statistics and repeat counts.
-        if data.get("version") not in (1, 2):
+        if data.get("version") not in (1, 2, 3):
             raise TrackerError(f"unknown tracker state version {data.get('version')!r}")
         channels = tuple(data["channels"])
         c = len(channels)
@@ -394,8 +453,12 @@ class TrackerState:
             ramp_lower=arr("ramp_lower", (c,), 0.0),
             repeat_pairs=arr("repeat_pairs", (c,), 0.0),
             repeat_count=arr("repeat_count", (c,), 0.0),
+            run_trials=arr("run_trials", (c,), 0.0),
+            run_continued=arr("run_continued", (c,), 0.0),
             z_scale=arr("z_scale", (c,), 1.0),
             z_corr=arr("z_corr", (c,), 0.0),
+            z_block=arr("z_block", (c,), 1.0),
+            z_misfit=arr("z_misfit", (c,), 1.0),
         )
 
 
@@ -484,6 +547,11 @@ def _read_back(y: np.ndarray) -> bool:
     return bool(y.size >= _MIN_SETTING_SAMPLES and np.all(y == y[0]))
 
 
+#: Weight of the white-noise continuation probability (in readings that followed a repeat)
+#: against the measured one, in the stuck test's step-to-noise ratio.
+_RUN_PRIOR = 20.0
+
+
 def _fit_noise(
     series: list[tuple[np.ndarray, np.ndarray]],
     robust: list[tuple[float, float, float]],
@@ -548,12 +616,15 @@ class Tracker:
         self.config = config
         self._index = {name: i for i, name in enumerate(config.channels)}
         self._log_channels = config.log_channels
+        limits = config.channel_limits
+        self._limits = [limits[name] for name in config.channels]
         rate = config.rate_hz
         #: False alarms per day allowed to one test of one channel.
         self.per_test_rate = config.false_alarms_per_day / (len(config.channels) * _TESTS)
         self._c = innovation_threshold(self.per_test_rate, rate)
         self._h = cusum_threshold(self.per_test_rate, rate, config.cusum_k)
         self._ratio_cache: dict[float, float] = {}
+        self._continuation_cache: dict[float, float] = {}
         self._run_cache: dict[float, int] = {}
         self._design_cache: dict[tuple[float, ...], CusumDesign] = {}
 
@@ -583,8 +654,12 @@ class Tracker:
             ramp_lower=np.zeros(c),
             repeat_pairs=np.zeros(c),
             repeat_count=np.zeros(c),
+            run_trials=np.zeros(c),
+            run_continued=np.zeros(c),
             z_scale=np.ones(c),
             z_corr=np.zeros(c),
+            z_block=np.ones(c),
+            z_misfit=np.ones(c),
         )
 
     # ------------------------------------------------------------------------------ update
@@ -612,7 +687,8 @@ class Tracker:
         origin = state.origin_s
         start_rel, end_rel = state.until_s - origin, until_s - origin
         per_channel: list[tuple[np.ndarray, np.ndarray]] = []
-        for name in cfg.channels:
+        clipped: list[np.ndarray] = []  # -1: at or below the lower limit, +1: the upper, 0
+        for name, (lo, hi) in zip(cfg.channels, self._limits, strict=True):
             t, y = samples.get(name, (np.zeros(0), np.zeros(0)))
             t = np.asarray(t, dtype=np.float64) - origin
             y = np.asarray(y, dtype=np.float64)
@@ -620,18 +696,24 @@ class Tracker:
                 raise TrackerError(f"{name}: times and values must be 1-D of one length")
             if t.size and (np.any(np.diff(t) < 0) or not np.all(np.isfinite(t))):
                 raise TrackerError(f"{name}: times must be finite and sorted")
-            keep = (t >= start_rel) & (t < end_rel)
-            t, y = t[keep], y[keep]
+            if t.size and (t[0] < start_rel or t[-1] >= end_rel):
+                keep = (t >= start_rel) & (t < end_rel)
+                t, y = t[keep], y[keep]
+            side = np.zeros(y.size, dtype=np.int8)
+            side[y <= lo] = -1
+            side[y >= hi] = 1
+            clipped.append(side)
             if name in self._log_channels:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     y = np.log(np.where(y > 0, y, np.nan))
             per_channel.append((t, y))
 
         flags: list[Flag] = []
-        self._learn(state, per_channel)
+        self._learn(state, per_channel, clipped)
+        censored = [self._censored(state, i, clipped[i]) for i in range(len(cfg.channels))]
         grid = _report_grid(start_rel, end_rel, cfg.report_interval_s, origin)
         levels, variances, rates, rate_vars = self._filter_and_detect(
-            state, per_channel, grid, end_rel, flags
+            state, per_channel, censored, grid, end_rel, flags
         )
         self._dropouts(state, per_channel, end_rel, flags)
         state.until_s = float(until_s)
@@ -639,16 +721,52 @@ class Tracker:
         flags.sort(key=lambda f: (f.time_s, f.channel, f.kind))
         return TrackerUpdate(state=state, estimates=estimates, flags=flags)
 
-    def _learn(self, state: TrackerState, per_channel: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Initialise the channels that have enough readings for the first time."""
+    def _censored(self, state: TrackerState, i: int, side: np.ndarray) -> np.ndarray:
+        """Which clipped readings of a tracked channel the noise model explains: those at a
+        limit that the prediction at the window's start puts within the disagreement threshold
+        (c sigmas of the level's and the read-out's uncertainty, scaled as the innovations)."""
+        none = np.zeros(side.size, dtype=bool)
+        if not side.any() or state.setting[i] or np.isnan(state.mean[i, 0]):
+            return none
+        name = self.config.channels[i]
+        noise = state.noise[name]
+        lo, hi = self._limits[i]
+        if name in self._log_channels:
+            lo = math.log(lo) if lo > 0 else -math.inf
+            hi = math.log(hi) if 0 < hi < math.inf else math.inf
+        level = float(state.mean[i, 0])
+        variance = float(state.cov[i, 0, 0]) + noise.measurement_variance
+        sd = math.sqrt(max(variance, 0.0) * max(float(state.z_scale[i]), 1.0))
+        out = none
+        if level - self._c * sd <= lo:
+            out = out | (side < 0)
+        if level + self._c * sd >= hi:
+            out = out | (side > 0)
+        return out
+
+    def _learn(
+        self,
+        state: TrackerState,
+        per_channel: list[tuple[np.ndarray, np.ndarray]],
+        clipped: list[np.ndarray],
+    ) -> None:
+        """Initialise the channels that have enough readings for the first time (clipped
+        readings tell nothing of the noise: a channel learns from the others, or, when every
+        reading is the same value at its limit, is a set value)."""
         fresh: list[int] = []
         fit: list[int] = []
         robust: list[tuple[float, float, float]] = []
+        learnable: dict[int, np.ndarray] = {}
         for i, name in enumerate(self.config.channels):
             if not np.isnan(state.mean[i, 0]):
                 continue
             t, y = per_channel[i]
             finite = np.isfinite(y)
+            off = finite & (clipped[i] == 0)
+            constant = bool(finite.any()) and float(np.ptp(y[finite])) == 0.0
+            if np.count_nonzero(off) >= _MIN_LEARN_SAMPLES or not constant:
+                finite = off
+            learnable[i] = finite
             if name in state.noise:
                 fresh.append(i)
                 continue
@@ -670,10 +788,10 @@ class Tracker:
                 if (self.config.channels[i] in self.config.ramps) == constant_rate
             ]
             if group:
-                self._fit_group(state, per_channel, group, constant_rate=constant_rate)
+                self._fit_group(state, per_channel, learnable, group, constant_rate=constant_rate)
         for i in fresh:
             t, y = per_channel[i]
-            finite = np.isfinite(y)
+            finite = learnable[i]
             if not finite.any():
                 continue
             noise = state.noise[self.config.channels[i]]
@@ -689,6 +807,7 @@ class Tracker:
         self,
         state: TrackerState,
         per_channel: list[tuple[np.ndarray, np.ndarray]],
+        learnable: Mapping[int, np.ndarray],
         group: list[tuple[int, tuple[float, float, float]]],
         *,
         constant_rate: bool,
@@ -696,22 +815,32 @@ class Tracker:
         series = []
         for i, _ in group:
             t, y = per_channel[i]
-            finite = np.isfinite(y)
-            series.append((t[finite], y[finite]))
+            series.append((t[learnable[i]], y[learnable[i]]))
         robust = [stats for _, stats in group]
         fitted = _fit_noise(series, robust, constant_rate=constant_rate)
         for (i, _), noise, (_, y) in zip(group, fitted, series, strict=True):
             name = self.config.channels[i]
             raw = np.exp(y) if name in self._log_channels else y
             digits = _significant_digits(raw)
-            state.noise[name] = dataclasses.replace(noise, significant_digits=digits)
+            noise = dataclasses.replace(noise, significant_digits=digits)
+            if digits > 0 and 0 < noise.repeat_probability < 1:
+                # The step while learned, at the typical reading, over the ratio its repeats
+                # imply: the noise sigma, which does not change when the step does.
+                step = _tracked_step(float(np.median(y)), noise, name in self._log_channels)
+                sigma = step / step_to_noise_from_repeats(noise.repeat_probability)
+                noise = dataclasses.replace(noise, read_out_sigma=sigma)
+            state.noise[name] = noise
             state.repeat_pairs[i] = max(y.size - 1, 0)
             state.repeat_count[i] = noise.repeat_probability * state.repeat_pairs[i]
+            same = np.diff(y) == 0
+            state.run_trials[i] = np.count_nonzero(same[:-1])
+            state.run_continued[i] = np.count_nonzero(same[:-1] & same[1:])
 
     def _filter_and_detect(
         self,
         state: TrackerState,
         per_channel: list[tuple[np.ndarray, np.ndarray]],
+        censored: list[np.ndarray],
         grid: np.ndarray,
         end_rel: float,
         flags: list[Flag],
@@ -757,7 +886,10 @@ class Tracker:
                 jnp.asarray(state.time[active]),
             )
             result = kalman_filter(model, times, readings, initial)
-            raw_z = np.asarray(result.normalized_innovation)
+            raw_z = np.array(result.normalized_innovation)
+            for row, i in enumerate(active):
+                # The filter follows a censored reading; the tests do not count it.
+                raw_z[row, : censored[i].size][censored[i]] = math.nan
             scale = np.sqrt(np.maximum(state.z_scale[active], 1.0))
             z = raw_z / scale[:, None]
             # The CUSUM sums innovations: correlated ones (a model slightly too stiff for a
@@ -765,6 +897,11 @@ class Tracker:
             rho = np.clip(state.z_corr[active], 0.0, 0.9)
             long_run = np.sqrt(np.maximum(state.z_scale[active] * (1 + rho) / (1 - rho), 1.0))
             z_cusum = raw_z / long_run[:, None]
+            # The drift-rate CUSUM sums hundreds of them: the whole autocorrelation counts
+            # (a level diffusion learned too small leaves correlations that decay over ~1/K
+            # readings, which the lag-1 value misses), measured by the variance of the sums
+            # of whole windows.
+            z_ramp = raw_z / np.sqrt(np.maximum(long_run**2, state.z_block[active]))[:, None]
             gp0, gm0 = state.cusum_upper[active], state.cusum_lower[active]
             carried = jnp.asarray(_with_carry(z_cusum, gp0, gm0, cfg.cusum_k))
             cs = cusum_jit(carried, k=cfg.cusum_k, h=self._h)
@@ -782,13 +919,14 @@ class Tracker:
             if n == 0:
                 continue
             zi = z[row, :n]
-            self._update_scale(state, i, raw_z[row, :n])
+            block = self._update_scale(state, i, raw_z[row, :n])
+            flagged_before = len(flags)
             self._disagreements(state, i, t, y, zi, innovation[row, :n], pred_var[row, :n], flags)
             reopen = self._drifts(
                 state, i, t, y, zi, alarm[row, :n], mean[row, :n], pred_var[row, :n], flags
             )
-            self._stuck(state, i, t, y, flags)
-            rate_alarm = self._ramps(state, i, t, y, z_cusum[row, :n], mean[row, :n], flags)
+            self._stuck(state, i, t, y, censored[i], flags)
+            rate_alarm = self._ramps(state, i, t, y, z_ramp[row, :n], mean[row, :n], flags)
             state.mean[i], state.cov[i], state.time[i] = mean[row, n - 1], cov[row, n - 1], t[-1]
             state.cusum_upper[i], state.cusum_lower[i] = upper[row, n - 1], lower[row, n - 1]
             if alarm[row, n - 1]:
@@ -801,14 +939,41 @@ class Tracker:
             if rate_alarm is not None:
                 # The drift rate changed: let the filter learn the new one.
                 state.cov[i, 1, 1] += rate_alarm**2
+            if block is not None and len(flags) == flagged_before:
+                self._adapt(state, i, block, n)
         return levels, variances, rates, rate_vars
 
+    def _adapt(self, state: TrackerState, i: int, block: float, n: int) -> None:
+        """Re-learn a channel's diffusions when its innovations show that the model is far too
+        stiff. For a random walk filtered with a diffusion ``q'`` where the truth has ``q``, the
+        long-run variance of the normalized innovations is ``q / q'`` (``K² S = q'`` in the
+        steady state): a noise learned in a calm first minute (a wander that beats over
+        minutes) shows as window sums far wider than their length. Only windows without a flag
+        on the channel count (a fault is not a misfit), and only a large misfit acts, after
+        which the diffusions are multiplied by it and the statistics start again."""
+        w = min(1.0, n / _MISFIT_MEMORY)
+        state.z_misfit[i] = (1.0 - w) * state.z_misfit[i] + w * block
+        if state.z_misfit[i] <= _MISFIT_TRIGGER:
+            return
+        name = self.config.channels[i]
+        noise = state.noise[name]
+        factor = min(float(state.z_misfit[i]), 100.0)
+        state.noise[name] = dataclasses.replace(
+            noise,
+            level_diffusion=noise.level_diffusion * factor,
+            rate_diffusion=noise.rate_diffusion * factor,
+        )
+        state.z_misfit[i] = state.z_block[i] = state.z_scale[i] = 1.0
+        state.z_corr[i] = 0.0
+
     # ------------------------------------------------------------------------------ detectors
-    def _update_scale(self, state: TrackerState, i: int, z: np.ndarray) -> None:
-        """Running mean of z² (outliers clipped, so a fault does not hide itself)."""
+    def _update_scale(self, state: TrackerState, i: int, z: np.ndarray) -> float | None:
+        """Running mean of z² (outliers clipped, so a fault does not hide itself), their lag-1
+        autocorrelation and their long-run variance; returns the window's
+        ``(sum z)² / n`` (None for a window too short)."""
         finite = z[np.isfinite(z)]
         if finite.size == 0:
-            return
+            return None
         w = min(1.0, finite.size / _SCALE_MEMORY)
         clipped = np.clip(finite, -5.0, 5.0)
         mean_sq = float(np.mean(clipped**2))
@@ -816,6 +981,12 @@ class Tracker:
         if clipped.size > 1:
             lag1 = float(np.mean(clipped[1:] * clipped[:-1])) / max(mean_sq, 1e-12)
             state.z_corr[i] = (1.0 - w) * state.z_corr[i] + w * lag1
+        if clipped.size < _MIN_BLOCK:
+            return None
+        block = float(np.sum(clipped)) ** 2 / clipped.size
+        wb = clipped.size / _BLOCK_MEMORY
+        state.z_block[i] = (1.0 - wb) * state.z_block[i] + wb * block
+        return block
 
     def _flag(
         self,
@@ -938,13 +1109,20 @@ class Tracker:
         return reopen
 
     def _stuck(
-        self, state: TrackerState, i: int, t: np.ndarray, y: np.ndarray, flags: list[Flag]
+        self,
+        state: TrackerState,
+        i: int,
+        t: np.ndarray,
+        y: np.ndarray,
+        censored: np.ndarray,
+        flags: list[Flag],
     ) -> None:
         """Runs of identical readings that a live sensor starts less often than the test's
         share of the budget allows (:func:`twin.stuck_run_threshold`), for the step-to-noise
         ratio implied by the channel's measured repeat probability (counted since learning,
         outside flagged runs); on a significant-digit read-out the ratio follows the step at
-        the reading's value."""
+        the reading's value. A censored reading (clipped at a limit) breaks a run: a quantity
+        resting at the end of its range repeats the limit, which says nothing of the sensor."""
         name = self.config.channels[i]
         noise = state.noise[name]
         if noise.measurement_variance == 0 or state.repeat_pairs[i] < 1:
@@ -952,27 +1130,37 @@ class Tracker:
         in_log = name in self._log_channels
         last, run = state.last_value[i], int(state.run_length[i])
         run_start = math.nan
-        pairs = repeats = 0
+        pairs = repeats = trials = continued = 0
         flagged = bool(state.flagged_stuck[i])
         ratio = self._step_to_noise(state, i, noise)
         for k in range(y.size):
             v = y[k]
             if not math.isfinite(v):
                 continue
+            if censored[k]:
+                last, run, run_start, flagged = math.nan, 0, math.nan, False
+                continue
             if v != last:
                 if math.isfinite(last) and not flagged:
                     pairs += 1
+                    trials += run >= 2
                 last, run, run_start, flagged = v, 1, t[k], False
                 continue
             run += 1
             if not flagged:
                 pairs, repeats = pairs + 1, repeats + 1
+                if run >= 3:
+                    trials, continued = trials + 1, continued + 1
             if flagged:
                 continue
             if noise.significant_digits > 0 and noise.quantum > 0:
-                # The step follows the value (10x coarser above a decade): the noise implied
-                # at the finest step seen is a lower bound, so the ratio here is not too small.
-                ratio_here = ratio * _tracked_step(v, noise, in_log) / noise.quantum
+                # The step follows the value (10x coarser above a decade): the ratio here is
+                # the step here over the noise sigma measured while learning; the noise implied
+                # at the finest step seen is a lower bound of it.
+                step_here = _tracked_step(v, noise, in_log)
+                ratio_here = ratio * step_here / noise.quantum
+                if math.isfinite(noise.read_out_sigma) and noise.read_out_sigma > 0:
+                    ratio_here = max(ratio_here, step_here / noise.read_out_sigma)
                 min_run = self._min_run(max(ratio, ratio_here))
             else:
                 min_run = self._min_run(ratio)
@@ -999,19 +1187,36 @@ class Tracker:
         state.flagged_stuck[i] = flagged
         state.repeat_pairs[i] += pairs
         state.repeat_count[i] += repeats
+        state.run_trials[i] += trials
+        state.run_continued[i] += continued
 
     def _step_to_noise(self, state: TrackerState, i: int, noise: ChannelNoise) -> float:
         """Read-out step over noise sigma at the channel's typical value, from the measured
-        repeat probability (with half a repeat of prior, so that no count is not certainty)."""
+        repeat probability (with half a repeat of prior, so that no count is not certainty);
+        where runs continue more often than that ratio explains (read-out noise correlated
+        from one reading to the next, as real sensors behind a filter show), the ratio that
+        explains the measured continuation, since it is the continuation that makes long runs
+        (its count shrunk towards the repeat-derived value by :data:`_RUN_PRIOR` readings)."""
         p = (state.repeat_count[i] + 0.5) / (state.repeat_pairs[i] + 1.0)
         key = round(float(p), 4)
         ratio = self._ratio_cache.get(key)
         if ratio is None:
             ratio = self._ratio_cache[key] = step_to_noise_from_repeats(key)
-        return ratio
+        grid = _ratio_grid(ratio)
+        prior = self._continuation_cache.get(grid)
+        if prior is None:
+            prior = self._continuation_cache[grid] = continuation_probability(grid)
+        c = (state.run_continued[i] + _RUN_PRIOR * prior) / (state.run_trials[i] + _RUN_PRIOR)
+        if c <= prior:
+            return ratio
+        c_key = round(float(c), 3)
+        matched = self._ratio_cache.get(-c_key)  # negative keys: from the continuation
+        if matched is None:
+            matched = self._ratio_cache[-c_key] = step_to_noise_from_continuation(c_key)
+        return max(ratio, matched)
 
     def _min_run(self, ratio: float) -> int:
-        key = float(f"{ratio:.3g}")
+        key = _ratio_grid(ratio)  # rounded up: a run no shorter than the exact ratio's
         run = self._run_cache.get(key)
         if run is None:
             run = stuck_run_threshold(key, self.per_test_rate, self.config.rate_hz)
@@ -1312,6 +1517,14 @@ def _held(grid: np.ndarray, channel: tuple[np.ndarray, np.ndarray], before: floa
     t, y = t[finite], y[finite]
     k = np.searchsorted(t, grid, side="right") - 1
     return np.where(k >= 0, y[np.maximum(k, 0)] if y.size else before, before)
+
+
+def _ratio_grid(ratio: float) -> float:
+    """``ratio`` rounded up to a grid of 1 % steps, so the run tables are computed a few
+    hundred times at most."""
+    if not ratio > 0:
+        return 1e-3
+    return float(1.01 ** math.ceil(math.log(ratio) / math.log(1.01) - 1e-9))
 
 
 def _copy_state(s: TrackerState) -> TrackerState:

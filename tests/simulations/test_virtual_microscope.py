@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from simulations import (
+    FLASH_INTERVAL_S,
     STANDARD_CHANNEL_MODELS,
     ChannelModel,
     Dropout,
@@ -277,6 +278,50 @@ def test_model_parameters_are_checked() -> None:
         ChannelModel(nominal=1.0, noise=-1.0)
     with pytest.raises(MicroscopeConfigError, match="positive nominal"):
         ChannelModel(nominal=0.0, log_normal=True)
+    with pytest.raises(MicroscopeConfigError, match="flash_interval_s"):
+        ChannelModel(nominal=1.0, decay_time_s=10.0, flash_interval_s=0.0)
+
+
+def test_the_cold_feg_is_flashed_and_no_channel_leaves_its_range_in_three_days() -> None:
+    """Three days at 1 Hz: the emission is restored at every tip flash (it would otherwise
+    fall below its read-out noise within a day and rest at 0 A), and no channel's truth or
+    reading reaches the limits of its range."""
+    vm = microscope(rate_hz=1.0)
+    day_s = 86_400
+    row = [c.name for c in vm.channels].index("gun.emission_current")
+    nominal = STANDARD_CHANNEL_MODELS["gun.emission_current"].nominal
+    lower = np.array([-math.inf if c.lower is None else c.lower for c in vm.channels])
+    upper = np.array([math.inf if c.upper is None else c.upper for c in vm.channels])
+    emission = []
+    for _ in range(3 * 24):
+        block = vm.generate(3600)
+        assert block.true_values is not None
+        truth, readings = block.true_values, block.values
+        assert np.all((truth > lower[:, None]) & (truth < upper[:, None]))
+        assert np.all((readings > lower[:, None]) & (readings < upper[:, None]))
+        emission.append(truth[row])
+    e = np.concatenate(emission)
+    flashes = vm.tip_flashes(0.0, 3 * day_s)
+    assert [t for _, t in flashes] == [FLASH_INTERVAL_S * k for k in range(1, 36)]
+    assert {channel for channel, _ in flashes} == {"gun.emission_current"}
+    for _, t in flashes:
+        k = int(t)  # tick k is at k seconds
+        assert e[k - 1] < 0.6 * nominal  # about half gone after 2 h (3 h decay time)
+        assert e[k] > 0.98 * nominal  # restored
+    assert 0.45 * nominal < e.min() and e.max() < 1.02 * nominal
+    # A microscope that never flashes decays towards 0 A.
+    models = {"gun.emission_current": STANDARD_CHANNEL_MODELS["gun.emission_current"]}
+    unflashed = {
+        name: ChannelModel(
+            nominal=m.nominal, decay_time_s=m.decay_time_s, wander=m.wander, noise=m.noise,
+            resolution=m.resolution,
+        )
+        for name, m in models.items()
+    }  # fmt: skip
+    late = microscope(rate_hz=1.0, models=unflashed)
+    late.generate(20 * 3600)
+    assert late.tip_flashes(0.0, 3 * day_s) == []
+    assert np.mean(late.generate(3600).values[row] == 0.0) > 0.1  # clipped at its limit
 
 
 # ------------------------------------------------------------------ faults

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import numpy as np
 import pytest
@@ -139,3 +141,78 @@ def test_matched_ramp_cusum_false_alarm_rate_agrees_with_its_budget() -> None:
         gp[hit] = gm[hit] = 0.0
     expected = per_day * hours / 24
     assert expected / 2.5 <= alarms <= expected * 1.5
+
+
+def test_each_test_of_the_tracker_keeps_its_share_of_a_high_budget_on_clean_data() -> None:
+    """Six channels (3 stage axes with the drift-rate test, 2 lens currents, the holder
+    temperature), each a random walk read with Gaussian noise through its ADC step, 2 h at
+    10 Hz through the tracker as the worker runs it (noise learned in the first minute), at
+    2400 false alarms a day: each test's share expects 50 flags (25 for the drift-rate test,
+    on 3 channels). Measured: disagreement 35, drift 32, drift rate 26, stuck 6. The tests
+    with a continuous threshold land within a factor of 2 below their share (the innovations
+    are scaled by their measured rms and autocorrelation, which errs on the quiet side); the
+    stuck test's run length is a whole number of readings, the first whose probability is
+    below the share, so it stays well below."""
+    from simulations import ChannelModel, VirtualMicroscope
+    from twin import STANDARD_CHANNELS_BY_NAME, Calibration, Tracker, default_tracker_config
+
+    def stage(nominal: float) -> ChannelModel:
+        return ChannelModel(nominal=nominal, random_walk=0.1e-9, noise=0.3e-9, resolution=0.1e-9)
+
+    models = {
+        "stage.x": stage(1e-6),
+        "stage.y": stage(-2e-6),
+        "stage.z": stage(0.5e-6),
+        "objective.lens_current": ChannelModel(
+            nominal=5.6, random_walk=2e-8, noise=3e-6, resolution=1e-6
+        ),
+        "condenser.c1_current": ChannelModel(
+            nominal=2.1, random_walk=2e-8, noise=3e-6, resolution=3e-6
+        ),
+        "holder.temperature": ChannelModel(
+            nominal=293.15, random_walk=1e-4, noise=0.02, resolution=0.01
+        ),
+    }
+    names = list(models)
+    t0_ns, hours, budget = 1_795_435_200_000_000_000, 2.0, 2400.0
+    vm = VirtualMicroscope(
+        rate_hz=10.0, seed=11, start_ns=t0_ns, models=models,
+        channels=[STANDARD_CHANNELS_BY_NAME[n] for n in names],
+    )  # fmt: skip
+    block = vm.generate(int(hours * 36_000))
+    t = block.times_ns / 1e9
+    tracker = Tracker(
+        default_tracker_config(Calibration(), channels=names, false_alarms_per_day=budget)
+    )
+    start = t0_ns / 1e9
+    state = tracker.initial_state(start_s=start)
+    counts = {"disagreement": 0, "drift": 0, "drift_rate": 0, "stuck": 0}
+    for k in range(int((hours * 3600 - 60) / 10) + 1):
+        update = tracker.update(
+            state,
+            {n: (t, block.values[i]) for i, n in enumerate(names)},
+            until_s=start + 60.0 + 10.0 * k,
+        )
+        state = update.state
+        for f in update.flags:
+            counts[str(f.detail.get("test", f.kind))] += 1
+    share = tracker.per_test_rate * (hours * 3600 - 60) / 86_400  # per test and channel
+    expected = {"disagreement": 6 * share, "drift": 6 * share, "drift_rate": 3 * share,
+                "stuck": 6 * share}  # fmt: skip
+    for test, n in counts.items():
+        assert n <= expected[test] + 3 * math.sqrt(expected[test]), (test, n, expected[test])
+        if test != "stuck":
+            assert n >= expected[test] / 2 - 3 * math.sqrt(expected[test] / 2), (test, n)
+    assert counts["stuck"] >= 1
+
+
+@pytest.mark.parametrize("k", [0.001, 0.01, 0.2, 1.0, 3.0])
+def test_the_cusum_interval_meets_its_budget_for_any_reference(k: float) -> None:
+    """A drift-rate design at 100 Hz matches k ~ 0.01, whose interval is ~700 sigma: it must
+    not be cut short (it was once capped at 200, which alarmed every 20 minutes)."""
+    from twin._detect import SECONDS_PER_DAY, _siegmund_arl
+
+    per_day, rate_hz = 1 / 400, 100.0
+    h = cusum_threshold(per_day, rate_hz, k)
+    target = SECONDS_PER_DAY * rate_hz / per_day
+    assert _siegmund_arl(h, k) / 2 == pytest.approx(target, rel=1e-6)
