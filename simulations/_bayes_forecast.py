@@ -66,7 +66,7 @@ _SITES = ("sigma_level", "sigma_slope", "phi", "sigma_cycle", "rho", "frequency"
 #: sd of the log), ("beta", a, b) or ("uniform", low, high). docs/bayesian.md says why.
 PRIORS: dict[str, tuple[str, float, float]] = {
     "sigma_level": ("lognormal", math.log(0.3), 1.5),
-    "sigma_slope": ("lognormal", math.log(0.02), 2.0),
+    "sigma_slope": ("lognormal", math.log(0.003), 1.0),
     "phi": ("beta", 10.0, 1.0),
     "sigma_cycle": ("lognormal", math.log(0.3), 1.5),
     "rho": ("beta", 4.0, 1.0),
@@ -561,6 +561,39 @@ def fit_forecast(
     if not (math.isfinite(dt) and dt > 0):
         raise BayesError(f"the grid step must be finite and > 0 s, not {dt!r}")
     grid_t, y = _grid(t, v, dt)
+    return _fit_grid(
+        grid_t,
+        y,
+        float(dt),
+        quantity=quantity,
+        unit=unit,
+        method=method,
+        samples=samples,
+        warmup=warmup,
+        svi_steps=svi_steps,
+        seed=seed,
+        progress=progress,
+        started=started,
+    )
+
+
+def _fit_grid(
+    grid_t: np.ndarray,
+    y: np.ndarray,
+    dt: float,
+    *,
+    quantity: str = "quantity",
+    unit: str = "",
+    method: str = "svi",
+    samples: int = 300,
+    warmup: int = 300,
+    svi_steps: int = 300,
+    seed: int = 0,
+    progress: Progress | None = None,
+    started: float | None = None,
+) -> ForecastModel:
+    """:func:`fit_forecast` on values already on a regular grid."""
+    started = time.perf_counter() if started is None else started
     if len(y) < MIN_POINTS:
         raise TooShortSeries(f"{len(y)} points at {dt:g} s: a forecast needs at least {MIN_POINTS}")
     diffs = np.diff(y)
@@ -675,16 +708,23 @@ def evaluate_forecast(
     samples: int = 200,
     warmup: int = 200,
     seed: int = 0,
+    refit: bool = False,
+    window_s: float | None = None,
 ) -> ForecastScore:
     """Fit on the first ``train_fraction`` of the series, then forecast from ``origins`` points
     of the held-out rest (the filter sees the data up to each origin, the parameters stay those
-    fitted) and score against what was read ``horizons_s`` later."""
+    fitted) and score against what was read ``horizons_s`` later.
+
+    With ``refit``, every forecaster is fitted again at each origin on the data up to it (the
+    last ``window_s`` [s] of it when given), as a forecast made now from recent telemetry
+    would be: the Bayesian model, the LLT's maximum-likelihood noise and persistence's spread
+    alike. The scores are of the same held-out readings either way.
+    """
     t = np.asarray(times_s, dtype=float)
     v = np.asarray(values, dtype=float)
     cut = t[0] + train_fraction * (t[-1] - t[0])
-    fitted = fit_forecast(
-        t[t <= cut], v[t <= cut], dt=dt, method=method, samples=samples, warmup=warmup, seed=seed
-    )
+    options = {"method": method, "samples": samples, "warmup": warmup, "seed": seed}
+    fitted = fit_forecast(t[t <= cut], v[t <= cut], dt=dt, **options)  # type: ignore[arg-type]
     step = fitted.dt
     grid_t = np.arange(fitted.grid_s[0], t[-1] + step / 2, step)
     y = np.interp(grid_t, *_grid(t, v, step))
@@ -694,40 +734,61 @@ def evaluate_forecast(
     if last_origin <= n_train:
         raise TooShortSeries("the held-out part is shorter than the longest horizon")
     at = np.unique(np.linspace(n_train, last_origin, origins).astype(int))
-    theta = fitted._params()
-    _, means, covs = _run((y - fitted.offset) / fitted.scale, theta, keep=True)
-    assert means is not None and covs is not None
-    llt = llt_forecast(grid_t[:n_train], y[:n_train], step)
-    llt_run = kalman_filter(
-        llt,
-        grid_t,
-        y,
-        initial_state(
-            llt,
-            grid_t[0],
-            # the same start as the Bayesian model's: first value, mean early step
-            np.array([y[0], float(np.mean(np.diff(y[:21]))) / step]),
-            np.array([100 * np.var(np.diff(y[:n_train])), np.var(np.diff(y[:n_train])) / step**2])
-            + 1e-300,
-        ),
-    )
-    persist_sd = persistence_forecast(y[:n_train], steps)
+    window = len(y) if window_s is None else max(MIN_POINTS, round(window_s / step))
+    fit_seconds = fitted.seconds
+
+    def baselines(lo: int, hi: int) -> tuple[LocalLinearTrend, Any, np.ndarray]:
+        """The LLT fitted on y[lo:hi], its filter run over y[lo:] and persistence's sds."""
+        seg_t, seg = grid_t[lo:hi], y[lo:hi]
+        model = llt_forecast(seg_t, seg, step)
+        var = np.var(np.diff(seg))
+        run = kalman_filter(
+            model,
+            grid_t[lo:],
+            y[lo:],
+            initial_state(
+                model,
+                seg_t[0],
+                # the same start as the Bayesian model's: first value, mean early step
+                np.array([seg[0], float(np.mean(np.diff(seg[:21]))) / step]),
+                np.array([100 * var, var / step**2]) + 1e-300,
+            ),
+        )
+        return model, run, persistence_forecast(seg, steps)
+
+    if not refit:
+        theta = fitted._params()
+        _, means, covs = _run((y - fitted.offset) / fitted.scale, theta, keep=True)
+        assert means is not None and covs is not None
+        llt, llt_run, persist_sd = baselines(0, n_train)
     rng = np.random.default_rng(seed)
     scores: dict[str, list[np.ndarray]] = {k: [] for k in ("b", "p", "l", "cb", "cp", "cl")}
     z90 = stats.norm.ppf(0.95)
     for o in at:
         truth = y[o + steps]
-        mean, var = _ahead(means[:, o], covs[:, o], theta, steps)
+        if refit:
+            lo = max(0, o + 1 - window)
+            model = _fit_grid(grid_t[lo : o + 1], y[lo : o + 1], step, **options)  # type: ignore[arg-type]
+            fit_seconds += model.seconds
+            theta = model._params()
+            _, m_o, c_o = _run((y[lo : o + 1] - model.offset) / model.scale, theta, keep=True)
+            assert m_o is not None and c_o is not None
+            mean, var = _ahead(m_o[:, -1], c_o[:, -1], theta, steps)
+            offset, scale = model.offset, model.scale
+            llt, llt_run, persist_sd = baselines(lo, o + 1)
+            llt_m, llt_p = np.asarray(llt_run.mean)[o - lo], np.asarray(llt_run.cov)[o - lo]
+        else:
+            mean, var = _ahead(means[:, o], covs[:, o], theta, steps)
+            offset, scale = fitted.offset, fitted.scale
+            llt_m, llt_p = np.asarray(llt_run.mean)[o], np.asarray(llt_run.cov)[o]
         draws = mean[:, None] + np.sqrt(var)[:, None] * rng.normal(size=(len(mean), 8, len(steps)))
-        draws = draws.reshape(-1, len(steps)) * fitted.scale + fitted.offset
-        lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
+        draws = draws.reshape(-1, len(steps)) * scale + offset
+        lo_q, hi_q = np.quantile(draws, [0.05, 0.95], axis=0)
         scores["b"].append(crps_samples(draws, truth))
-        scores["cb"].append((lo <= truth) & (truth <= hi))
+        scores["cb"].append((lo_q <= truth) & (truth <= hi_q))
         scores["p"].append(crps_gaussian(y[o], persist_sd, truth))
         scores["cp"].append(np.abs(truth - y[o]) <= z90 * persist_sd)
-        lm, ls = _llt_ahead(
-            llt, np.asarray(llt_run.mean)[o], np.asarray(llt_run.cov)[o], steps * step
-        )
+        lm, ls = _llt_ahead(llt, llt_m, llt_p, steps * step)
         scores["l"].append(crps_gaussian(lm, ls, truth))
         scores["cl"].append(np.abs(truth - lm) <= z90 * ls)
     avg = {k: float(np.mean(np.concatenate(v))) for k, v in scores.items()}
@@ -741,7 +802,7 @@ def evaluate_forecast(
         coverage_90_persistence=avg["cp"],
         coverage_90_llt=avg["cl"],
         origins=len(at),
-        fit_seconds=fitted.seconds,
+        fit_seconds=fit_seconds,
         crps_by_horizon=by["b"],
         crps_persistence_by_horizon=by["p"],
         crps_llt_by_horizon=by["l"],
