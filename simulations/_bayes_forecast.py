@@ -756,10 +756,12 @@ def evaluate_forecast(
         )
         return model, run, persistence_forecast(seg, steps)
 
+    means = covs = np.empty((0, 0, _STATE))
     if not refit:
         theta = fitted._params()
-        _, means, covs = _run((y - fitted.offset) / fitted.scale, theta, keep=True)
-        assert means is not None and covs is not None
+        _, kept_means, kept_covs = _run((y - fitted.offset) / fitted.scale, theta, keep=True)
+        assert kept_means is not None and kept_covs is not None
+        means, covs = kept_means, kept_covs
         llt, llt_run, persist_sd = baselines(0, n_train)
     rng = np.random.default_rng(seed)
     scores: dict[str, list[np.ndarray]] = {k: [] for k in ("b", "p", "l", "cb", "cp", "cl")}
