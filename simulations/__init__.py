@@ -14,7 +14,8 @@ Bayesian experiments (pyro, docs/bayesian.md): :func:`calibrate` (posterior of t
 model's constants from reference measurements), :func:`fit_forecast` (forecasts of a drifting
 quantity), :func:`design_calibration` (a ranked plan by expected information gain), and their
 checks on the virtual microscope (:func:`simulation_based_calibration`,
-:func:`evaluate_forecast`, :func:`rehearse_design`).
+:func:`evaluate_forecast`, :func:`rehearse_design`). They import torch and pyro when a model is
+fitted or sampled: importing this package loads neither.
 """
 
 from simulations._bayes_calibration import CalibrationPosterior, calibrate

@@ -8,6 +8,8 @@ Generative model (docs/bayesian.md): standardized constants ``z ~ N(0, I)``, the
 replaces it for large sets. The result is a :class:`CalibrationPosterior`: posterior mean,
 covariance, R-hat, effective sample size, divergences and a posterior predictive check, and
 the calibration version it proposes, which it refuses to give when a diagnostic failed.
+
+torch and pyro are imported when a calibration runs, not with this module.
 """
 
 from __future__ import annotations
@@ -16,15 +18,9 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyro
-import pyro.distributions as dist
-import torch
-from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
-from pyro.infer.autoguide import AutoMultivariateNormal
-from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 from scipy import stats
 
 from simulations._bayes_model import (
@@ -40,6 +36,9 @@ from simulations._bayes_model import (
 )
 from simulations._errors import BayesError, NotConverged
 from twin import Calibration
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["CalibrationPosterior", "calibrate"]
 
@@ -130,6 +129,10 @@ def _model(
     scale: torch.Tensor,
     index: torch.Tensor,
 ) -> None:
+    import pyro
+    import pyro.distributions as dist
+    import torch
+
     k = len(index)
     z = pyro.sample(
         "z", dist.Normal(torch.zeros(k, dtype=y.dtype), torch.ones(k, dtype=y.dtype)).to_event(1)
@@ -165,6 +168,10 @@ def _nuts(
     args: tuple[Any, ...], chains: int, samples: int, warmup: int, seed: int, progress: Progress
 ) -> tuple[np.ndarray, int]:
     """z draws (chains, samples, k) and the number of divergent transitions."""
+    import pyro
+    import torch
+    from pyro.infer import MCMC, NUTS
+
     out, divergent = [], 0
     k = len(args[-1])
     total = chains * (samples + warmup)
@@ -187,6 +194,11 @@ def _nuts(
 
 
 def _svi(args: tuple[Any, ...], samples: int, steps: int, seed: int, progress: Progress) -> Any:
+    import pyro
+    import torch
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoMultivariateNormal
+
     pyro.set_rng_seed(seed)
     pyro.clear_param_store()
     guide = AutoMultivariateNormal(_model, init_scale=0.01)
@@ -272,6 +284,9 @@ def calibrate(
         TooFewMeasurements, MissingTelemetry, InvalidMeasurement: see the classes.
         BayesError: an unknown method.
     """
+    import torch
+    from pyro.ops.stats import effective_sample_size, split_gelman_rubin
+
     started = time.perf_counter()
     report = progress or (lambda _f: None)
     if method not in ("auto", "nuts", "svi"):
