@@ -125,8 +125,9 @@ def _add_forecast(sub: Subparsers) -> None:
     p = sub.add_parser(
         "forecast",
         help="forecast a drifting quantity and the chance it stays within a tolerance",
-        description="Fit the Bayesian structural time-series model (level, damped drift, cycle; docs/bayesian.md) to a series (a Protochips holder log's "
-        "channel, or a virtual microscope channel) and print predictive quantiles.",
+        description="Fit the Bayesian structural time-series model (level, damped drift, "
+        "cycle; docs/bayesian.md) to a series (a Protochips holder log's channel, or a virtual "
+        "microscope channel) and print predictive quantiles.",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--holder-log", metavar="CSV", help="a Protochips holder log")
