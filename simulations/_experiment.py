@@ -168,9 +168,13 @@ def prepare_experiment(
         alpha = (state.convergence_semiangle if state is not None else 20.0) * 1e-3
         wavelength = _wavelength(state.energy if state is not None else 200e3)
         plane_waves = max(1, int(math.pi * (alpha / wavelength) ** 2 * extent[0] * extent[1]))
-    detector_pixels = 0
+    detector_pixels = regions = 0
     if isinstance(spec.mode, FourDStemModeV1):
         detector_pixels = gpts[0] * gpts[1] // 4
+    elif isinstance(spec.mode, StemModeV1) and plane_waves:
+        regions = sum(
+            d.segments if isinstance(d, SegmentedDetectorV1) else 1 for d in spec.mode.detectors
+        )
     cost = estimate(
         gpts=gpts,
         slices=slices,
@@ -179,6 +183,7 @@ def prepare_experiment(
         configurations=spec.frozen_phonons.configurations,
         plane_waves=plane_waves,
         detector_pixels=detector_pixels,
+        detector_regions=regions,
     )
     (limits or ExperimentLimits()).check(cost)
     return PreparedExperiment(atoms, gpts, slices, structure_hash(atoms), cost)
