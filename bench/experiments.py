@@ -166,15 +166,17 @@ class _Service:
         self.worker = ExperimentWorker(settings, engine=self.engine, client=self.client)
 
     def run(self, specs: list[ExperimentSpecV1]) -> float:
-        """Wall time from the first submission to the last job's end."""
+        """Wall time from the first submission to the last job's end (:attr:`cpu_s`: this
+        process' CPU time meanwhile, which is all of it with a cluster of threads)."""
         import provenance_store as store
         from workers import submit_experiment
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with self.engine.begin() as conn:
             ids = [submit_experiment(conn=conn, spec=s, owner="bench").job.id for s in specs]
         self.worker.run_until_idle(timeout=600)
         elapsed = time.perf_counter() - start
+        self.cpu_s = time.process_time() - cpu
         with self.engine.begin() as conn:
             statuses = {store.get_job(conn=conn, job_id=i).status for i in ids}  # type: ignore[union-attr]
         assert statuses == {"succeeded"}, statuses
@@ -200,7 +202,7 @@ def service_figures(url: str, quick: bool, artifacts: str) -> dict[str, float]:
     prepared = simulations.prepare_experiment(spec, simulations.resolve_state(spec, None))
     positions = prepared.estimate.positions
 
-    def plain() -> float:
+    def plain() -> tuple[float, float]:
         # The same simulation as a plain script: the potential, probe, scan and detector,
         # in float64 as the service computes, with dask's threaded scheduler on as many
         # threads as the service's job uses.
@@ -211,31 +213,35 @@ def service_figures(url: str, quick: bool, artifacts: str) -> dict[str, float]:
             scan = abtem.GridScan(start=(0, 0), end=tuple(prepared.atoms.cell.lengths()[:2]),
                                   sampling=step)  # fmt: skip
             detector = abtem.AnnularDetector(inner=60.0, outer=150.0)
+            cpu = time.process_time()
             seconds, _ = timed(
                 lambda: probe.scan(potential, scan=scan, detectors=detector).compute()
             )
-        return seconds
+        return seconds, time.process_time() - cpu
 
     # One job at a time on a thread worker, computing with ``threads`` threads; the default
     # heartbeat (a job's end is noticed at once, not a heartbeat later).
     settings = ExperimentSettings(artifact_root=artifacts, experiment_threads=threads)
     service = _Service(url, settings)
-    plain_s: list[float] = []
-    service_s: list[float] = []
+    plain_s: list[tuple[float, float]] = []
+    service_s: list[tuple[float, float]] = []
     try:
         plain()  # FFT plans of these shapes
         service.run([stem_spec(step)])
         for _ in range(rounds):  # interleaved, so that load changes hit both alike
             plain_s.append(plain())
-            service_s.append(service.run([stem_spec(step)]))  # a fresh seed: a new job
+            service_s.append((service.run([stem_spec(step)]), service.cpu_s))  # a new job
     finally:
         service.close()
-    plain_median, service_median = float(np.median(plain_s)), float(np.median(service_s))
+    (plain_wall, plain_cpu), (service_wall, service_cpu) = (
+        np.median(np.array(times), axis=0) for times in (plain_s, service_s)
+    )
     return {
-        "plain_abtem_positions_per_s": positions / plain_median,
-        "service_positions_per_s": positions / service_median,
-        "service_vs_plain_abtem": plain_median / service_median,
-        "service_vs_plain_abtem_best": min(plain_s) / min(service_s),
+        "plain_abtem_positions_per_s": positions / plain_wall,
+        "service_positions_per_s": positions / service_wall,
+        "service_vs_plain_abtem": plain_wall / service_wall,
+        "service_vs_plain_abtem_best": min(w for w, _ in plain_s) / min(w for w, _ in service_s),
+        "service_vs_plain_abtem_cpu": plain_cpu / service_cpu,
     }
 
 
@@ -255,9 +261,13 @@ def dask_figures(url: str, quick: bool, artifacts: str) -> dict[str, float]:
             )
             services[n] = _Service(url, settings)
         times: dict[int, list[float]] = {1: [], 2: []}
+        cpu: dict[int, list[float]] = {1: [], 2: []}
         for _ in range(rounds):  # interleaved
             for n, service in services.items():
+                before = service.client.run(time.process_time)
                 times[n].append(service.run([stem_spec(step, layers=4) for _ in range(4)]))
+                after = service.client.run(time.process_time)
+                cpu[n].append(sum(after[w] - before[w] for w in after) / 4)
     finally:
         for service in services.values():
             service.close()
@@ -266,26 +276,41 @@ def dask_figures(url: str, quick: bool, artifacts: str) -> dict[str, float]:
         "dask_1worker_batch4_s": one,
         "dask_2workers_batch4_s": two,
         "dask_2workers_speedup": one / two,
+        # CPU time of the dask worker processes per job: the same on 1 and 2 workers when
+        # the workers do not compete for threads (oversubscription would raise it).
+        "dask_1worker_cpu_per_job_s": float(np.median(cpu[1])),
+        "dask_2workers_cpu_per_job_s": float(np.median(cpu[2])),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
+    parser.add_argument(
+        "--only",
+        choices=["ensembles", "preview", "service", "dask"],
+        action="append",
+        help="run only these parts (repeatable; default: all)",
+    )
     args = parser.parse_args()
+    parts = set(args.only or ["ensembles", "preview", "service", "dask"])
     from beamtwin_cli.embedded import throwaway_database
     from provenance_store import upgrade_schema
 
     figures: dict[str, float] = {"loadavg_start": os.getloadavg()[0]}
-    figures.update(ensemble_ratios(args.quick))
-    figures.update(preview_figures(args.quick))
+    if "ensembles" in parts:
+        figures.update(ensemble_ratios(args.quick))
+    if "preview" in parts:
+        figures.update(preview_figures(args.quick))
     with (
         throwaway_database("beamtwin_bench_experiments") as url,
         tempfile.TemporaryDirectory() as tmp,
     ):
         upgrade_schema(url)
-        figures.update(service_figures(url, args.quick, tmp))
-        figures.update(dask_figures(url, args.quick, tmp))
+        if "service" in parts:
+            figures.update(service_figures(url, args.quick, tmp))
+        if "dask" in parts:
+            figures.update(dask_figures(url, args.quick, tmp))
     figures["loadavg_end"] = os.getloadavg()[0]
     for name, value in figures.items():
         print(f"{name}: {value:.4g}")

@@ -45,6 +45,9 @@ def connect_cluster(settings: ExperimentSettings) -> tuple[Any, Any]:
         return Client(settings.dask_scheduler, timeout=30), None
     extra: dict[str, Any] = {}
     if settings.dask_processes:
+        # The tasks' module is imported when a worker starts (over a second with abTEM and
+        # the store), not by its first job.
+        extra["preload"] = ["workers"]
         # Each worker process computes one task at a time with ``experiment_threads``
         # threads: its BLAS, OpenMP and numba pools get as many, not one per core each
         # (workers x cores threads on the machine's cores).
