@@ -5,19 +5,24 @@ Times of in-process work (ensembles, preview) are this process' CPU time: the ma
 run on are shared, and other load moves wall times by tens of percent.
 
 * ``ensemble16_cost_ratio_stem`` / ``_hrtem``: CPU time of an ensemble of 16 states over the
-  defocus uncertainty against one run of the same spec (STEM: one PRISM S-matrix reduced with
-  16 CTFs against one ``Probe.scan``; HRTEM: one exit wave imaged with 16 CTFs). Target <= 2.
+  defocus uncertainty against one run of the same spec (STEM: one PRISM S-matrix, every
+  member from its Gram matrices, against one ``Probe.scan``; HRTEM: one exit wave imaged with
+  16 CTFs). Target <= 2.
 * ``preview_speedup`` / ``preview_correlation``: the twin's incoherent STEM preview of a thin
   SrTiO3 (one unit cell, 3.9 Å) against the multislice HAADF of the same spec: the time of
   the multislice over the preview's (the projected potential made once, as for what-ifs; the
   time with it is ``preview_speedup_with_potential``), and Pearson's r. Targets >= 100, >= 0.9.
 * ``service_vs_plain_abtem``: probe positions per second of a STEM job through the whole
   service (store, experiment worker, LocalCluster, zarr) over those of a plain abTEM script of
-  the same simulation (``Probe.scan``, abTEM's defaults). Target >= 0.95.
+  the same simulation (``Probe.scan`` in float64, dask's threaded scheduler with as many
+  threads as the job): medians of interleaved repeats (``_best``: the best of each;
+  ``_cpu``: CPU times, the service's including its in-process cluster). Target >= 0.95.
 * ``dask_2workers_speedup``: a batch of 4 STEM jobs on a LocalCluster of 2 process workers
-  against 1.
+  against 1 (medians of interleaved repeats; ``dask_*_cpu_per_job_s``: the worker
+  processes' CPU time per job).
+* ``loadavg_start`` / ``loadavg_end``: the machine's 1-minute load average.
 
-Run from the repository root: ``python bench/experiments.py [--quick]``. It uses
+Run from the repository root: ``python bench/experiments.py [--quick] [--only PART]``. It uses
 ``BEAMTWIN_TEST_DATABASE_URL``, else PostgreSQL on 127.0.0.1:5432, else an embedded one; it
 creates and drops a throwaway database. Ratios are measured in the same run.
 """
