@@ -541,14 +541,13 @@ class _HrtemMembers:
         sampling: tuple[float, float],
         setup: AbtemSetup,
         members: list[dict[str, float]],
-        threads: int = 1,
     ) -> None:
-        import scipy.fft
+        from abtem.core.fft import fft2
 
-        self.threads = threads
         self.shape = exit_wave.shape
         gpts = exit_wave.shape[-2:]
-        fourier = scipy.fft.fft2(exit_wave, axes=(-2, -1), workers=threads)
+        # abTEM's FFTs (FFTW, with the plans the multislice made for this shape).
+        fourier = fft2(exit_wave.reshape(-1, *gpts), overwrite_x=False)
         flat = fourier.reshape(-1, gpts[0] * gpts[1])
         magnitude = np.abs(flat).max(axis=0)
         self.support = np.flatnonzero(magnitude > self.NOISE * magnitude.max())
@@ -593,7 +592,7 @@ class _HrtemMembers:
 
     def image(self, index: int) -> np.ndarray:
         """Member ``index``'s image (phonon configurations averaged)."""
-        import scipy.fft
+        from abtem.core.fft import ifft2
 
         kernel = self.base
         if len(self.columns):
@@ -604,9 +603,7 @@ class _HrtemMembers:
             kernel = kernel * (phase if self.inverse is None else phase[self.inverse])
         full = np.zeros((self.spectrum.shape[0], self.shape[-2] * self.shape[-1]), complex)
         full[:, self.support] = self.spectrum * kernel
-        waves = scipy.fft.ifft2(
-            full.reshape(-1, *self.shape[-2:]), axes=(-2, -1), workers=self.threads
-        )
+        waves = ifft2(full.reshape(-1, *self.shape[-2:]), overwrite_x=True)
         return _mean_leading(waves.real**2 + waves.imag**2, 2)
 
 
@@ -616,7 +613,6 @@ def _run_hrtem(
     prepared: PreparedExperiment,
     members: list[dict[str, float]],
     progress: Progress | None,
-    threads: int = 1,
 ) -> list[dict[str, np.ndarray]]:
     potential = _potential(spec, prepared)
     with _TaskProgress(progress, 0.05, 0.6, "exit wave").active():
@@ -630,7 +626,7 @@ def _run_hrtem(
     # per member.
     lengths = prepared.atoms.cell.lengths()
     sampling = (float(lengths[0]) / prepared.gpts[0], float(lengths[1]) / prepared.gpts[1])
-    images = _HrtemMembers(np.asarray(exit_wave.array), sampling, setup, members, threads)
+    images = _HrtemMembers(np.asarray(exit_wave.array), sampling, setup, members)
     results = []
     for i in range(len(members)):
         if progress is not None:
@@ -793,7 +789,7 @@ def run_experiment(
             if isinstance(spec.mode, FourDStemModeV1):
                 angular = _pattern_sampling(setup, prepared)
         elif isinstance(spec.mode, HrtemModeV1):
-            results = _run_hrtem(spec, setup, prepared, members, progress, threads)
+            results = _run_hrtem(spec, setup, prepared, members, progress)
             step, real, pixel_area = pixel[0], pixel, pixel[0] * pixel[1]
         else:
             results, angular = _run_diffraction(spec, setup, prepared, members, progress)
