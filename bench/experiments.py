@@ -201,7 +201,7 @@ def service_figures(url: str, quick: bool, artifacts: str) -> dict[str, float]:
     from workers import ExperimentSettings
 
     step = 0.15 if quick else 0.1
-    rounds = 3 if quick else 5
+    rounds = 5 if quick else 9
     threads = os.cpu_count() or 1
     spec = stem_spec(step)
     prepared = simulations.prepare_experiment(spec, simulations.resolve_state(spec, None))
