@@ -3,8 +3,9 @@ refuse one that is too large.
 
 The estimate counts FFT work: a multislice step on an ``n``-point grid costs about
 ``5 n log2 n`` floating-point operations per FFT (two per slice) plus the transmission; a
-PRISM S-matrix costs one multislice per plane wave inside the aperture, and each ensemble
-member's reduction ``positions x plane waves x window`` complex multiply-adds. The rate
+PRISM S-matrix costs one multislice per plane wave inside the aperture; each STEM ensemble
+member then ``positions x plane waves²`` complex multiply-adds per detector region (4D-STEM:
+abTEM's reduction, ``positions x plane waves x window`` and an FFT per position). The rate
 (:data:`FLOPS_PER_SECOND`) is one CPU core's, measured roughly on the bench machine: the time
 is an order of magnitude, enough to refuse a request that would run for days.
 """
@@ -127,13 +128,23 @@ def estimate(
     configurations: int,
     plane_waves: int,
     detector_pixels: int,
+    detector_regions: int = 0,
 ) -> CostEstimate:
     """The cost of a run with these sizes (see the module docstring); ``positions`` 0 for a
     plane-wave mode, ``plane_waves`` > 0 for a PRISM ensemble, ``detector_pixels`` the
-    pixels of one diffraction pattern kept per position (4D-STEM)."""
+    pixels of one diffraction pattern kept per position (4D-STEM), ``detector_regions`` the
+    annular and segment regions of a STEM ensemble (each member then costs
+    ``positions x plane_waves²`` multiply-adds per region, after one Gram matrix of
+    ``plane_waves² x grid`` per region; 0: abTEM's reduction, a wave and an FFT per
+    position and member)."""
     n = gpts[0] * gpts[1]
     step = 2 * fft_flops(gpts) + 6.0 * n
-    if plane_waves:
+    if plane_waves and detector_regions:
+        flops = configurations * plane_waves * (slices * step + fft_flops(gpts))
+        flops += configurations * detector_regions * 8.0 * plane_waves**2 * n
+        flops += members * configurations * detector_regions * 8.0 * positions * plane_waves**2
+        memory = 16 * plane_waves * n * 2 + 16 * detector_regions * plane_waves**2
+    elif plane_waves:
         flops = configurations * plane_waves * slices * step
         flops += members * configurations * positions * (plane_waves * n * 0.1 + fft_flops(gpts))
         memory = 16 * plane_waves * n * 2

@@ -168,9 +168,13 @@ def prepare_experiment(
         alpha = (state.convergence_semiangle if state is not None else 20.0) * 1e-3
         wavelength = _wavelength(state.energy if state is not None else 200e3)
         plane_waves = max(1, int(math.pi * (alpha / wavelength) ** 2 * extent[0] * extent[1]))
-    detector_pixels = 0
+    detector_pixels = regions = 0
     if isinstance(spec.mode, FourDStemModeV1):
         detector_pixels = gpts[0] * gpts[1] // 4
+    elif isinstance(spec.mode, StemModeV1) and plane_waves:
+        regions = sum(
+            d.segments if isinstance(d, SegmentedDetectorV1) else 1 for d in spec.mode.detectors
+        )
     cost = estimate(
         gpts=gpts,
         slices=slices,
@@ -179,6 +183,7 @@ def prepare_experiment(
         configurations=spec.frozen_phonons.configurations,
         plane_waves=plane_waves,
         detector_pixels=detector_pixels,
+        detector_regions=regions,
     )
     (limits or ExperimentLimits()).check(cost)
     return PreparedExperiment(atoms, gpts, slices, structure_hash(atoms), cost)
@@ -311,7 +316,9 @@ def _stem_arrays(
         for detector in spec.mode.detectors:
             array = np.asarray(measured[detector.name], dtype=float)
             if isinstance(detector, SegmentedDetectorV1):
-                segments = array.reshape(*array.shape[-4:-2], -1) if array.ndim >= 4 else array
+                # abTEM's (..., x, y, radial bins, azimuthal bins): the bins flattened, then
+                # the leading (phonon configuration) axes averaged.
+                segments = array.reshape(*array.shape[:-2], -1) if array.ndim >= 4 else array
                 segments = _mean_leading(segments, 3)
                 for i in range(segments.shape[-1]):
                     out[f"{detector.name}_segment{i}"] = segments[..., i]
@@ -356,6 +363,107 @@ def _computed(measurements: Any, detectors: list[str]) -> dict[str, Any]:
     return out
 
 
+class _PrismReduction:
+    """An ensemble's annular and segmented STEM images from one PRISM S-matrix
+    (interpolation 1), computed without forming a wave per probe position and member.
+
+    abTEM's reduction makes member ``m``'s wave at probe position ``p`` as
+    ``psi_p = sum_j X_pj S_j``, ``S_j`` the exit wave of plane wave ``j`` (wave vector
+    ``k_j``) and ``X_pj = a_mj exp(-2 pi i k_j . r_p)`` (``a_mj`` the member's CTF at
+    ``k_j``, normalised), then Fourier transforms it and sums ``|F psi_p|²`` over each
+    detector region ``D``. That sum is the quadratic form ``sum_jl X_pj G_jl conj(X_pl)`` of
+    the region's Gram matrix ``G_jl = sum_{k in D} F S_j(k) conj(F S_l(k))``, the same for
+    every member and position. The Gram matrices are made once (one FFT per plane wave);
+    a member then costs ``positions x J²`` multiply-adds per region (``J`` plane waves)
+    instead of ``positions x J x grid`` and one FFT per position. The transforms, crops,
+    normalisation and detector regions are abTEM's own, so the images are abTEM's (the
+    tests compare them with ``SMatrixArray.reduce``)."""
+
+    #: Most complex numbers held at once in one product (positions are done in chunks).
+    CHUNK = 1 << 22
+
+    def __init__(self, built: Any, scan: Any, detectors: Mapping[str, Any]) -> None:
+        import abtem
+        from abtem.measurements import _annular_detector_mask, _polar_detector_bins
+
+        self.built = built
+        self.dummy = built.dummy_probes()
+        coefficients = np.asarray(built._calculate_positions_coefficients(scan))
+        self.scan_shape = coefficients.shape[:-1]
+        self.positions = coefficients.reshape(-1, coefficients.shape[-1])  # (P, J)
+        waves = built.waves
+        self.leading = tuple(waves.array.shape[:-3])  # phonon configurations
+        self.grams: dict[str, np.ndarray] = {}  # name -> (C, bins, J, J)
+        self.bin_shape: dict[str, tuple[int, ...]] = {}
+        for name, detector in detectors.items():
+            segmented = isinstance(detector, abtem.SegmentedDetector)
+            fourier = waves.diffraction_patterns(
+                max_angle=detector.outer if segmented else "full",
+                parity="same",
+                fftshift=False,
+                return_complex=True,
+            )
+            array = np.asarray(fourier.array)
+            gpts = array.shape[-2:]
+            array = array.reshape(-1, array.shape[-3], gpts[0] * gpts[1])  # (C, J, K)
+            if segmented:
+                bins = _polar_detector_bins(
+                    gpts=gpts,
+                    sampling=fourier.angular_sampling,
+                    inner=detector.inner,
+                    outer=detector.outer,
+                    nbins_radial=detector.nbins_radial,
+                    nbins_azimuthal=detector.nbins_azimuthal,
+                    rotation=detector.rotation,
+                    fftshift=False,
+                )
+                count = detector.nbins_radial * detector.nbins_azimuthal
+                self.bin_shape[name] = (detector.nbins_radial, detector.nbins_azimuthal)
+            else:
+                mask = _annular_detector_mask(
+                    gpts=gpts,
+                    sampling=fourier.angular_sampling,
+                    inner=detector.inner,
+                    outer=detector.outer,
+                    fftshift=False,
+                )
+                bins = np.where(mask, 0, -1)
+                count = 1
+                self.bin_shape[name] = ()
+            bins = np.asarray(bins).ravel()
+            grams = []
+            for label in range(count):
+                region = array[:, :, bins == label]  # (C, J, K_D)
+                grams.append(region @ np.conj(region).transpose(0, 2, 1))
+            self.grams[name] = np.stack(grams, axis=1)
+
+    def measure(self, ctf: Any) -> dict[str, np.ndarray]:
+        """The member with probe CTF ``ctf``: per detector, abTEM's array shape (phonon
+        configurations, scan x, scan y[, radial bins, azimuthal bins])."""
+        ctf.grid.match(self.dummy)
+        ctf.accelerator.match(self.built)
+        weights = np.asarray(self.built._calculate_ctf_coefficients(ctf))  # (J,)
+        x = self.positions * weights[None, :]  # (P, J)
+        out = {}
+        for name, grams in self.grams.items():
+            configurations, count, size, _ = grams.shape
+            values = np.empty((configurations, count, x.shape[0]))
+            chunk = max(1, self.CHUNK // max(1, configurations * count * size))
+            for start in range(0, x.shape[0], chunk):
+                part = x[start : start + chunk]  # (p, J)
+                # (C, bins, p, J): sum_j X_pj G_jl, then the form with conj(X_pl).
+                products = np.matmul(part[None, None], grams)
+                values[:, :, start : start + chunk] = np.einsum(
+                    "cbpl,pl->cbp", products, np.conj(part)
+                ).real
+            shape = (*self.leading, *self.scan_shape)
+            if self.bin_shape[name]:
+                out[name] = np.moveaxis(values, 1, -1).reshape(*shape, *self.bin_shape[name])
+            else:
+                out[name] = values[:, 0].reshape(shape)
+        return out
+
+
 def _run_stem(
     spec: ExperimentSpecV1,
     setup: AbtemSetup,
@@ -384,13 +492,24 @@ def _run_stem(
         )
         with _TaskProgress(progress, 0.05, 0.5, "s-matrix").active():
             built = s_matrix.build(lazy=False)
-        for i, aberrations in enumerate(members):
-            low = 0.5 + 0.4 * i / len(members)
-            high = 0.5 + 0.4 * (i + 1) / len(members)
-            with _TaskProgress(progress, low, high, f"member {i + 1}/{len(members)}").active():
-                ctf = member_ctf(setup, aberrations, stem=True)
-                measured = built.reduce(scan=scan, detectors=detectors, ctf=ctf)
-                results.append(_stem_arrays(spec, setup, _computed(measured, names)))
+        ctfs = [member_ctf(setup, aberrations, stem=True) for aberrations in members]
+        if isinstance(spec.mode, StemModeV1):
+            # Annular and segmented detectors: every member from the S-matrix's Gram
+            # matrices, no wave per position and member.
+            if progress is not None:
+                progress(0.5, "detector matrices")
+            reduction = _PrismReduction(built, scan, dict(zip(names, detectors, strict=True)))
+            for i, ctf in enumerate(ctfs):
+                if progress is not None:
+                    progress(0.6 + 0.3 * i / len(ctfs), f"member {i + 1}/{len(ctfs)}")
+                results.append(_stem_arrays(spec, setup, reduction.measure(ctf)))
+        else:
+            for i, ctf in enumerate(ctfs):
+                low = 0.5 + 0.4 * i / len(members)
+                high = 0.5 + 0.4 * (i + 1) / len(members)
+                with _TaskProgress(progress, low, high, f"member {i + 1}/{len(members)}").active():
+                    measured = built.reduce(scan=scan, detectors=detectors, ctf=ctf)
+                    results.append(_stem_arrays(spec, setup, _computed(measured, names)))
     for arrays in results:
         for name, image in arrays.items():
             if image.ndim == 2:
@@ -398,44 +517,94 @@ def _run_stem(
     return results, step
 
 
-class _MemberKernels:
-    """The CTF kernels of an ensemble's members on one grid, fast: chi is linear in the
-    Cartesian components of the polar coefficients, so the angular basis
-    ``alpha^(n+1) / (n+1) * (cos m phi, sin m phi)`` is computed once and each member's chi
-    is a short linear combination (abTEM's ``CTF`` recomputes every term for each kernel).
-    chi = 2 pi / lambda * sum C_nm alpha^(n+1) / (n+1) cos(m (phi - phi_nm)), abTEM's
-    convention; the temporal envelope exp(-(pi / (2 lambda) * focal_spread * alpha²)²) is
-    the same for every member."""
+class _HrtemMembers:
+    """Every member's HRTEM image from one exit wave (per phonon configuration).
 
-    def __init__(self, gpts: tuple[int, int], sampling: tuple[float, float], setup: AbtemSetup):
+    The exit wave is Fourier transformed once. abTEM's multislice band-limits it (its
+    anti-aliasing aperture, 2/3 of the Nyquist frequency), so only the frequencies where it
+    is not zero (above 1e-13 of its largest coefficient: the rest is rounding) are imaged.
+    There a member's CTF is ``exp(-i chi) E``, with abTEM's convention
+    ``chi = 2 pi / lambda * sum C_nm alpha^(n+1) / (n+1) cos(m (phi - phi_nm))`` and the
+    temporal envelope ``E = exp(-(pi / (2 lambda) * focal_spread * alpha²)²)``. chi is linear
+    in the Cartesian components ``C_nm (cos m phi_nm, sin m phi_nm)``: the part that is the
+    same for every member, with the envelope, is one kernel made once; a member multiplies
+    it by the phase of the terms that vary, evaluated once per distinct ``alpha`` when only
+    rotationally symmetric terms vary (defocus, Cs: the usual case). Then one inverse FFT per
+    member."""
+
+    #: Relative size below which a Fourier coefficient of the exit wave is rounding noise.
+    NOISE = 1e-13
+
+    def __init__(
+        self,
+        exit_wave: np.ndarray,
+        sampling: tuple[float, float],
+        setup: AbtemSetup,
+        members: list[dict[str, float]],
+    ) -> None:
+        from abtem.core.fft import fft2
+
+        self.shape = exit_wave.shape
+        gpts = exit_wave.shape[-2:]
+        # abTEM's FFTs (FFTW, with the plans the multislice made for this shape).
+        fourier = fft2(exit_wave.reshape(-1, *gpts), overwrite_x=False)
+        flat = fourier.reshape(-1, gpts[0] * gpts[1])
+        magnitude = np.abs(flat).max(axis=0)
+        self.support = np.flatnonzero(magnitude > self.NOISE * magnitude.max())
+        self.spectrum = flat[:, self.support]  # (C, K)
         wavelength = _wavelength(setup.energy)
         kx = np.fft.fftfreq(gpts[0], sampling[0])[:, None]
         ky = np.fft.fftfreq(gpts[1], sampling[1])[None, :]
-        self.alpha = np.sqrt(kx**2 + ky**2) * wavelength
-        self.phi = np.arctan2(ky, kx) * np.ones_like(self.alpha)
-        self.scale = 2 * np.pi / wavelength
-        self.basis: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-        self.envelope = np.exp(
-            -((0.5 * np.pi / wavelength * setup.focal_spread * self.alpha**2) ** 2)
+        alpha = (np.sqrt(kx**2 + ky**2) * wavelength).ravel()[self.support]
+        phi = np.broadcast_to(np.arctan2(ky, kx), gpts).ravel()[self.support]
+        # The terms (n, m) any member has, their basis functions and each member's weights.
+        terms = sorted(
+            {(int(k[1]), int(k[2])) for m in members for k, v in m.items() if k[0] == "C" and v}
         )
+        basis, radial_only, weights = [], [], np.zeros((len(members), 2 * len(terms)))
+        for t, (n, m) in enumerate(terms):
+            radial = alpha ** (n + 1) / (n + 1)
+            basis += [radial * np.cos(m * phi), radial * np.sin(m * phi)]
+            radial_only += [m == 0, m == 0]
+            for i, member in enumerate(members):
+                value = float(member.get(f"C{n}{m}", 0.0))
+                angle = float(member.get(f"phi{n}{m}", 0.0))
+                weights[i, 2 * t : 2 * t + 2] = value * np.cos(m * angle), value * np.sin(m * angle)
+        scale = 2 * np.pi / wavelength
+        varies = np.any(weights != weights[:1], axis=0)
+        fixed = np.zeros_like(alpha)
+        for column in np.flatnonzero(~varies):
+            fixed += weights[0, column] * basis[column]
+        envelope = np.exp(-((0.5 * np.pi / wavelength * setup.focal_spread * alpha**2) ** 2))
+        self.base = np.exp(-1j * scale * fixed) * envelope
+        self.columns = np.flatnonzero(varies)
+        self.weights = weights * scale
+        # Varying terms of alpha alone: their phase at each distinct alpha, then gathered.
+        self.inverse: np.ndarray | None = None
+        if len(self.columns) and all(radial_only[c] for c in self.columns):
+            alpha_values, self.inverse = np.unique(alpha, return_inverse=True)
+            self.basis = [
+                alpha_values ** (terms[c // 2][0] + 1) / (terms[c // 2][0] + 1)
+                for c in self.columns
+            ]
+        else:
+            self.basis = [basis[c] for c in self.columns]
 
-    def _terms(self, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-        if (n, m) not in self.basis:
-            radial = self.alpha ** (n + 1) / (n + 1)
-            self.basis[(n, m)] = (radial * np.cos(m * self.phi), radial * np.sin(m * self.phi))
-        return self.basis[(n, m)]
+    def image(self, index: int) -> np.ndarray:
+        """Member ``index``'s image (phonon configurations averaged)."""
+        from abtem.core.fft import ifft2
 
-    def kernel(self, aberrations: Mapping[str, float]) -> np.ndarray:
-        chi = np.zeros_like(self.alpha)
-        for name, value in aberrations.items():
-            if not name.startswith("C") or value == 0:
-                continue
-            n, m = int(name[1]), int(name[2])
-            angle = float(aberrations.get(f"phi{n}{m}", 0.0))
-            cosine, sine = self._terms(n, m)
-            chi += value * (np.cos(m * angle) * cosine + np.sin(m * angle) * sine)
-        chi *= self.scale
-        return (np.cos(chi) - 1j * np.sin(chi)) * self.envelope
+        kernel = self.base
+        if len(self.columns):
+            chi = np.zeros_like(self.basis[0])
+            for column, values in zip(self.columns, self.basis, strict=True):
+                chi += self.weights[index, column] * values
+            phase = np.exp(-1j * chi)
+            kernel = kernel * (phase if self.inverse is None else phase[self.inverse])
+        full = np.zeros((self.spectrum.shape[0], self.shape[-2] * self.shape[-1]), complex)
+        full[:, self.support] = self.spectrum * kernel
+        waves = ifft2(full.reshape(-1, *self.shape[-2:]), overwrite_x=True)
+        return _mean_leading(waves.real**2 + waves.imag**2, 2)
 
 
 def _run_hrtem(
@@ -453,19 +622,16 @@ def _run_hrtem(
             ctf = member_ctf(setup, members[0], stem=False)
             image = exit_wave.apply_ctf(ctf).intensity().compute().array
         return [{"image": _mean_leading(np.asarray(image), 2)}]
-    # One exit wave (per phonon configuration), one FFT of it, one kernel and one inverse
-    # FFT per member.
-    array = np.asarray(exit_wave.array)
-    fourier = np.fft.fft2(array, axes=(-2, -1))
+    # One exit wave (per phonon configuration), one FFT of it, a phase and one inverse FFT
+    # per member.
     lengths = prepared.atoms.cell.lengths()
     sampling = (float(lengths[0]) / prepared.gpts[0], float(lengths[1]) / prepared.gpts[1])
-    kernels = _MemberKernels(prepared.gpts, sampling, setup)
+    images = _HrtemMembers(np.asarray(exit_wave.array), sampling, setup, members)
     results = []
-    for i, aberrations in enumerate(members):
+    for i in range(len(members)):
         if progress is not None:
             progress(0.6 + 0.3 * i / len(members), f"member {i + 1}/{len(members)}")
-        waves = np.fft.ifft2(fourier * kernels.kernel(aberrations), axes=(-2, -1))
-        results.append({"image": _mean_leading(waves.real**2 + waves.imag**2, 2)})
+        results.append({"image": images.image(i)})
     return results
 
 

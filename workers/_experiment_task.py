@@ -4,7 +4,8 @@ job task reports through.
 The task runs :func:`simulations.run_experiment` whole (abTEM computes inside with dask's
 synchronous scheduler). Progress goes back through a ``distributed.Variable`` named after
 the job's attempt, at most every :data:`REPORT_INTERVAL_S`; at the same moments the task
-reads the attempt's cancel variable and stops (``ExperimentCancelled``) when it is set.
+reads the attempt's cancel variable and stops (``ExperimentCancelled``) when it is set, or
+when it is gone (the worker no longer follows the job).
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ class ProgressChannel:
         try:
             cancelled = self.cancel_var.get(timeout=1)
         except TimeoutError:
-            cancelled = False
+            # The worker set the variable before the task ran and removes it once it no
+            # longer follows the job (cancelled, lease lost): nobody takes this result.
+            raise ExperimentCancelled(
+                f"the job is no longer followed at {fraction:.0%} ({stage})"
+            ) from None
         if cancelled:
             raise ExperimentCancelled(f"cancelled at {fraction:.0%} ({stage})")
 

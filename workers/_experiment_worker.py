@@ -15,11 +15,13 @@ is a ``LocalCluster`` unless ``BEAMTWIN_DASK_SCHEDULER`` names one (``tcp://host
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,11 +45,30 @@ def connect_cluster(settings: ExperimentSettings) -> tuple[Any, Any]:
 
     if settings.dask_scheduler:
         return Client(settings.dask_scheduler, timeout=30), None
+    extra: dict[str, Any] = {}
+    if settings.dask_processes:
+        # The tasks' module is imported when a worker starts (over a second with abTEM and
+        # the store), not by its first job.
+        extra["preload"] = ["workers"]
+        # Each worker process computes one task at a time with ``experiment_threads``
+        # threads: its BLAS, OpenMP and numba pools get as many, not one per core each
+        # (workers x cores threads on the machine's cores).
+        threads = str(settings.experiment_threads)
+        extra["env"] = {
+            name: threads
+            for name in (
+                "OMP_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS",
+                "MKL_NUM_THREADS",
+                "NUMBA_NUM_THREADS",
+            )
+        }
     cluster = LocalCluster(
         n_workers=settings.dask_workers,
         threads_per_worker=1,
         processes=settings.dask_processes,
-        dashboard_address=None,
+        dashboard_address=":0",  # no dashboard on a fixed port (it may be taken)
+        **extra,
     )
     return Client(cluster), cluster
 
@@ -130,7 +151,7 @@ class ExperimentWorker:
                 if end is not None and time.monotonic() > end:
                     break
                 self.step()
-                stop.wait(self.settings.experiment_heartbeat_s)
+                self._wait(self.settings.experiment_heartbeat_s, stop)
         finally:
             for flight in list(self._in_flight.values()):
                 flight.future.cancel()
@@ -147,8 +168,24 @@ class ExperimentWorker:
                 self.step()
                 if not self._in_flight:
                     return
-            time.sleep(min(0.1, self.settings.experiment_heartbeat_s))
+            self._wait(min(self.settings.experiment_heartbeat_s, max(0.0, end - time.monotonic())))
         raise JobsStillRunning(f"jobs still running after {timeout} s")
+
+    def _wait(self, timeout: float, stop: threading.Event | None = None) -> None:
+        """Wait until a task in flight ends (it is then finished at once, not a heartbeat
+        later) or ``timeout`` [s] passed; with none in flight, until ``stop`` is set or
+        ``timeout`` passed."""
+        if not self._in_flight:
+            (stop or self._stop).wait(timeout)
+            return
+        from distributed import wait
+
+        futures = [flight.future for flight in self._in_flight.values()]
+        if any(future.done() for future in futures):
+            return
+        # A task cancelled meanwhile ends the wait too (CancelledError).
+        with contextlib.suppress(TimeoutError, CancelledError):
+            wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
 
     def step(self) -> None:
         """One round: claim while there is room, then look after every job in flight."""

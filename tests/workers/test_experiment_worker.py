@@ -126,6 +126,23 @@ def test_cancel_stops_a_running_job(engine: sa.Engine, worker: ExperimentWorker)
         with engine.begin() as conn:
             store.cancel_job(conn=conn, job_id=submitted.id, actor="tester")
         wait_until(lambda: job(engine, submitted.id).status == "cancelled", what="cancelled")
+        # The task itself stopped: it ended on the dask worker by raising (the cancel read
+        # from its channel), not by running to its end.
+        key = f"beamtwin-{submitted.id}-1"
+
+        def endings() -> list[str]:
+            stories = worker.client.run(
+                lambda dask_worker: [str(entry[-2]) for entry in dask_worker.state.story(key)]
+            )
+            return [
+                stimulus
+                for entries in stories.values()
+                for stimulus in entries
+                if stimulus.startswith(("task-erred", "task-finished"))
+            ]
+
+        wait_until(lambda: bool(endings()), what="the task's end on the dask worker")
+        assert all(stimulus.startswith("task-erred") for stimulus in endings()), endings()
     finally:
         stop.set()
         thread.join(timeout=30)
