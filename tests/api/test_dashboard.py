@@ -36,6 +36,8 @@ from tests.provenance_store._support import HIGH_TENSION, HOLDER_TEMPERATURE, ST
 if TYPE_CHECKING:  # the browser is imported when the tests run (they skip without it)
     from playwright.sync_api import Browser, BrowserContext, Page
 
+    from workers import ExperimentWorker
+
 pytestmark = pytest.mark.timeout(300)
 VERDICTS = {"high_tension": "disagrees", "defocus": "consistent"}
 
@@ -383,7 +385,7 @@ def test_a_fault_of_the_virtual_microscope_is_a_flag_on_the_timeline(
 
 # ---------------------------------------------------------------------------- forecasts
 @pytest.fixture()
-def forecast_worker(store_engine_api: sa.Engine, tmp_path: Path) -> Iterator[object]:
+def forecast_worker(store_engine_api: sa.Engine, tmp_path: Path) -> Iterator[ExperimentWorker]:
     """The real experiment worker, for forecast jobs only, on a dask LocalCluster; the test
     runs it until idle once the page queued its job."""
     from distributed import Client, LocalCluster
@@ -419,12 +421,13 @@ def test_an_operator_asks_for_a_forecast_and_its_bands_are_drawn_ahead_of_the_da
     served: Served,
     dash: Dash,
     store_engine_api: sa.Engine,
-    forecast_worker: object,
+    forecast_worker: ExperimentWorker,
 ) -> None:
     sign_in(page, served.url, dash.tokens["operator"])
     page.goto(f"{served.url}/ui/instruments/{dash.live}?channels=gun.high_tension&span=7200")
     page.locator('#charts[data-state="drawn"]').wait_for()
     page.select_option("#fc-channel", "gun.high_tension")
+    assert page.inner_text("#fc-tolerance-unit") == "V"
     page.fill("#fc-horizon", "60")
     page.fill("#fc-tolerance", "2")
     page.fill("#fc-window", "30")  # 180 samples at 10 s: the fit takes seconds
@@ -435,7 +438,7 @@ def test_an_operator_asks_for_a_forecast_and_its_bands_are_drawn_ahead_of_the_da
     assert "fitting…" in fitting.inner_text()
     job_id = page.get_attribute("#fc-status", "data-job") or ""
     assert job_id.startswith("job-")
-    forecast_worker.run_until_idle(timeout=240)  # type: ignore[attr-defined]
+    forecast_worker.run_until_idle(timeout=240)
     page.locator('#fc-status[data-state="drawn"]').wait_for(timeout=30_000)
     status = page.inner_text("#fc-status")
     assert "P(within ±2 V for 60 min) = " in status, status

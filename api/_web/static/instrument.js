@@ -246,7 +246,15 @@
   function forecastChannels() {
     const was = fcChannel.value;
     fcChannel.replaceChildren(...chosen.map((n) => el("option", { value: n, text: n, selected: n === was })));
+    tolUnit();
   }
+
+  // The tolerance is in the channel's unit: its label says which.
+  function tolUnit() {
+    const c = channels.find((ch) => ch.name === fcChannel.value);
+    document.getElementById("fc-tolerance-unit").textContent = c ? c.unit : "unit";
+  }
+  fcChannel.addEventListener("change", tolUnit);
 
   function say(state, text, cls) {
     fcStatus.dataset.state = state;
