@@ -423,6 +423,8 @@ def test_an_operator_asks_for_a_forecast_and_its_bands_are_drawn_ahead_of_the_da
     store_engine_api: sa.Engine,
     forecast_worker: ExperimentWorker,
 ) -> None:
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
     sign_in(page, served.url, dash.tokens["operator"])
     page.goto(f"{served.url}/ui/instruments/{dash.live}?channels=gun.high_tension&span=7200")
     page.locator('#charts[data-state="drawn"]').wait_for()
@@ -478,6 +480,7 @@ def test_an_operator_asks_for_a_forecast_and_its_bands_are_drawn_ahead_of_the_da
     assert drawn["xMax"] >= max(drawn["fx"]) and drawn["ordered"], drawn
     assert ["forecast 95 %", "forecast 5 %"] in drawn["bands"]
     assert ["forecast 75 %", "forecast 25 %"] in drawn["bands"]
+    assert not errors, errors
     screenshot(page, "instrument-forecast")
     violations = axe_violations(page)
     assert not violations, dump(violations)
