@@ -122,8 +122,9 @@
       el("figcaption", {}, el("strong", { text: series.channel }), ` [${series.unit}]`,
         fc ? el("span", { class: "fc-caption", text: ` · ${forecastCaption(fc)}` }) : null));
     charts.append(box);
-    // With a forecast the time axis reaches its last horizon.
-    const until = fc ? Math.max(range[1] / 1000, Date.parse(fc.horizons[fc.horizons.length - 1].at) / 1000) : range[1] / 1000;
+    // With a forecast from within the range, the time axis reaches its last horizon.
+    const reach = fc && range[1] >= Date.parse(fc.origin) ? Date.parse(fc.horizons[fc.horizons.length - 1].at) : 0;
+    const until = Math.max(range[1], reach) / 1000;
     const fcStroke = "rgba(150,60,170,0.55)";
     const opts = {
       width: widthPx(), height,
