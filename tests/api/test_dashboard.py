@@ -36,6 +36,8 @@ from tests.provenance_store._support import HIGH_TENSION, HOLDER_TEMPERATURE, ST
 if TYPE_CHECKING:  # the browser is imported when the tests run (they skip without it)
     from playwright.sync_api import Browser, BrowserContext, Page
 
+    from workers import ExperimentWorker
+
 pytestmark = pytest.mark.timeout(300)
 VERDICTS = {"high_tension": "disagrees", "defocus": "consistent"}
 
@@ -379,6 +381,127 @@ def test_a_fault_of_the_virtual_microscope_is_a_flag_on_the_timeline(
     red, green, blue, _ = rgba
     assert red > 150 and 60 < green < 160 and blue < 90, rgba
     screenshot(page, "instrument-flag")
+
+
+# ---------------------------------------------------------------------------- forecasts
+@pytest.fixture()
+def forecast_worker(store_engine_api: sa.Engine, tmp_path: Path) -> Iterator[ExperimentWorker]:
+    """The real experiment worker, for forecast jobs only, on a dask LocalCluster; the test
+    runs it until idle once the page queued its job."""
+    from distributed import Client, LocalCluster
+
+    from workers import ExperimentSettings, ExperimentWorker
+
+    with store_engine_api.begin() as conn:  # forecasts other tests left queued are not ours
+        while (
+            left := store.claim_job(
+                conn=conn, worker="dash-drain", lease_seconds=60, kinds=["forecast"]
+            )
+        ) is not None:
+            store.fail_job(conn=conn, job_id=left.id, worker="dash-drain", error="drained")
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
+    )
+    client = Client(cluster)
+    settings = ExperimentSettings(
+        artifact_root=str(tmp_path / "artifacts"), experiment_heartbeat_s=0.2
+    )
+    try:
+        yield ExperimentWorker(
+            settings, engine=store_engine_api, client=client, name="dash-fc", kinds=["forecast"]
+        )
+    finally:
+        client.close()
+        cluster.close()
+
+
+def test_an_operator_asks_for_a_forecast_and_its_bands_are_drawn_ahead_of_the_data(
+    browser: Browser,
+    page: Page,
+    served: Served,
+    dash: Dash,
+    store_engine_api: sa.Engine,
+    forecast_worker: ExperimentWorker,
+) -> None:
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    sign_in(page, served.url, dash.tokens["operator"])
+    page.goto(f"{served.url}/ui/instruments/{dash.live}?channels=gun.high_tension&span=7200")
+    page.locator('#charts[data-state="drawn"]').wait_for()
+    page.select_option("#fc-channel", "gun.high_tension")
+    assert page.inner_text("#fc-tolerance-unit") == "V"
+    page.fill("#fc-horizon", "60")
+    page.fill("#fc-tolerance", "2")
+    page.fill("#fc-window", "30")  # 180 samples at 10 s: the fit takes seconds
+    page.click("#fc-go")
+    # Queued on the first ask (202): the page says it is fitting and polls the job.
+    fitting = page.locator('#fc-status[data-state="fitting"]')
+    fitting.wait_for()
+    assert "fitting…" in fitting.inner_text()
+    job_id = page.get_attribute("#fc-status", "data-job") or ""
+    assert job_id.startswith("job-")
+    forecast_worker.run_until_idle(timeout=240)
+    page.locator('#fc-status[data-state="drawn"]').wait_for(timeout=30_000)
+    status = page.inner_text("#fc-status")
+    assert "P(within ±2 V for 60 min) = " in status, status
+    figure = page.locator(f'figure[data-channel="gun.high_tension"][data-forecast="{job_id}"]')
+    figure.wait_for()
+    # The chart's own uPlot: the forecast's band series hold values from its origin to the
+    # horizon, beyond the last data time, with the 5 % quantile below the 95 %.
+    drawn = page.evaluate(
+        """() => {
+            const u = document.querySelector('figure[data-channel="gun.high_tension"]').plot;
+            const col = (label) => u.data[u.series.findIndex((s) => s.label === label)];
+            const xs = u.data[0], mean = col("mean"), lo = col("forecast 5 %"),
+                  hi = col("forecast 95 %");
+            const at = (ys) => xs.filter((_, i) => ys[i] !== null && ys[i] !== undefined);
+            return {
+                lastData: Math.max(...at(mean)), fx: at(lo), hx: at(hi),
+                ordered: xs.every((_, i) => lo[i] === null || lo[i] < hi[i]),
+                bands: u.bands.map((b) => b.series.map((i) => u.series[i].label)),
+                xMax: u.scales.x.max,
+            };
+        }"""
+    )
+    with store_engine_api.connect() as conn:
+        job = store.get_job(conn=conn, job_id=job_id)
+    assert job is not None and job.kind == "forecast" and job.status == "succeeded"
+    assert job.owner == dash.names["operator"]
+    result = page.evaluate(
+        "(id) => fetch(`/api/v1/jobs/${id}`).then((r) => r.json()).then((j) => j.result)", job_id
+    )
+    origin = datetime.fromisoformat(result["origin"]).timestamp()
+    # The origin is the window's last point, the window ending at the last sample rounded
+    # down to the minute: the first horizon (a minute) may fall within the data's last minute.
+    assert len(drawn["fx"]) == 13 and drawn["fx"] == drawn["hx"], drawn
+    assert min(drawn["fx"]) > origin and drawn["lastData"] - origin < 71, (drawn, origin)
+    assert len([x for x in drawn["fx"] if x > drawn["lastData"]]) >= 12, drawn
+    assert max(drawn["fx"]) == pytest.approx(origin + 3600, abs=1e-3), drawn
+    assert drawn["xMax"] >= max(drawn["fx"]) and drawn["ordered"], drawn
+    assert ["forecast 95 %", "forecast 5 %"] in drawn["bands"]
+    assert ["forecast 75 %", "forecast 25 %"] in drawn["bands"]
+    assert not errors, errors
+    screenshot(page, "instrument-forecast")
+    violations = axe_violations(page)
+    assert not violations, dump(violations)
+    # A viewer sees the stored forecast; one nobody asked for is a clear note, not a job.
+    viewer_ctx = browser.new_context(viewport=DESKTOP)
+    try:
+        viewer = viewer_ctx.new_page()
+        sign_in(viewer, served.url, dash.tokens["viewer"])
+        viewer.goto(f"{served.url}/ui/instruments/{dash.live}?channels=gun.high_tension")
+        viewer.locator('#charts[data-state="drawn"]').wait_for()
+        viewer.fill("#fc-tolerance", "2")
+        viewer.fill("#fc-window", "30")
+        viewer.click("#fc-go")
+        viewer.locator('#fc-status[data-state="drawn"]').wait_for()
+        assert viewer.get_attribute("#fc-status", "data-job") == job_id
+        viewer.fill("#fc-tolerance", "3")
+        viewer.click("#fc-go")
+        viewer.locator('#fc-status[data-state="refused"]').wait_for()
+        assert "an operator or admin must ask first" in viewer.inner_text("#fc-status")
+    finally:
+        viewer_ctx.close()
 
 
 # ---------------------------------------------------------------------------- datasets

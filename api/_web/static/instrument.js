@@ -1,6 +1,8 @@
 // The Instrument page: a telemetry explorer (uPlot, one chart per chosen channel on one time
 // axis; the server picks raw samples or a rollup for the range: bucket=auto), flags on the
-// time axis, stretches without samples shaded, the flags in view and the calibrations.
+// time axis, stretches without samples shaded, the flags in view and the calibrations; and,
+// asked for a channel, its Bayesian forecast (the forecast route; a job while it fits) drawn
+// ahead of the data as uPlot bands: 5-95 % and 25-75 % with the median.
 "use strict";
 (function () {
   const { api, el, table, number, time, failed } = window.bt;
@@ -22,6 +24,8 @@
   let serial = 0;   // each load's number: a late answer of an earlier load is dropped
   let plots = [];
   let view = { flags: [], gaps: [] };
+  const forecasts = new Map(); // channel -> the forecast route's answer (200)
+  const QUANTILES = ["0.05", "0.25", "0.5", "0.75", "0.95"];
 
   function setUrl() {
     const q = new URLSearchParams({ channels: chosen.join(","), start: new Date(range[0]).toISOString(), end: new Date(range[1]).toISOString() });
@@ -91,20 +95,41 @@
     return vals.map((v) => v.toFixed(decimals));
   }
 
-  function chart(series, bucketS, height) {
-    const xs = [], mean = [], lo = [], hi = [];
-    for (const p of series.points) {
-      xs.push(Date.parse(p.time) / 1000); mean.push(p.mean); lo.push(p.min); hi.push(p.max);
+  // The data's columns and, when the channel has a forecast, the forecast's quantiles at its
+  // horizons, on one sorted x column (each side null where the other has its points).
+  function columns(series, fc) {
+    const rows = series.points.map((p) => [Date.parse(p.time) / 1000, p.mean, p.min, p.max, null, null, null, null, null]);
+    if (fc) for (const h of fc.horizons) rows.push([Date.parse(h.at) / 1000, null, null, null, ...QUANTILES.map((q) => h.quantiles[q])]);
+    rows.sort((a, b) => a[0] - b[0]);
+    return rows[0] ? rows[0].map((_, i) => rows.map((r) => r[i])) : [[], [], [], [], [], [], [], [], []];
+  }
+
+  function forecastCaption(fc) {
+    const parts = [`forecast from ${time(fc.origin)}: 5–95 % and 25–75 % bands, median dashed`];
+    if (fc.tolerance !== null && fc.tolerance !== undefined && fc.probability_within !== null && fc.probability_within !== undefined) {
+      parts.push(`P(within ±${number(fc.tolerance)} ${fc.unit} for ${number(fc.duration_s / 60)} min) = ${number(fc.probability_within, 3)}`);
     }
+    return parts.join(" · ");
+  }
+
+  function chart(series, bucketS, height) {
+    const fc = forecasts.get(series.channel) || null;
+    const data = columns(series, fc);
+    const xs = series.points.map((p) => Date.parse(p.time) / 1000);
     const gaps = gapsOf(xs, bucketS);
     view.gaps.push(...gaps);
     const box = el("figure", { class: "chart", "data-channel": series.channel },
-      el("figcaption", {}, el("strong", { text: series.channel }), ` [${series.unit}]`));
+      el("figcaption", {}, el("strong", { text: series.channel }), ` [${series.unit}]`,
+        fc ? el("span", { class: "fc-caption", text: ` · ${forecastCaption(fc)}` }) : null));
     charts.append(box);
+    // With a forecast from within the range, the time axis reaches its last horizon.
+    const reach = fc && range[1] >= Date.parse(fc.origin) ? Date.parse(fc.horizons[fc.horizons.length - 1].at) : 0;
+    const until = Math.max(range[1], reach) / 1000;
+    const fcStroke = "rgba(150,60,170,0.55)";
     const opts = {
       width: widthPx(), height,
       cursor: { sync: { key: `bt-${id}` }, drag: { x: true, y: false, setScale: false } },
-      scales: { x: { time: true, min: range[0] / 1000, max: range[1] / 1000 } },
+      scales: { x: { time: true, min: range[0] / 1000, max: until } },
       legend: { show: false },
       axes: [{ stroke: "#333" }, { stroke: "#333", size: 84, values: tickLabels }],
       series: [
@@ -112,8 +137,17 @@
         { label: "mean", stroke: "#1f5fa8", width: 1.5, spanGaps: false },
         { label: "min", stroke: "rgba(31,95,168,0.25)", width: 0.5, spanGaps: false },
         { label: "max", stroke: "rgba(31,95,168,0.25)", width: 0.5, spanGaps: false },
+        { label: "forecast 5 %", stroke: fcStroke, width: 0.5, spanGaps: true, show: !!fc },
+        { label: "forecast 25 %", stroke: fcStroke, width: 0.5, spanGaps: true, show: !!fc },
+        { label: "forecast median", stroke: "rgb(150,60,170)", width: 1.5, dash: [6, 4], spanGaps: true, show: !!fc },
+        { label: "forecast 75 %", stroke: fcStroke, width: 0.5, spanGaps: true, show: !!fc },
+        { label: "forecast 95 %", stroke: fcStroke, width: 0.5, spanGaps: true, show: !!fc },
       ],
-      bands: [{ series: [3, 2], fill: "rgba(31,95,168,0.12)" }],
+      bands: [
+        { series: [3, 2], fill: "rgba(31,95,168,0.12)" },
+        { series: [8, 4], fill: "rgba(150,60,170,0.15)" },
+        { series: [7, 5], fill: "rgba(150,60,170,0.25)" },
+      ],
       hooks: {
         draw: [overlay(gaps)],
         setSelect: [(u) => {
@@ -124,9 +158,12 @@
         }],
       },
     };
-    const plot = new uPlot(opts, [xs, mean, lo, hi], box);
+    const plot = new uPlot(opts, data, box);
     plot.root.setAttribute("role", "img");
-    plot.root.setAttribute("aria-label", `${series.channel}, ${series.points.length} points`);
+    plot.root.setAttribute("aria-label", `${series.channel}, ${series.points.length} points`
+      + (fc ? `, ${forecastCaption(fc)}` : ""));
+    box.plot = plot; // the chart's uPlot, for the tests and the curious
+    if (fc) box.dataset.forecast = fc.job_id;
     return plot;
   }
 
@@ -158,6 +195,7 @@
       plots = result.series.map((s) => chart(s, result.bucket_s, height));
       if (!plots.length) charts.append(el("p", { class: "hint", text: "Choose channels to plot." }));
       rangeLabel(result);
+      forecastChannels();
       showFlags(flags);
       charts.dataset.gaps = String(view.gaps.length);
       charts.dataset.flags = String(flags.length);
@@ -199,6 +237,82 @@
       return el("div", { class: "channel" }, box, el("label", { for: `ch-${c.name}`, text: `${c.name} [${c.unit}]` }));
     }));
   }
+
+  // ------------------------------------------------------------------ forecasts
+  const fcForm = document.getElementById("forecast-form");
+  const fcChannel = document.getElementById("fc-channel");
+  const fcStatus = document.getElementById("fc-status");
+  let fcSerial = 0;
+
+  function forecastChannels() {
+    const was = fcChannel.value;
+    fcChannel.replaceChildren(...chosen.map((n) => el("option", { value: n, text: n, selected: n === was })));
+    tolUnit();
+  }
+
+  // The tolerance is in the channel's unit: its label says which.
+  function tolUnit() {
+    const c = channels.find((ch) => ch.name === fcChannel.value);
+    document.getElementById("fc-tolerance-unit").textContent = c ? c.unit : "unit";
+  }
+  fcChannel.addEventListener("change", tolUnit);
+
+  function say(state, text, cls) {
+    fcStatus.dataset.state = state;
+    fcStatus.className = `forecast-status ${cls || ""}`;
+    fcStatus.textContent = text;
+  }
+
+  function wait(ms) { return new Promise((resolve) => setTimeout(resolve, ms)); }
+
+  // GET the forecast route (no CSRF: a read; an operator's or admin's first ask queues the
+  // job), then, while it answers 202, poll the job until it ended and ask again for the result.
+  async function askForecast() {
+    const mine = ++fcSerial;
+    const quantity = fcChannel.value;
+    if (!quantity) { say("error", "Choose a channel to forecast.", "error"); return; }
+    const horizon = Number(document.getElementById("fc-horizon").value);
+    const tolerance = document.getElementById("fc-tolerance").value.trim();
+    const windowMin = Number(document.getElementById("fc-window").value);
+    const q = new URLSearchParams({ quantity, duration: String(horizon), window: String(windowMin) });
+    // Twelve steps to the horizon, and one at a sixtieth of it: the band starts near the data.
+    for (const k of [1 / 60, ...Array.from({ length: 12 }, (_, i) => (i + 1) / 12)]) q.append("horizon", String(Number((horizon * k).toPrecision(6))));
+    if (tolerance) q.set("tolerance", tolerance);
+    const url = `${base}/forecast?${q}`;
+    fcForm.setAttribute("aria-busy", "true");
+    try {
+      say("asking", `Asking for a forecast of ${quantity}…`);
+      let answer = await api(url);
+      while (!answer.horizons) {
+        const poll = `/api/v1/jobs/${encodeURIComponent(answer.job_id)}`;
+        fcStatus.dataset.job = answer.job_id;
+        let job = answer;
+        while (!["succeeded", "failed", "cancelled"].includes(job.status)) {
+          const pct = job.progress ? ` ${Math.round(job.progress * 100)} %` : "";
+          say("fitting", `fitting… (job ${answer.job_id}: ${job.status}${job.stage ? `, ${job.stage}` : ""}${pct})`);
+          await wait(1000);
+          if (mine !== fcSerial) return;
+          job = await api(poll);
+        }
+        if (job.status === "cancelled") throw new Error(`its job ${answer.job_id} was cancelled`);
+        answer = await api(url); // the result (200), or why it failed (422)
+      }
+      if (mine !== fcSerial) return;
+      forecasts.set(quantity, answer);
+      fcStatus.dataset.job = answer.job_id;
+      if (!chosen.includes(quantity)) chosen = chosen.concat([quantity]);
+      await load();
+      say("drawn", `Forecast of ${quantity} (${answer.window.points} points from ${time(answer.window.start)} to ${time(answer.window.end)}): ${forecastCaption(answer)}.`, "ok");
+    } catch (error) {
+      if (mine !== fcSerial) return;
+      if (error.status === 403) say("refused", `No forecast of ${quantity} for these data yet: ${error.message}.`, "hint");
+      else say("error", `No forecast: ${error.message}`, "error");
+    } finally {
+      if (mine === fcSerial) fcForm.removeAttribute("aria-busy");
+    }
+  }
+
+  fcForm.addEventListener("submit", (event) => { event.preventDefault(); askForecast(); });
 
   async function calibrations() {
     const box = document.getElementById("calibrations");
