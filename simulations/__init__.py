@@ -184,6 +184,11 @@ from simulations._rehearsal_scene import (
     make_scene,
     scene_key,
 )
+from simulations._rehearsal_spec import (
+    REHEARSAL_SPEC_SCHEMA_ID,
+    RehearsalSpecV1,
+    rehearsal_spec_hash,
+)
 from simulations._specimens import (
     BUILTIN_SPECIMENS,
     STRUCTURE_FORMATS,
@@ -218,6 +223,7 @@ __all__ = [
     "MEASURED_QUANTITIES",
     "MEASUREMENT_SD",
     "PROPERTIES",
+    "REHEARSAL_SPEC_SCHEMA_ID",
     "SCENE_PRESETS",
     "STANDARD_CHANNEL_MODELS",
     "STATE_FIELDS",
@@ -277,6 +283,7 @@ __all__ = [
     "ReferenceMeasurement",
     "RehearsalError",
     "RehearsalRun",
+    "RehearsalSpecV1",
     "RehearsalStep",
     "SbcResult",
     "ScanV1",
@@ -342,6 +349,7 @@ __all__ = [
     "projected_potential",
     "read_holder_log",
     "read_structure",
+    "rehearsal_spec_hash",
     "rehearse",
     "rehearse_design",
     "resolve_state",

@@ -29,7 +29,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,21 @@ class SceneRecipe:
             raise SceneError("dopants, vacancies and hole_radius must be >= 0")
         if not 0 <= self.strain <= 0.2:
             raise SceneError(f"strain must be 0..0.2, not {self.strain}")
+
+    def resized(self, positions: int) -> SceneRecipe:
+        """The same scene on ``positions`` a side: dopants and vacancies scaled with the
+        field's area (at least one of each the recipe has), lengths with its side."""
+        area = (positions / self.positions) ** 2
+        side = positions / self.positions
+        return replace(
+            self,
+            positions=positions,
+            dopants=max(min(self.dopants, 1), round(self.dopants * area)),
+            vacancies=max(min(self.vacancies, 1), round(self.vacancies * area)),
+            strain_radius=self.strain_radius * side,
+            hole_radius=self.hole_radius * side,
+            tile=min(self.tile, positions),
+        )
 
 
 #: The built-in scenes at full size (128 x 128 probe positions, 0.3 Å apart: 38 Å a side).

@@ -13,6 +13,7 @@ from workers._experiment_task import ExperimentCancelled, ProgressChannel, execu
 from workers._experiment_worker import ExperimentStats, ExperimentWorker, connect_cluster
 from workers._experiments import ExperimentSubmission, submit_experiment
 from workers._job_kinds import JOB_KINDS, JobKind, JobTask, job_payload, register_job_kind
+from workers._rehearsal_job import RehearsalStateMissing, scene_cache_dir, submit_rehearsal
 from workers._settings import (
     SNAPSHOT_GROUP_ID,
     ExperimentSettings,
@@ -45,6 +46,7 @@ __all__ = [
     "JobTask",
     "JobsStillRunning",
     "ProgressChannel",
+    "RehearsalStateMissing",
     "SnapshotSettings",
     "SnapshotStats",
     "SnapshotWorker",
@@ -62,7 +64,9 @@ __all__ = [
     "job_payload",
     "register_job_kind",
     "remove_attempts",
+    "scene_cache_dir",
     "submit_experiment",
+    "submit_rehearsal",
     "warm_up",
     "write_result",
 ]

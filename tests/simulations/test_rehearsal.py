@@ -190,3 +190,24 @@ def test_the_written_out_loss_is_pyros_marginal_likelihood() -> None:
         theirs = float(elbo.detach())
     assert theirs == pytest.approx(ours + len(rows) / 2 * math.log(2 * math.pi), rel=1e-9)
     assert torch.get_num_threads() >= 1
+
+
+def test_the_committed_rehearsal_schema_is_current() -> None:
+    from simulations._rehearsal_schema import stale_files
+
+    assert stale_files() == [], "run `python -m simulations._rehearsal_schema`"
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"budget": 5, "seed_points": 10}, "below the 10 seed points"),
+        ({"patch": 20, "positions": 16}, "larger than the scene"),
+        ({"acquisition": "greedy"}, "unknown acquisition function 'greedy'"),
+        ({"scene": "moon"}, "unknown scene 'moon'"),
+    ],
+)
+def test_a_rehearsal_spec_refuses_bad_input(fields: dict[str, object], words: str) -> None:
+    document = {"state": {"energy": 80e3, "convergence_semiangle": 30.0}, **fields}
+    with pytest.raises(ValueError, match=words):
+        simulations.RehearsalSpecV1.model_validate(document)
