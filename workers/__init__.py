@@ -13,7 +13,12 @@ from workers._experiment_task import ExperimentCancelled, ProgressChannel, execu
 from workers._experiment_worker import ExperimentStats, ExperimentWorker, connect_cluster
 from workers._experiments import ExperimentSubmission, submit_experiment
 from workers._job_kinds import JOB_KINDS, JobKind, JobTask, job_payload, register_job_kind
-from workers._rehearsal_job import RehearsalStateMissing, scene_cache_dir, submit_rehearsal
+from workers._rehearsal_job import (
+    RehearsalStateMissing,
+    rehearsal_arrays,
+    scene_cache_dir,
+    submit_rehearsal,
+)
 from workers._settings import (
     SNAPSHOT_GROUP_ID,
     ExperimentSettings,
@@ -63,6 +68,7 @@ __all__ = [
     "execute_experiment",
     "job_payload",
     "register_job_kind",
+    "rehearsal_arrays",
     "remove_attempts",
     "scene_cache_dir",
     "submit_experiment",
