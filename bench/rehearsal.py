@@ -64,11 +64,12 @@ GPAX_PINS = (
 )  # fmt: skip
 
 
-def scenes(cache: Path, quick: bool) -> list[Scene]:
+def scenes(cache: Path, quick: bool, positions: int | None) -> list[Scene]:
     names = ["mos2-dopants"] if quick else list(SCENE_PRESETS)
+    side = 32 if quick else positions
     made = []
     for name in names:
-        recipe = SCENE_PRESETS[name].resized(32) if quick else SCENE_PRESETS[name]
+        recipe = SCENE_PRESETS[name] if side is None else SCENE_PRESETS[name].resized(side)
         started = time.perf_counter()
         scene = make_scene(recipe, STATE, cache_dir=cache)
         cached = "cached" if scene.parameters.get("cached") else "made"
@@ -193,7 +194,7 @@ def gpax_python(cache: Path) -> tuple[Path | None, str]:
     return python, "ok"
 
 
-def gpax_count(python: Path, scene: Scene, seed: int, cap: int) -> int:
+def gpax_count(python: Path, scene: Scene, seed: int, cap: int, timeout: float) -> int | None:
     top = top_region(scene.truth(PROPERTY), TOP)
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "scene.npz"
@@ -205,9 +206,14 @@ def gpax_count(python: Path, scene: Scene, seed: int, cap: int) -> int:
         )  # fmt: skip
         runner = Path(folder) / "runner.py"
         runner.write_text(GPAX_RUNNER)
-        done = subprocess.run(
-            [str(python), str(runner), str(data)], capture_output=True, text=True, check=True
-        )
+        try:
+            done = subprocess.run(
+                [str(python), str(runner), str(data)], capture_output=True, text=True,
+                check=True, timeout=timeout,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            print(f"# gpax seed {seed}: not done within {timeout:.0f} s")
+            return None
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"# gpax seed {seed}: {answer}")
     return int(answer["measurements"]) if answer["found"] >= 0.9 else scene.haadf.size
@@ -219,14 +225,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--cap", type=int, default=1500, help="most DKL measurements a run")
     parser.add_argument("--gpax-seeds", type=int, default=3, help="seeds per scene for gpax")
+    parser.add_argument("--gpax-timeout", type=float, default=1800, help="[s] per gpax run")
+    parser.add_argument(
+        "--acquisitions", default=",".join(sorted(ACQUISITIONS)), help="comma-separated"
+    )
+    parser.add_argument("--positions", type=int, default=None, help="smaller scenes (a side)")
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "beamtwin-rehearsal-scenes"
     )
     args = parser.parse_args()
     started = time.perf_counter()
-    made = scenes(args.cache, args.quick)
+    made = scenes(args.cache, args.quick, args.positions)
     seeds = 1 if args.quick else args.seeds
-    acquisitions = ["ucb"] if args.quick else sorted(ACQUISITIONS)
+    acquisitions = ["ucb"] if args.quick else args.acquisitions.split(",")
     counts: dict[str, list[int]] = {a: [] for a in acquisitions}
     base: dict[str, list[int]] = {"random": [], "raster": []}
     for scene in made:
@@ -263,9 +274,16 @@ def main() -> None:
             ours, theirs = [], []
             for k, scene in enumerate(made):
                 for seed in range(min(seeds, args.gpax_seeds)):
-                    theirs.append(gpax_count(python, scene, seed, args.cap))
-                    ours.append(counts[best][k * seeds + seed])
-            print(f"dkl_vs_gpax_measurements_ratio: {np.median(ours) / np.median(theirs):.3f}")
+                    n = gpax_count(python, scene, seed, args.cap, args.gpax_timeout)
+                    if n is not None:
+                        theirs.append(n)
+                        ours.append(counts[best][k * seeds + seed])
+            if theirs:
+                ratio = np.median(ours) / np.median(theirs)
+                print(f"dkl_vs_gpax_measurements_ratio: {ratio:.3f}")
+                print(f"# gpax runs: {len(theirs)}, measurements {theirs}; DKL {ours}")
+            else:
+                print("dkl_vs_gpax_measurements_ratio: not run (no gpax run finished in time)")
     print(f"# total {time.perf_counter() - started:.0f} s")
 
 
