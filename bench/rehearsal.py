@@ -235,6 +235,7 @@ def main() -> None:
     parser.add_argument("--cap", type=int, default=1500, help="most DKL measurements a run")
     parser.add_argument("--gpax-seeds", type=int, default=3, help="seeds per scene for gpax")
     parser.add_argument("--gpax-timeout", type=float, default=1800, help="[s] per gpax run")
+    parser.add_argument("--gpax-scenes", type=int, default=3, help="scenes gpax runs on")
     parser.add_argument(
         "--acquisitions", default=",".join(sorted(ACQUISITIONS)), help="comma-separated"
     )
@@ -281,7 +282,7 @@ def main() -> None:
             print(f"dkl_vs_gpax_measurements_ratio: not run ({why})")
         else:
             ours, theirs = [], []
-            for k, scene in enumerate(made):
+            for k, scene in enumerate(made[: args.gpax_scenes]):
                 for seed in range(min(seeds, args.gpax_seeds)):
                     n = gpax_count(python, scene, seed, args.cap, args.gpax_timeout)
                     if n is not None:
