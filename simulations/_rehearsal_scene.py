@@ -394,5 +394,6 @@ def make_scene(
         with os.fdopen(handle, "wb") as out:
             document: dict[str, Any] = {"doc": json.dumps(scene.parameters), **scene.arrays()}
             np.savez_compressed(out, **document)
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from other users
         os.replace(temporary, path)
     return scene
