@@ -240,12 +240,13 @@ def main() -> None:
         "--acquisitions", default=",".join(sorted(ACQUISITIONS)), help="comma-separated"
     )
     parser.add_argument("--positions", type=int, default=None, help="smaller scenes (a side)")
+    parser.add_argument("--scenes", type=int, default=3, help="how many of the scenes")
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "beamtwin-rehearsal-scenes"
     )
     args = parser.parse_args()
     started = time.perf_counter()
-    made = scenes(args.cache, args.quick, args.positions)
+    made = scenes(args.cache, args.quick, args.positions)[: args.scenes]
     seeds = 1 if args.quick else args.seeds
     acquisitions = ["ucb"] if args.quick else args.acquisitions.split(",")
     counts: dict[str, list[int]] = {a: [] for a in acquisitions}
