@@ -275,8 +275,9 @@ def main() -> None:
     print(f"dkl_measurements_to_90pct_vs_random: {np.median(ratios):.3f}")
     print(f"dkl_measurements_to_90pct_vs_raster: {np.median(raster):.3f}")
     bench_latency(made[0])
-    if args.quick:
-        print("dkl_vs_gpax_measurements_ratio: not run (--quick)")
+    if args.quick or args.gpax_scenes == 0:
+        why = "--quick" if args.quick else "--gpax-scenes 0"
+        print(f"dkl_vs_gpax_measurements_ratio: not run ({why})")
     else:
         python, why = gpax_python(args.cache)
         if python is None:
