@@ -5,7 +5,9 @@ a step takes.
 
 * ``dkl_measurements_to_90pct_vs_random``: median over scenes x seeds of (measurements DKL
   with the best acquisition function needs to find 90 % of the top-1 % region) / (those a
-  random order needs); target <= 0.33. ``dkl_measurements_to_90pct_vs_raster``: the same
+  random order needs; a run that does not get there within ``--cap`` counts as every
+  position); target <= 0.33. The best acquisition function is the one of smallest median
+  ratio. ``dkl_measurements_to_90pct_vs_raster``: the same
   against coarse-to-fine raster (target < 1). ``<acquisition>_measurements_to_90pct``: the
   median for every acquisition function.
 * ``dkl_vs_gpax_measurements_ratio``: median of DKL's over gpax viDKL's measurements to 90 %
@@ -268,8 +270,13 @@ def main() -> None:
         print(f"{acquisition}_measurements_to_90pct: {np.median(counts[acquisition]):.0f}")
     print(f"random_measurements_to_90pct: {np.median(base['random']):.0f}")
     print(f"raster_measurements_to_90pct: {np.median(base['raster']):.0f}")
-    best = min(acquisitions, key=lambda a: float(np.median(counts[a])))
-    ratios = np.array(counts[best]) / np.array(base["random"])
+    random_counts = np.array(base["random"])
+    for acquisition in acquisitions:
+        ratio = float(np.median(np.array(counts[acquisition]) / random_counts))
+        print(f"{acquisition}_measurements_to_90pct_vs_random: {ratio:.3f}")
+    # The best by its median ratio to random over scenes x seeds (the figure asked for).
+    best = min(acquisitions, key=lambda a: float(np.median(np.array(counts[a]) / random_counts)))
+    ratios = np.array(counts[best]) / random_counts
     raster = np.array(counts[best]) / np.array(base["raster"])
     print(f"dkl_best_acquisition: {best}")
     print(f"dkl_measurements_to_90pct_vs_random: {np.median(ratios):.3f}")
