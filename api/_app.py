@@ -21,6 +21,7 @@ from api._errors import ApiError, NotReady, install_error_handlers
 from api._experiments import router as experiments_router
 from api._job_routes import router as jobs_router
 from api._metrics import ApiMetrics
+from api._rehearsal_routes import router as rehearsal_router
 from api._report_routes import router as report_router
 from api._routes import router
 from api._security import SecurityHeaders, install_log_scrubbing
@@ -134,6 +135,7 @@ def create_app(settings: ApiSettings | None = None, *, engine: sa.Engine | None 
     mount_dashboard(app, settings)
     app.include_router(bayes_router)
     app.include_router(jobs_router)
+    app.include_router(rehearsal_router)
 
     @app.get("/healthz", response_model=schemas.Health, tags=["operations"])
     def healthz() -> schemas.Health:

@@ -21,6 +21,7 @@ from beamtwin_cli import (
     _demo,
     _dev,
     _experiments,
+    _rehearse,
     _report,
     _serve,
     _sources,
@@ -43,6 +44,7 @@ _GROUPS = (
     _sources,
     _adapters,
     _bayes,
+    _rehearse,
 )
 
 

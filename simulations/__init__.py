@@ -16,6 +16,10 @@ quantity), :func:`design_calibration` (a ranked plan by expected information gai
 checks on the virtual microscope (:func:`simulation_based_calibration`,
 :func:`evaluate_forecast`, :func:`rehearse_design`). They import torch and pyro when a model is
 fitted or sampled: importing this package loads neither.
+
+Rehearsals of autonomous experiments (docs/rehearsal.md): scenes made by virtual experiments
+(:func:`make_scene`), a deep-kernel GP in pyro (:class:`DeepKernelModel`) with its acquisition
+functions, and :func:`rehearse` (the active-learning loop and its random / raster baselines).
 """
 
 from simulations._bayes_calibration import CalibrationPosterior, calibrate
@@ -155,6 +159,38 @@ from simulations._optical_state import (
 )
 from simulations._plan import ExperimentPlan, plan_experiment
 from simulations._preview import Preview, preview_experiment, projected_potential
+from simulations._rehearsal import (
+    STRATEGIES,
+    RehearsalError,
+    RehearsalRun,
+    RehearsalStep,
+    measurements_to_fraction,
+    rehearse,
+    strategy_order,
+    top_region,
+)
+from simulations._rehearsal_dkl import (
+    ACQUISITIONS,
+    AcquisitionError,
+    DeepKernelModel,
+    DklSettings,
+    acquisition_scores,
+    image_patches,
+)
+from simulations._rehearsal_scene import (
+    PROPERTIES,
+    SCENE_PRESETS,
+    Scene,
+    SceneError,
+    SceneRecipe,
+    make_scene,
+    scene_key,
+)
+from simulations._rehearsal_spec import (
+    REHEARSAL_SPEC_SCHEMA_ID,
+    RehearsalSpecV1,
+    rehearsal_spec_hash,
+)
 from simulations._specimens import (
     BUILTIN_SPECIMENS,
     STRUCTURE_FORMATS,
@@ -178,6 +214,7 @@ from simulations._virtual_microscope import (
 )
 
 __all__ = [
+    "ACQUISITIONS",
     "BUILTIN_SPECIMENS",
     "CALIBRATED_CONSTANTS",
     "CONSTANT_UNITS",
@@ -189,11 +226,16 @@ __all__ = [
     "HOLDER_LOG_CHANNELS",
     "MEASURED_QUANTITIES",
     "MEASUREMENT_SD",
+    "PROPERTIES",
+    "REHEARSAL_SPEC_SCHEMA_ID",
+    "SCENE_PRESETS",
     "STANDARD_CHANNEL_MODELS",
     "STATE_FIELDS",
+    "STRATEGIES",
     "STRUCTURE_FORMATS",
     "TESTS_PER_CHANNEL",
     "AbtemSetup",
+    "AcquisitionError",
     "AnnularDetectorV1",
     "BayesError",
     "BlockError",
@@ -205,8 +247,10 @@ __all__ = [
     "CbedModeV1",
     "ChannelModel",
     "CostEstimate",
+    "DeepKernelModel",
     "DesignPlan",
     "DiffractionModeV1",
+    "DklSettings",
     "Dropout",
     "Excursion",
     "ExperimentInputError",
@@ -241,8 +285,15 @@ __all__ = [
     "Progress",
     "Ramp",
     "ReferenceMeasurement",
+    "RehearsalError",
+    "RehearsalRun",
+    "RehearsalSpecV1",
+    "RehearsalStep",
     "SbcResult",
     "ScanV1",
+    "Scene",
+    "SceneError",
+    "SceneRecipe",
     "SegmentedDetectorV1",
     "SensorFault",
     "SimulationError",
@@ -262,6 +313,7 @@ __all__ = [
     "UncertaintyV1",
     "UnknownChannel",
     "VirtualMicroscope",
+    "acquisition_scores",
     "array_npy",
     "array_png",
     "build_specimen",
@@ -282,10 +334,13 @@ __all__ = [
     "extra_channel_models",
     "fit_forecast",
     "focal_spread",
+    "image_patches",
     "iter_blocks",
     "lens_temperature_rise",
     "llt_forecast",
+    "make_scene",
     "measure_virtually",
+    "measurements_to_fraction",
     "member_ctf",
     "models_for_state",
     "nexus_bytes",
@@ -298,19 +353,24 @@ __all__ = [
     "projected_potential",
     "read_holder_log",
     "read_structure",
+    "rehearsal_spec_hash",
+    "rehearse",
     "rehearse_design",
     "require_enough",
     "resolve_state",
     "run_case",
     "run_experiment",
+    "scene_key",
     "score",
     "simulation_based_calibration",
     "smooth_gpts",
     "spec_hash",
     "state_from_twin",
     "state_step",
+    "strategy_order",
     "structure_hash",
     "to_abtem",
+    "top_region",
     "true_state",
     "uncertainty_from_twin",
     "versions",

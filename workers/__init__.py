@@ -19,6 +19,12 @@ from workers._experiment_task import ExperimentCancelled, ProgressChannel, execu
 from workers._experiment_worker import ExperimentStats, ExperimentWorker, connect_cluster
 from workers._experiments import ExperimentSubmission, submit_experiment
 from workers._job_kinds import JOB_KINDS, JobKind, JobTask, job_payload, register_job_kind
+from workers._rehearsal_job import (
+    RehearsalStateMissing,
+    rehearsal_arrays,
+    scene_cache_dir,
+    submit_rehearsal,
+)
 from workers._settings import (
     SNAPSHOT_GROUP_ID,
     ExperimentSettings,
@@ -51,6 +57,7 @@ __all__ = [
     "JobTask",
     "JobsStillRunning",
     "ProgressChannel",
+    "RehearsalStateMissing",
     "SnapshotSettings",
     "SnapshotStats",
     "SnapshotWorker",
@@ -70,9 +77,12 @@ __all__ = [
     "execute_forecast",
     "job_payload",
     "register_job_kind",
+    "rehearsal_arrays",
     "remove_attempts",
+    "scene_cache_dir",
     "store_proposed_calibration",
     "submit_experiment",
+    "submit_rehearsal",
     "warm_up",
     "write_result",
 ]

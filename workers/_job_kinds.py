@@ -24,6 +24,7 @@ import provenance_store as store
 from simulations import ExperimentResult
 from workers._errors import UnknownJobKind
 from workers._experiment_task import execute_experiment
+from workers._rehearsal_job import rehearsal_task
 
 __all__ = ["JOB_KINDS", "JobKind", "JobTask", "job_payload", "register_job_kind"]
 
@@ -86,3 +87,4 @@ def _experiment(payload_json: str, channel: str | None, threads: int) -> Experim
 
 
 register_job_kind(JobKind("experiment", _experiment))
+register_job_kind(JobKind("rehearsal", rehearsal_task))

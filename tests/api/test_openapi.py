@@ -61,7 +61,7 @@ def test_api_routes_are_secured_and_document_errors(openapi: dict[str, Any]) -> 
         if path.startswith("/api/v1")
         for op in item.values()
     ]
-    assert len(api_ops) == 44
+    assert len(api_ops) == 50
     for path, op in api_ops:
         assert op.get("security") == [{"HTTPBearer": []}], path
         assert {"401", "403", "404", "422"} <= set(op["responses"]), path

@@ -115,7 +115,7 @@ def test_generated_requests_get_no_server_error(
     api_schema: schemathesis.BaseSchema, world: World, datasets: Datasets, experiments: Experiments
 ) -> None:
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 47
+    assert len(operations) == 53
     headers = auth(world.tokens["admin"])
     statuses: list[tuple[str, int]] = []
     for operation in operations:
