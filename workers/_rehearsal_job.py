@@ -32,6 +32,7 @@ from simulations import (
     state_from_twin,
     versions,
 )
+from workers._errors import WorkerError
 from workers._experiment_task import ProgressChannel
 from workers._settings import ExperimentSettings
 
@@ -52,7 +53,7 @@ STEP_COLUMNS = (
 )  # fmt: skip
 
 
-class RehearsalStateMissing(ValueError):
+class RehearsalStateMissing(WorkerError, ValueError):
     """No state to make the scene at: no twin estimate and no state in the spec."""
 
 
