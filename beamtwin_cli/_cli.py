@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -83,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("kafka").setLevel(logging.ERROR)
+        # dask.distributed logs every client and worker at INFO from its own configuration,
+        # read when it is first imported (the experiment worker, the demo's virtual experiment)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
