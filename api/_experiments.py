@@ -9,20 +9,16 @@ Requests submit and read; the experiment worker runs the jobs.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import json
 import math
 import re
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 import provenance_store as store
 import simulations
@@ -48,6 +44,7 @@ from api._experiment_schemas import (
     Preview,
     Specimen,
 )
+from api._job_events import Interval, MaxEvents, events_response_doc, job_event_stream
 from api._routes import _ERRORS, EngineDep
 from api._schemas import ErrorBody
 
@@ -285,51 +282,10 @@ def cancel_experiment(principal: Operator, conn: WriteConnDep, job_id: JobId) ->
     return _experiment(record)
 
 
-_EVENTS_EXAMPLE = (
-    'event: progress\ndata: {"status": "running", "progress": 0.42, "stage": "member 2/4"}\n\n'
-    'event: end\ndata: {"status": "succeeded", "progress": 1.0, "stage": "done"}\n\n'
-)
-
-
-_EVENTS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "event": {"type": "string", "enum": ["progress", "end"]},
-        "data": {
-            "type": "string",
-            "description": '{"status": STATUS, "progress": 0..1, "stage": TEXT or null}',
-            "contentMediaType": "application/json",
-        },
-    },
-    "required": ["event", "data"],
-}
-
-
-def _status(engine: sa.Engine, job_id: str) -> dict[str, Any]:
-    with engine.connect() as conn:
-        record = store.get_job(conn=conn, job_id=job_id)
-    assert record is not None
-    return {
-        "status": record.status,
-        "progress": record.progress,
-        "stage": record.stage,
-        "finished": record.finished,
-    }
-
-
 @router.get(
     "/experiments/{job_id}/events",
     response_class=StreamingResponse,
-    responses={
-        **_ERRORS,
-        200: {
-            "description": "server-sent events: `progress` every `interval` seconds while the "
-            "experiment runs, `end` once it ended (or after `max_events`)",
-            "content": {
-                "text/event-stream": {"schema": _EVENTS_SCHEMA, "example": _EVENTS_EXAMPLE}
-            },
-        },
-    },
+    responses={**_ERRORS, 200: events_response_doc("the experiment", "member 2/4")},
 )
 async def experiment_events(
     request: Request,
@@ -337,23 +293,12 @@ async def experiment_events(
     conn: ConnDep,
     engine: EngineDep,
     job_id: JobId,
-    interval: Annotated[float, Query(ge=0.1, le=60.0, description="seconds between events")] = 1.0,
-    max_events: Annotated[int, Query(ge=1, le=100_000)] = 3600,
+    interval: Interval = 1.0,
+    max_events: MaxEvents = 3600,
 ) -> StreamingResponse:
     """The experiment's progress as server-sent events, until it ends."""
     _visible_job(principal, conn, job_id)
-
-    async def events() -> AsyncIterator[bytes]:
-        for sent in range(max_events):
-            status = await run_in_threadpool(_status, engine, job_id)
-            finished = status.pop("finished")
-            last = finished or sent == max_events - 1
-            yield f"event: {'end' if last else 'progress'}\ndata: {json.dumps(status)}\n\n".encode()
-            if last or await request.is_disconnected():
-                return
-            await asyncio.sleep(interval)
-
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return job_event_stream(request, engine, job_id, interval, max_events)
 
 
 _MEDIA = {"npy": "application/octet-stream", "png": "image/png", "nexus": "application/x-hdf5"}

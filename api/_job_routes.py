@@ -9,16 +9,12 @@ the jobs (``beamtwin experiments``).
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 import provenance_store as store
 from api._bayes_jobs import job_arrays, job_document
@@ -27,6 +23,7 @@ from api._bayes_schemas import Job
 from api._deps import ConnDep, Principal, Reader, WriteConnDep, get_write_principal, require
 from api._errors import ApiError
 from api._experiment_schemas import ExperimentResultItem
+from api._job_events import Interval, MaxEvents, events_response_doc, job_event_stream
 from api._routes import _ERRORS, EngineDep
 from api._schemas import ErrorBody
 
@@ -154,45 +151,10 @@ def cancel_job(principal: Operator, conn: WriteConnDep, job_id: JobId) -> Job:
     return job_view(record)
 
 
-_EVENTS_EXAMPLE = (
-    'event: progress\ndata: {"status": "running", "progress": 0.42, "stage": "sampling"}\n\n'
-    'event: end\ndata: {"status": "succeeded", "progress": 1.0, "stage": "done"}\n\n'
-)
-_EVENTS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "event": {"type": "string", "enum": ["progress", "end"]},
-        "data": {
-            "type": "string",
-            "description": '{"status": STATUS, "progress": 0..1, "stage": TEXT or null}',
-            "contentMediaType": "application/json",
-        },
-    },
-    "required": ["event", "data"],
-}
-
-
-def _status(engine: sa.Engine, job_id: str) -> tuple[dict[str, Any], bool]:
-    with engine.connect() as conn:
-        record = store.get_job(conn=conn, job_id=job_id)
-    assert record is not None
-    body = {"status": record.status, "progress": record.progress, "stage": record.stage}
-    return body, record.finished
-
-
 @router.get(
     "/jobs/{job_id}/events",
     response_class=StreamingResponse,
-    responses={
-        **_ERRORS,
-        200: {
-            "description": "server-sent events: `progress` every `interval` seconds while the "
-            "job runs, `end` once it ended (or after `max_events`)",
-            "content": {
-                "text/event-stream": {"schema": _EVENTS_SCHEMA, "example": _EVENTS_EXAMPLE}
-            },
-        },
-    },
+    responses={**_ERRORS, 200: events_response_doc("the job", "sampling")},
 )
 async def job_events(
     request: Request,
@@ -200,22 +162,12 @@ async def job_events(
     conn: ConnDep,
     engine: EngineDep,
     job_id: JobId,
-    interval: Annotated[float, Query(ge=0.1, le=60.0, description="seconds between events")] = 1.0,
-    max_events: Annotated[int, Query(ge=1, le=100_000)] = 3600,
+    interval: Interval = 1.0,
+    max_events: MaxEvents = 3600,
 ) -> StreamingResponse:
     """The job's progress as server-sent events, until it ends."""
     visible_job(principal, conn, job_id)
-
-    async def events() -> AsyncIterator[bytes]:
-        for sent in range(max_events):
-            status, finished = await run_in_threadpool(_status, engine, job_id)
-            last = finished or sent == max_events - 1
-            yield f"event: {'end' if last else 'progress'}\ndata: {json.dumps(status)}\n\n".encode()
-            if last or await request.is_disconnected():
-                return
-            await asyncio.sleep(interval)
-
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return job_event_stream(request, engine, job_id, interval, max_events)
 
 
 @router.get(

@@ -8,11 +8,9 @@ exactly like one that does not exist; one of no instrument is its owner's (and a
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -20,7 +18,6 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
-from starlette.concurrency import run_in_threadpool
 
 import provenance_store as store
 import simulations
@@ -36,6 +33,7 @@ from api._deps import (
 )
 from api._errors import ApiError, InvalidRequest
 from api._experiment_schemas import Experiment, ExperimentResultItem
+from api._job_events import Interval, MaxEvents, events_response_doc, job_event_stream
 from api._rehearsal_report import render_rehearsal_report
 from api._schemas import ErrorBody
 
@@ -207,35 +205,10 @@ def get_rehearsal(principal: Reader, conn: ConnDep, job_id: JobId) -> Rehearsal:
     return _rehearsal(record, store.job_results(conn=conn, job_id=job_id))
 
 
-_EVENTS_EXAMPLE = (
-    'event: progress\ndata: {"status": "running", "progress": 0.6, "stage": "DKL: 120/300 '
-    'measured"}\n\nevent: end\ndata: {"status": "succeeded", "progress": 1.0, "stage": "done"}\n\n'
-)
-
-
-def _status(engine: sa.Engine, job_id: str) -> dict[str, Any]:
-    with engine.connect() as conn:
-        record = store.get_job(conn=conn, job_id=job_id)
-    assert record is not None
-    return {
-        "status": record.status, "progress": record.progress, "stage": record.stage,
-        "finished": record.finished,
-    }  # fmt: skip
-
-
 @router.get(
     "/rehearsals/{job_id}/events",
     response_class=StreamingResponse,
-    responses={
-        **_ERRORS,
-        200: {
-            "description": "server-sent events: `progress` every `interval` seconds while the "
-            "rehearsal runs, `end` once it ended (or after `max_events`)",
-            "content": {
-                "text/event-stream": {"schema": {"type": "string"}, "example": _EVENTS_EXAMPLE}
-            },
-        },
-    },
+    responses={**_ERRORS, 200: events_response_doc("the rehearsal", "DKL: 120/300 measured")},
 )
 async def rehearsal_events(
     request: Request,
@@ -243,23 +216,12 @@ async def rehearsal_events(
     conn: ConnDep,
     engine: EngineDep,
     job_id: JobId,
-    interval: Annotated[float, Query(ge=0.1, le=60.0, description="seconds between events")] = 1.0,
-    max_events: Annotated[int, Query(ge=1, le=100_000)] = 3600,
+    interval: Interval = 1.0,
+    max_events: MaxEvents = 3600,
 ) -> StreamingResponse:
     """The rehearsal's progress as server-sent events, until it ends."""
     _visible(principal, conn, job_id)
-
-    async def events() -> AsyncIterator[bytes]:
-        for sent in range(max_events):
-            status = await run_in_threadpool(_status, engine, job_id)
-            finished = status.pop("finished")
-            last = finished or sent == max_events - 1
-            yield f"event: {'end' if last else 'progress'}\ndata: {json.dumps(status)}\n\n".encode()
-            if last or await request.is_disconnected():
-                return
-            await asyncio.sleep(interval)
-
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return job_event_stream(request, engine, job_id, interval, max_events)
 
 
 def _read(result: store.JobResultRecord) -> Any:
