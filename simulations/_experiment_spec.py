@@ -3,7 +3,7 @@
 A spec names the instrument whose twin state to use (or gives a whole hypothetical state),
 the specimen, the mode and its detectors, sampling, frozen phonons, doses, the ensemble over
 the state's uncertainty and the seed. Its JSON Schema is committed to
-``docs/schemas/experiment-spec.v1.json`` (``python -m simulations._experiment_schema``).
+``docs/schemas/experiment-spec.v1.json`` (``python -m simulations._spec_schemas``).
 Validate once at the edge (:meth:`ExperimentSpecV1.model_validate`) and pass the model on.
 """
 

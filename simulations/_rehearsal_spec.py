@@ -4,7 +4,7 @@ A spec names the instrument whose twin state makes the scene (or gives a whole h
 state), the scene, the property to look for, the deep-kernel loop's settings (acquisition
 function, patch size, budget, seed points, stopping rules), the dose of a measurement and the
 seed. Its JSON Schema is committed to ``docs/schemas/rehearsal-spec.v1.json``
-(``python -m simulations._rehearsal_schema``).
+(``python -m simulations._spec_schemas``).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from simulations import ExperimentSpecV1, spec_hash
-from simulations._experiment_schema import (
+from simulations._spec_schemas import (
     EXPERIMENT_SPEC_FILE,
     REGENERATE,
     SCHEMA_DIR,

@@ -193,9 +193,9 @@ def test_the_written_out_loss_is_pyros_marginal_likelihood() -> None:
 
 
 def test_the_committed_rehearsal_schema_is_current() -> None:
-    from simulations._rehearsal_schema import stale_files
+    from simulations._spec_schemas import stale_files
 
-    assert stale_files() == [], "run `python -m simulations._rehearsal_schema`"
+    assert stale_files() == [], "run `python -m simulations._spec_schemas`"
 
 
 @pytest.mark.parametrize(
