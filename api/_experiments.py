@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import sys
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -44,13 +43,20 @@ from api._experiment_schemas import (
     Preview,
     Specimen,
 )
-from api._job_events import Interval, MaxEvents, events_response_doc, job_event_stream
+from api._job_common import (
+    RESULT_MEDIA,
+    Interval,
+    MaxEvents,
+    events_response_doc,
+    find_visible_job,
+    job_event_stream,
+    result_download,
+)
 from api._routes import _ERRORS, EngineDep
 from api._schemas import ErrorBody
 
 router = APIRouter(prefix="/api/v1", tags=["experiments"])
 
-_JOB_ID = re.compile(r"^job-[0-9a-f]{32}$")
 Operator = Annotated[Principal, Depends(require("operate", on=get_write_principal))]
 ReadOperator = Annotated[Principal, Depends(require("operate", on=get_principal))]
 JobId = Annotated[
@@ -114,18 +120,9 @@ def _experiment(
 
 
 def _visible_job(principal: Principal, conn: sa.Connection, job_id: str) -> store.JobRecord:
-    if not _JOB_ID.match(job_id):
-        raise ExperimentNotFound(f"experiment {job_id!r} not found")
-    record = store.get_job(conn=conn, job_id=job_id)
-    if record is None or record.kind != "experiment":
-        raise ExperimentNotFound(f"experiment {job_id!r} not found")
-    if record.instrument_id is not None:
-        visible = principal.sees(record.instrument_id)
-    else:
-        visible = principal.instruments is None or record.owner == principal.name
-    if not visible:
-        raise ExperimentNotFound(f"experiment {job_id!r} not found")
-    return record
+    return find_visible_job(
+        principal, conn, job_id, not_found=ExperimentNotFound, kind="experiment"
+    )
 
 
 def _plan(
@@ -301,29 +298,6 @@ async def experiment_events(
     return job_event_stream(request, engine, job_id, interval, max_events)
 
 
-_MEDIA = {"npy": "application/octet-stream", "png": "image/png", "nexus": "application/x-hdf5"}
-
-
-def _result_bytes(result: store.JobResultRecord, fmt: str) -> bytes:
-    import fsspec
-    import numpy as np
-
-    if result.media_type != "application/x-zarr":
-        with fsspec.open(result.uri, "rb") as handle:
-            data: bytes = handle.read()
-        return data
-    import zarr
-
-    stored = zarr.open_array(result.uri, mode="r")
-    array = np.asarray(stored[...])
-    if fmt == "png":
-        return simulations.array_png(array)
-    if fmt == "nexus":
-        axes: dict[str, Any] = dict(stored.attrs)
-        return simulations.nexus_bytes({result.name: array}, {result.name: axes}, {})
-    return simulations.array_npy(array)
-
-
 @router.get(
     "/experiments/{job_id}/results/{name}",
     response_class=Response,
@@ -332,7 +306,7 @@ def _result_bytes(result: store.JobResultRecord, fmt: str) -> bytes:
         200: {
             "description": "the result as NPY, PNG or NeXus/HDF5",
             "content": {
-                m: {"schema": {"type": "string", "format": "binary"}} for m in _MEDIA.values()
+                m: {"schema": {"type": "string", "format": "binary"}} for m in RESULT_MEDIA.values()
             },
         },
     },
@@ -347,22 +321,7 @@ def experiment_result(
     """One result of a finished experiment (an array as NPY, PNG or NeXus; ``result.nxs`` is
     the whole result as NeXus/HDF5)."""
     _visible_job(principal, conn, job_id)
-    chosen = {r.name: r for r in store.job_results(conn=conn, job_id=job_id)}.get(name)
-    if chosen is None:
-        raise ResultNotFound(f"experiment {job_id} has no result {name!r}")
-    if chosen.media_type != "application/x-zarr":
-        format = "nexus"
-    try:
-        data = _result_bytes(chosen, format)
-    except simulations.ExportError as exc:
-        raise InvalidRequest(str(exc)) from exc
-    suffix = {"npy": "npy", "png": "png", "nexus": "nxs"}[format]
-    filename = f"{job_id}-{name.replace('.', '_')}.{suffix}"
-    return Response(
-        data,
-        media_type=_MEDIA[format],
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-    )
+    return result_download(conn, job_id, name, format, not_found=ResultNotFound, what="experiment")
 
 
 def _arrays(results: list[store.JobResultRecord]) -> tuple[dict[str, Any], dict[str, Any]]:

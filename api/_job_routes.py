@@ -9,7 +9,6 @@ the jobs (``beamtwin experiments``).
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 import sqlalchemy as sa
@@ -23,13 +22,18 @@ from api._bayes_schemas import Job
 from api._deps import ConnDep, Principal, Reader, WriteConnDep, get_write_principal, require
 from api._errors import ApiError
 from api._experiment_schemas import ExperimentResultItem
-from api._job_events import Interval, MaxEvents, events_response_doc, job_event_stream
+from api._job_common import (
+    Interval,
+    MaxEvents,
+    events_response_doc,
+    find_visible_job,
+    job_event_stream,
+)
 from api._routes import _ERRORS, EngineDep
 from api._schemas import ErrorBody
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
-_JOB_ID = re.compile(r"^job-[0-9a-f]{32}$")
 Operator = Annotated[Principal, Depends(require("operate", on=get_write_principal))]
 JobId = Annotated[
     str, Path(description="job id: job- and 32 hex digits", examples=["job-" + "0" * 32])
@@ -50,18 +54,7 @@ class JobConflict(ApiError):
 
 def visible_job(principal: Principal, conn: sa.Connection, job_id: str) -> store.JobRecord:
     """The job if the caller may see it; 404 (``job_not_found``) otherwise."""
-    if not _JOB_ID.match(job_id):
-        raise JobNotFound(f"job {job_id!r} not found")
-    record = store.get_job(conn=conn, job_id=job_id)
-    if record is None:
-        raise JobNotFound(f"job {job_id!r} not found")
-    if record.instrument_id is not None:
-        visible = principal.sees(record.instrument_id)
-    else:
-        visible = principal.instruments is None or record.owner == principal.name
-    if not visible:
-        raise JobNotFound(f"job {job_id!r} not found")
-    return record
+    return find_visible_job(principal, conn, job_id, not_found=JobNotFound)
 
 
 def job_view(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -33,13 +32,19 @@ from api._deps import (
 )
 from api._errors import ApiError, InvalidRequest
 from api._experiment_schemas import Experiment, ExperimentResultItem
-from api._job_events import Interval, MaxEvents, events_response_doc, job_event_stream
+from api._job_common import (
+    Interval,
+    MaxEvents,
+    events_response_doc,
+    find_visible_job,
+    job_event_stream,
+    result_download,
+)
 from api._rehearsal_report import render_rehearsal_report
 from api._schemas import ErrorBody
 
 router = APIRouter(prefix="/api/v1", tags=["rehearsals"])
 
-_JOB_ID = re.compile(r"^job-[0-9a-f]{32}$")
 Operator = Annotated[Principal, Depends(require("operate", on=get_write_principal))]
 EngineDep = Annotated[sa.Engine, Depends(get_engine)]
 JobId = Annotated[
@@ -102,16 +107,7 @@ def _rehearsal(
 
 
 def _visible(principal: Principal, conn: sa.Connection, job_id: str) -> store.JobRecord:
-    record = store.get_job(conn=conn, job_id=job_id) if _JOB_ID.match(job_id) else None
-    if record is None or record.kind != "rehearsal":
-        raise RehearsalNotFound(f"rehearsal {job_id!r} not found")
-    if record.instrument_id is not None:
-        visible = principal.sees(record.instrument_id)
-    else:
-        visible = principal.instruments is None or record.owner == principal.name
-    if not visible:
-        raise RehearsalNotFound(f"rehearsal {job_id!r} not found")
-    return record
+    return find_visible_job(principal, conn, job_id, not_found=RehearsalNotFound, kind="rehearsal")
 
 
 def _digest(document: Any) -> str:
@@ -254,26 +250,7 @@ def rehearsal_result(
     """One result of a finished rehearsal: an array as NPY (e.g. ``dkl_ix``, ``truth``), or
     ``result.nxs``, the whole result as NeXus/HDF5."""
     _visible(principal, conn, job_id)
-    chosen = {r.name: r for r in store.job_results(conn=conn, job_id=job_id)}.get(name)
-    if chosen is None:
-        raise ResultNotFound(f"rehearsal {job_id} has no result {name!r}")
-    if chosen.media_type != "application/x-zarr":
-        import fsspec
-
-        with fsspec.open(chosen.uri, "rb") as handle:
-            data: bytes = handle.read()
-        media, suffix = "application/x-hdf5", "nxs"
-    else:
-        data, media, suffix = (
-            simulations.array_npy(_read(chosen)),
-            "application/octet-stream",
-            "npy",
-        )
-    filename = f"{job_id}-{name.replace('.', '_')}.{suffix}"
-    return Response(
-        data, media_type=media,
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-    )  # fmt: skip
+    return result_download(conn, job_id, name, "npy", not_found=ResultNotFound, what="rehearsal")
 
 
 @router.get(
