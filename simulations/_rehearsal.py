@@ -357,8 +357,7 @@ def _rehearse(
             stopped = "target"
             break
         started = time.perf_counter()
-        model.fit(np.array(rows), np.array(values))
-        mean, sd = model.predict()
+        mean, sd = model.observe(np.array(rows), np.array(values))
         if uncertainty_stop is not None and float(sd[~measured].max()) < uncertainty_stop:
             stopped = "uncertainty"
             break
@@ -380,8 +379,7 @@ def _rehearse(
         if target_fraction is not None and steps[-1].found_fraction >= goal - 1e-12:
             stopped = "target"
     if len(mean) == 0 or stopped == "budget" or stopped == "target":
-        model.fit(np.array(rows), np.array(values))
-        mean, sd = model.predict()
+        mean, sd = model.observe(np.array(rows), np.array(values))
     return RehearsalRun(
         "dkl", acquisition, steps, stopped, goal,
         mean_map=mean.reshape(nx, ny), sd_map=sd.reshape(nx, ny),
