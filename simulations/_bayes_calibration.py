@@ -55,7 +55,8 @@ class CalibrationPosterior:
     Vectors and matrices follow ``constants`` (a subset of
     :data:`~simulations._bayes_model.CALIBRATED_CONSTANTS`, units in ``units``). ``r_hat``,
     ``ess`` and ``divergences`` are NaN / -1 for SVI. ``problems`` lists every failed
-    diagnostic; a posterior with problems proposes no calibration.
+    diagnostic; a posterior with problems proposes no calibration. ``step_size`` is NUTS's
+    fixed leapfrog step size when one was imposed, None when it was adapted (the default).
     """
 
     constants: tuple[str, ...]
@@ -77,6 +78,7 @@ class CalibrationPosterior:
     measurements: int
     datasets: tuple[str, ...]
     problems: tuple[str, ...] = field(default=())
+    step_size: float | None = None
 
     @property
     def converged(self) -> bool:
@@ -112,6 +114,7 @@ class CalibrationPosterior:
             "ess": [None if math.isnan(v) else float(v) for v in self.ess],
             "divergences": self.divergences,
             "chains": self.chains,
+            "step_size": self.step_size,
             "draws": len(self.draws),
             "posterior_predictive": self.ppc,
             "seconds": self.seconds,
@@ -165,9 +168,17 @@ def _potential(
 
 
 def _nuts(
-    args: tuple[Any, ...], chains: int, samples: int, warmup: int, seed: int, progress: Progress
+    args: tuple[Any, ...],
+    chains: int,
+    samples: int,
+    warmup: int,
+    seed: int,
+    progress: Progress,
+    step_size: float | None = None,
 ) -> tuple[np.ndarray, int]:
-    """z draws (chains, samples, k) and the number of divergent transitions."""
+    """z draws (chains, samples, k) and the number of divergent transitions (pyro counts a
+    transition of the draws kept, not of the warm-up, as divergent when its trajectory's
+    energy error exceeds 1000)."""
     import pyro
     import torch
     from pyro.infer import MCMC, NUTS
@@ -182,7 +193,12 @@ def _nuts(
             progress(min(0.95, (c * (samples + warmup) + i + 1) / total * 0.95))
 
         kernel = NUTS(
-            potential_fn=_potential(*args), full_mass=True, target_accept_prob=0.9, max_tree_depth=8
+            potential_fn=_potential(*args),
+            full_mass=True,
+            target_accept_prob=0.9,
+            max_tree_depth=8,
+            step_size=1.0 if step_size is None else step_size,
+            adapt_step_size=step_size is None,
         )
         start = {"z": torch.as_tensor(np.random.default_rng(seed * 1000 + c).uniform(-1, 1, k))}
         mcmc = MCMC(kernel, samples, warmup, start, hook_fn=hook, disable_progbar=True)
@@ -265,6 +281,7 @@ def calibrate(
     chains: int = 2,
     svi_steps: int = 2000,
     seed: int = 0,
+    step_size: float | None = None,
     progress: Progress | None = None,
 ) -> CalibrationPosterior:
     """The posterior of the instrument model's constants given reference measurements.
@@ -278,11 +295,15 @@ def calibrate(
         samples, warmup, chains: NUTS draws kept per chain, warm-up steps, chains (run one
             after another; R-hat needs two or more).
         svi_steps: optimisation steps of SVI.
+        step_size: a fixed NUTS leapfrog step size in the standardized constants ``z``
+            (the mass matrix still adapts during warm-up); None (default) adapts it to the
+            target acceptance during warm-up. For checking the sampler's diagnostics: a step
+            far above the posterior's width in ``z`` makes the transitions diverge.
         progress: called with the fraction done (0..1).
 
     Raises:
         TooFewMeasurements, MissingTelemetry, InvalidMeasurement: see the classes.
-        BayesError: an unknown method.
+        BayesError: an unknown method, a step size that is not a positive finite number.
     """
     import torch
     from pyro.ops.stats import effective_sample_size, split_gelman_rubin
@@ -291,6 +312,8 @@ def calibrate(
     report = progress or (lambda _f: None)
     if method not in ("auto", "nuts", "svi"):
         raise BayesError(f"method must be auto, nuts or svi, not {method!r}")
+    if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
+        raise BayesError(f"step_size must be a positive finite number or None, not {step_size!r}")
     inferred = require_enough(measurements, prior)
     use_nuts = method == "nuts" or (method == "auto" and len(measurements) <= SVI_THRESHOLD)
     index = [CALIBRATED_CONSTANTS.index(c) for c in inferred]
@@ -309,7 +332,7 @@ def calibrate(
         torch.as_tensor(index),
     )
     if use_nuts:
-        z, divergences = _nuts(args, chains, samples, warmup, seed, report)
+        z, divergences = _nuts(args, chains, samples, warmup, seed, report, step_size)
         # split R-hat: each chain's halves count as chains, so one chain is checked too
         r_hat = split_gelman_rubin(torch.as_tensor(z)).numpy()
         ess = effective_sample_size(torch.as_tensor(z)).numpy()
@@ -342,5 +365,6 @@ def calibrate(
         measurements=len(measurements),
         datasets=tuple(m.dataset_id for m in measurements if m.dataset_id),
         problems=tuple(_problems(r_hat, ess, int(divergences), ppc, use_nuts)),
+        step_size=step_size if use_nuts else None,
         prior=prior,
     )

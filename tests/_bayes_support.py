@@ -1,12 +1,13 @@
 """A stored instrument for the Bayesian job tests: a twin calibration in force, registered
-datasets whose acquisition events carry Thon-ring defocus measurements (made on the virtual
-microscope with known true constants), the telemetry at each acquisition, and a drifting
-``stage.x`` channel to forecast."""
+datasets whose acquisition events carry image measurements made on the virtual microscope with
+known true constants (Thon-ring defocus; CBED convergence semiangles; a standard's
+camera-length scale against the file's own camera length), the telemetry at each acquisition,
+and a drifting ``stage.x`` channel to forecast."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,11 @@ _UNITS = {
     "holder.temperature": ("holder", "temperature", "K"),
     "stage.z": ("stage", "length", "m"),
     "stage.x": ("stage", "length", "m"),
+    "condenser.c3_current": ("condenser", "current", "A"),
+    "condenser.aperture_diameter": ("condenser", "length", "m"),
+    "projector.p1_current": ("projector", "current", "A"),
+    "projector.p2_current": ("projector", "current", "A"),
+    "projector.p3_current": ("projector", "current", "A"),
 }
 
 
@@ -48,17 +54,60 @@ def _us(t: datetime) -> int:
     return int((t - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
 
 
-def _event(ident: str, start: datetime, value_m: float, sd_m: float) -> dict[str, object]:
+def _event(
+    ident: str, start: datetime, quantity: str, value: float, sd: float, unit: str
+) -> dict[str, Any]:
     event = make_event(ident, start=start, seconds=1.0)
     event["image_measurements"] = {
         "version": "1.0.0",
         "measurements": [
             {
-                "quantity": "defocus", "value": value_m, "unit": "m", "sd": sd_m,
-                "quality": 0.9, "method": "twin.fit_thon_rings", "note": None,
+                "quantity": quantity, "value": value, "unit": unit, "sd": sd,
+                "quality": 0.9, "method": _METHODS[quantity], "note": None,
             }
         ],
     }  # fmt: skip
+    return event
+
+
+_METHODS = {
+    "defocus": "twin.fit_thon_rings",
+    "convergence_semiangle": "twin.measure_disk_radius",
+    "camera_length_scale": "twin.measure_ring_radii",
+}
+
+
+def file_camera_length(calibration: twin.Calibration, telemetry: dict[str, float]) -> float:
+    """The camera length a file states [m]: the one the microscope's calibration (the one in
+    force) gives at the projector currents of the acquisition."""
+    length = calibration.camera_length_ref
+    names = simulations.MEASURED_QUANTITIES["camera_length"][1]
+    for name, ref, g in zip(
+        names, calibration.projector_ref, calibration.projector_exponents, strict=True
+    ):
+        length *= (telemetry[name] / ref) ** g
+    return length
+
+
+def _image_event(
+    ident: str, start: datetime, m: simulations.ReferenceMeasurement, cal: twin.Calibration
+) -> dict[str, Any]:
+    """The acquisition event of one reference measurement, in the units the image
+    measurements are recorded in (docs/bayesian.md §1)."""
+    if m.quantity == "defocus":  # [Å] -> [m]
+        return _event(ident, start, "defocus", m.value * 1e-10, m.sd * 1e-10, "m")
+    if m.quantity == "convergence_semiangle":  # [mrad] -> [rad]
+        return _event(ident, start, m.quantity, m.value * 1e-3, m.sd * 1e-3, "rad")
+    stated = file_camera_length(cal, dict(m.telemetry))
+    event = _event(
+        ident, start, "camera_length_scale", m.value / stated, m.sd / stated, "1"
+    )  # the standard's rings against the file's camera length
+    state = dict(event["state"])
+    state["camera_length"] = {
+        "value": stated, "unit": "m", "source": "Optics.CameraLength",
+        "source_value": repr(stated), "source_unit": "m", "quality": "ok", "note": None,
+    }  # fmt: skip
+    event["state"] = state
     return event
 
 
@@ -66,17 +115,25 @@ def bayes_instrument(
     engine: sa.Engine,
     *,
     measurements: int = 12,
+    quantities: Sequence[str] = ("defocus",),
     orphan: bool = False,
     forecast: bool = True,
     seed: int = 7,
 ) -> BayesInstrument:
-    """Register the instrument and its data (see the module docstring)."""
+    """Register the instrument and its data (see the module docstring): ``measurements``
+    reference datasets of each of ``quantities`` (keys of ``simulations.MEASURED_QUANTITIES``)
+    at settings spread over their ranges, one a minute."""
     ident = f"bayes-{secrets.token_hex(4)}"
     rng = np.random.default_rng(seed)
     calibration = twin.Calibration(instrument_id=ident, version=f"{ident}/1")
     truth = simulations.draw_true_calibration(calibration, rng)
-    settings = simulations.candidate_settings("defocus", measurements, None)
-    measured = simulations.measure_virtually(truth, "defocus", settings, rng)
+    measured = [
+        m
+        for quantity in quantities
+        for m in simulations.measure_virtually(
+            truth, quantity, simulations.candidate_settings(quantity, measurements, None), rng
+        )
+    ]
     declarations = [
         store.ChannelDeclaration(name=n, subsystem=s, quantity=q, canonical_unit=u, source_unit=u)
         for n, (s, q, u) in _UNITS.items()
@@ -102,14 +159,14 @@ def bayes_instrument(
             noise = rng.normal(size=10) * spread
             insert(engine, make_batch(chans[name].id, times, value + noise - noise.mean()))
         with engine.begin() as conn:
-            event = _event(ident, start, m.value * 1e-10, m.sd * 1e-10)
+            event = _image_event(ident, start, m, calibration)
             record, _ = store.register_dataset(conn=conn, event=event, source="register",
                                                actor="tests")  # fmt: skip
         datasets.append(record.id)
     orphan_id = None
     if orphan:  # an hour after the last telemetry: nothing within any sensible age
         with engine.begin() as conn:
-            event = _event(ident, REFERENCE_T0 + timedelta(hours=2), 1e-7, 5e-10)
+            event = _event(ident, REFERENCE_T0 + timedelta(hours=2), "defocus", 1e-7, 5e-10, "m")
             record, _ = store.register_dataset(conn=conn, event=event, source="register",
                                                actor="tests")  # fmt: skip
         orphan_id = record.id

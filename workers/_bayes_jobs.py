@@ -83,6 +83,9 @@ def execute_calibration(payload_json: str, channel: str | None, threads: int) ->
         for m in state["measurements"]
     ]
     method = spec.get("method", "auto")
+    # a fixed NUTS step size is no request field: a spec that carries one (a job submitted
+    # through the store, to check the sampler's diagnostics) gets it, others adapt it
+    step_size = spec.get("step_size")
     with _PYRO_LOCK:
         posterior = simulations.calibrate(
             measurements,
@@ -92,6 +95,7 @@ def execute_calibration(payload_json: str, channel: str | None, threads: int) ->
             warmup=int(spec.get("warmup", 400)),
             chains=int(spec.get("chains", 2)),
             seed=int(payload["seed"]),
+            step_size=None if step_size is None else float(step_size),
             progress=lambda f: report(0.95 * f, "sampling" if f < 1 else "checking"),
         )
     # a version names a URL path segment (.../calibrations/{version}/accept)

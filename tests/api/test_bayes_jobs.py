@@ -120,6 +120,48 @@ def test_a_calibration_through_the_api_and_its_acceptance(
     assert record.body["defocus_ref"] == pytest.approx(result["posterior"]["mean"][0])
 
 
+def test_convergence_angle_and_camera_length_calibration_through_the_api(
+    client: TestClient, world: World, store_engine_api: sa.Engine, worker: ExperimentWorker
+) -> None:
+    """CBED and ring-standard datasets: the job's posterior holds the true aperture distance,
+    its C3 slope and the camera length; the proposal, once accepted, is the calibration in
+    force with exactly those constants."""
+    setup = bayes_instrument(
+        store_engine_api, measurements=8, forecast=False,
+        quantities=("convergence_semiangle", "camera_length"),
+    )  # fmt: skip
+    admin = auth(world.tokens["admin"])
+    base = f"/api/v1/instruments/{setup.instrument_id}"
+    submitted = client.post(f"{base}/calibration-jobs", json=FAST, headers=admin)
+    assert submitted.status_code == 201, submitted.text
+    job = submitted.json()
+    assert job["state"]["constants"] == [
+        "aperture_distance_ref", "aperture_distance_per_ampere", "camera_length_ref",
+    ]  # fmt: skip
+    _run(worker)
+    done = client.get(f"/api/v1/jobs/{job['id']}", headers=admin).json()
+    assert done["status"] == "succeeded", done["error"]
+    result = done["result"]
+    assert result["converged"], result["problems"]
+    post = result["posterior"]
+    for name, mean, sd in zip(post["constants"], post["mean"], post["sd"], strict=True):
+        assert abs(mean - getattr(setup.truth, name)) < 4 * sd, name
+    version = result["proposed_version"]
+    accepted = client.post(
+        f"{base}/calibrations/{version}/accept",
+        json={"reason": "CBED and Au rings of 2026-11-20", "valid_from": "2026-11-21T00:00:00Z"},
+        headers=admin,
+    )
+    assert accepted.status_code == 200, accepted.text
+    with store_engine_api.begin() as conn:
+        now = datetime(2026, 11, 22, tzinfo=UTC)
+        record = store.calibration_in_force(conn=conn, instrument_id=setup.instrument_id, at=now)
+    assert record is not None and record.version == version
+    for name, mean in zip(post["constants"], post["mean"], strict=True):
+        assert record.body[name] == pytest.approx(mean, rel=1e-12), name
+    assert record.body["defocus_ref"] == setup.calibration.defocus_ref
+
+
 def test_bad_calibration_input_is_refused_or_diagnosed(
     client: TestClient, world: World, store_engine_api: sa.Engine, worker: ExperimentWorker
 ) -> None:

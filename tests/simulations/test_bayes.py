@@ -11,6 +11,7 @@ import pytest
 
 from simulations import (
     CALIBRATED_CONSTANTS,
+    BayesError,
     InvalidMeasurement,
     MissingTelemetry,
     NotConverged,
@@ -29,6 +30,7 @@ from simulations import (
     simulation_based_calibration,
     virtual_reference_set,
 )
+from simulations._bayes_calibration import _problems
 from simulations._bayes_model import constants_of, features_of, predict
 from simulations._optical_state import nominal_channels
 from twin import Calibration, derive_state
@@ -107,6 +109,36 @@ def test_unconverged_chains_give_diagnostics_not_a_calibration() -> None:
     assert any("R-hat" in p or "effective sample size" in p for p in post.problems)
     with pytest.raises(NotConverged):
         post.proposed_calibration("virtual-stem/bad")
+
+
+def test_diverging_chains_are_reported_and_propose_nothing() -> None:
+    """A fixed leapfrog step of 10 in the standardized constants, where 12 measurements leave
+    a posterior about 0.01 wide: every trajectory's energy error exceeds pyro's 1000 and each
+    kept transition is divergent. The result counts them, fails its diagnostics and refuses
+    to propose a calibration."""
+    rng = np.random.default_rng(8)
+    ms = measure_virtually(_truth(8), "defocus", candidate_settings("defocus", 12, None), rng)
+    post = calibrate(ms, PRIOR, samples=50, warmup=20, chains=2, step_size=10.0, seed=8)
+    assert post.divergences >= 90, post.divergences  # of 2 x 50 transitions kept
+    assert not post.converged
+    assert any(f"{post.divergences} divergent transition" in p for p in post.problems)
+    summary = post.to_dict()
+    assert summary["divergences"] == post.divergences and summary["step_size"] == 10.0
+    with pytest.raises(NotConverged, match="divergent"):
+        post.proposed_calibration("virtual-stem/diverged")
+    with pytest.raises(BayesError, match="step_size"):
+        calibrate(ms, PRIOR, step_size=0.0)
+
+
+def test_one_divergence_alone_fails_the_diagnostics() -> None:
+    """Divergences are a check of their own: with R-hat, ESS and the predictive check fine,
+    one divergent transition is still a problem."""
+    fine = {"p_value": 0.5, "chi2": 10.0, "dof": 10.0, "max_abs_residual": 1.5}
+    r_hat, ess = np.full(3, 1.001), np.full(3, 800.0)
+    assert _problems(r_hat, ess, 0, fine, nuts=True) == []
+    assert _problems(r_hat, ess, 1, fine, nuts=True) == [
+        "1 divergent transition(s): the sampler missed part of it"
+    ]
 
 
 def test_misfit_measurement_fails_the_predictive_check() -> None:

@@ -5,6 +5,8 @@ proposed calibration only when its diagnostics pass, a forecast's quantiles and 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,8 +18,9 @@ import sqlalchemy as sa
 
 import provenance_store as store
 import simulations
+import twin
 from api import CalibrationJobRequest, ForecastQuery, forecast_job, job_document, submit_calibration
-from tests._bayes_support import bayes_instrument, local_client
+from tests._bayes_support import REFERENCE_T0, bayes_instrument, local_client
 from tests.workers._experiment_support import job, results, wait_until
 from workers import ExperimentSettings, ExperimentWorker
 
@@ -82,6 +85,110 @@ def test_a_calibration_job_proposes_the_posterior_mean(
     assert body["defocus_ref"] == pytest.approx(post["mean"][0])
     # never in force without acceptance
     assert in_force is not None and in_force.version == setup.calibration.version
+
+
+def _readings(settings: list[dict[str, float]]) -> dict[str, np.ndarray]:
+    """Every channel the twin reads, at its nominal value but for ``settings``."""
+    readings = {n: np.full(len(settings), v) for n, v in simulations.nominal_channels().items()}
+    for i, setting in enumerate(settings):
+        for name, value in setting.items():
+            readings[name][i] = value
+    return readings
+
+
+def test_convergence_angle_and_camera_length_calibrations_through_the_store(
+    engine: sa.Engine, worker: ExperimentWorker
+) -> None:
+    """CBED convergence semiangles (against C3 current and condenser aperture) and a
+    standard's camera-length scales (against the projector currents, times the file's camera
+    length) of registered datasets: the job infers the three constants they inform, its
+    posterior holds the truth, the proposal carries them and leaves the defocus constants as
+    they were; accepted, the calibration the twin reads gives the true convergence angle and
+    camera length where the prior did not."""
+    quantities = ("convergence_semiangle", "camera_length")
+    setup = bayes_instrument(engine, measurements=8, quantities=quantities, forecast=False)
+    submitted = _calibrate(engine, setup.instrument_id)
+    state = submitted.state or {}
+    assert state["datasets"] == sorted(setup.datasets) and not state["excluded"]
+    rows = state["measurements"]
+    assert [r["quantity"] for r in rows] == [q for q in quantities for _ in range(8)]
+    for row in rows:
+        channels = simulations.MEASURED_QUANTITIES[row["quantity"]][1]
+        assert set(row["telemetry"]) == set(channels), row
+    # the file's camera-length scale came back as a camera length [m], the angle in [mrad]
+    assert all(0.05 < r["value"] < 0.2 for r in rows if r["quantity"] == "camera_length")
+    assert all(10 < r["value"] < 60 for r in rows if r["quantity"] == "convergence_semiangle")
+    worker.run_until_idle(timeout=300)
+    done = job(engine, submitted.id)
+    assert done.status == "succeeded", done.error
+    document = job_document(results(engine, submitted.id))
+    assert document is not None and document["converged"], document
+    post = document["posterior"]
+    constants = ["aperture_distance_ref", "aperture_distance_per_ampere", "camera_length_ref"]
+    assert post["constants"] == constants
+    truth = np.array([getattr(setup.truth, c) for c in constants])
+    prior = np.array([getattr(setup.calibration, c) for c in constants])
+    mean, sd = np.array(post["mean"]), np.array(post["sd"])
+    assert np.all(np.abs((mean - truth) / sd) < 4), (mean - truth) / sd
+    assert np.all(np.abs(prior - truth) > 2 * sd)  # the prior was measurably off
+    assert np.all(sd < 0.5 * np.array(post["prior_sd"])), sd  # the data, not the prior
+    assert post["divergences"] == 0
+    with engine.begin() as conn:
+        proposed = store.list_proposed_calibrations(conn=conn, instrument_id=setup.instrument_id)
+    assert [p.version for p, _ in proposed] == [document["proposed_version"]]
+    body = proposed[0][0].body
+    assert [body[c] for c in constants] == pytest.approx(list(mean), rel=1e-12)
+    for untouched in ("defocus_ref", "focal_length_ref", "defocus_per_kelvin"):
+        assert body[untouched] == getattr(setup.calibration, untouched)
+    accepted_from = REFERENCE_T0 + (NOW - REFERENCE_T0) / 2
+    with engine.begin() as conn:
+        store.accept_calibration(
+            conn=conn, instrument_id=setup.instrument_id, version=document["proposed_version"],
+            valid_from=accepted_from, actor="admin", reason="CBED and Au rings of 2026-11-20",
+        )  # fmt: skip
+        in_force = store.calibration_in_force(conn=conn, instrument_id=setup.instrument_id, at=NOW)
+        listed = store.list_calibrations(conn=conn, instrument_id=setup.instrument_id)
+    assert in_force is not None and in_force.version == document["proposed_version"]
+    assert in_force.version in {c.version for c in listed}  # what the twin worker reads
+    # the twin's instrument model with the calibration in force now: the true angle and
+    # camera length at fresh settings, which the prior missed
+    accepted = twin.Calibration.from_dict(in_force.body)
+    for quantity in quantities:
+        settings = simulations.candidate_settings(quantity, 5, np.random.default_rng(1))
+        readings = _readings(settings)
+        true = np.asarray(twin.derive_state(setup.truth, readings)[quantity])
+        ours = np.asarray(twin.derive_state(accepted, readings)[quantity])
+        before = np.asarray(twin.derive_state(setup.calibration, readings)[quantity])
+        error, error_before = np.max(np.abs(ours / true - 1)), np.max(np.abs(before / true - 1))
+        assert error < 0.01 and error < error_before / 4, (quantity, error, error_before)
+
+
+def test_diverging_chains_propose_nothing(engine: sa.Engine, worker: ExperimentWorker) -> None:
+    """The measurements gathered as for any job, sampled with a fixed NUTS step of 10 in the
+    standardized constants (a spec field the REST request does not carry): every kept
+    transition diverges, the result counts them among its problems and nothing is proposed."""
+    setup = bayes_instrument(engine, forecast=False)
+    gathered = _calibrate(engine, setup.instrument_id)
+    spec = {**gathered.spec, "samples": 50, "warmup": 20, "step_size": 10.0}
+    with engine.begin() as conn:
+        store.cancel_job(conn=conn, job_id=gathered.id, actor="tester")
+        submitted, created = store.submit_job(
+            conn=conn, kind="calibration", owner="tester", spec=spec,
+            spec_sha256=hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest(),
+            seed=gathered.seed, instrument_id=setup.instrument_id, state=gathered.state,
+            state_sha256=gathered.state_sha256, calibration_version=gathered.calibration_version,
+        )  # fmt: skip
+    assert created
+    worker.run_until_idle(timeout=300)
+    assert job(engine, submitted.id).status == "succeeded", job(engine, submitted.id).error
+    document = job_document(results(engine, submitted.id))
+    assert document is not None and not document["converged"]
+    post = document["posterior"]
+    assert post["step_size"] == 10.0 and post["divergences"] >= 90  # of 2 x 50
+    assert any("divergent transition" in p for p in document["problems"])
+    assert document["proposed_version"] is None and document["proposed"] is None
+    with engine.begin() as conn:
+        assert not store.list_proposed_calibrations(conn=conn, instrument_id=setup.instrument_id)
 
 
 def test_failed_diagnostics_propose_nothing(engine: sa.Engine, worker: ExperimentWorker) -> None:
