@@ -10,7 +10,7 @@ steps. Targets are standardised inside; predictions come back in the property's 
 
 :meth:`DeepKernelModel.observe` keeps the exact GP posterior over every candidate as
 measurements arrive: it refits the network and kernel once the measured points have grown by
-``refit_fraction`` since the last fit (every step while there are few) and, between refits,
+``refit_fraction`` since the last fit (every step up to ``refit_below``) and, between refits,
 conditions the posterior on each new point by a rank-one update (``O(candidates x points)``
 instead of ``O(candidates x points²)``), which keeps a step over 16k candidates fast at
 thousands of measured points.
@@ -52,13 +52,19 @@ class AcquisitionError(SimulationError, ValueError):
 class DklSettings:
     """The model's size and training. ``latent``: dimensions the network maps a patch to;
     ``hidden``: width of its two hidden layers; ``first_steps`` / ``update_steps``: Adam steps
-    of the first fit and of each warm-started refit; ``learning_rate``: Adam's."""
+    of the first fit and of each warm-started refit; ``learning_rate``: Adam's;
+    ``refit_below`` / ``refit_fraction``: :meth:`DeepKernelModel.observe` refits at every step
+    up to ``refit_below`` measured points (where the network learns most: fewer refits there
+    make the search worse), then once the points have grown by ``refit_fraction`` since the
+    last fit, and conditions on the new points exactly with the fitted network and kernel in
+    between."""
 
     latent: int = 2
     hidden: int = 32
     first_steps: int = 100
     update_steps: int = 20
     refit_fraction: float = 0.05
+    refit_below: int = 200
     learning_rate: float = 0.01
     ucb_beta: float = 2.0
     ei_xi: float = 0.01
@@ -121,14 +127,14 @@ class DeepKernelModel:
         self.y_mean = 0.0
         self.y_scale = 1.0
         # The posterior over every candidate kept by observe(): measured rows, their
-        # standardised values, the inverse of their covariance, the cross covariances of every
-        # candidate with them (float32, grown by doubling), the mean and variance.
+        # standardised values, L, V and z of _whiten(), the mean and variance.
         self._rows: list[int] = []
         self._y: list[float] = []
         self._fitted_at = 0
         self._latent: Any = None
-        self._inverse: Any = None
-        self._cross: Any = None
+        self._chol: Any = None
+        self._whitened: Any = None
+        self._z: Any = None
         self._mean: Any = None
         self._var: Any = None
 
@@ -165,95 +171,107 @@ class DeepKernelModel:
 
     def predict(self, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation (noise-free) at ``rows`` (default all), in
-        the property's unit. The feature network runs once over the rows; the cross
-        covariances against the measured points go through one matrix product (float32),
-        not a triangular solve per row: this is what keeps a step over 16k candidates fast."""
+        the property's unit, from scratch with the fitted network and kernel (what
+        :meth:`observe` keeps up to date)."""
         torch = self.torch
         x = self.features if rows is None else self.features[torch.as_tensor(rows)]
-        base = self.gp.kernel.kern
         with torch.no_grad():
-            train = self.network(self.gp.X)
-            n = train.shape[0]
-            cov = base(train) + (self.gp.noise + self.gp.jitter) * torch.eye(n, dtype=train.dtype)
-            inverse = torch.cholesky_inverse(torch.linalg.cholesky(cov))
-            weights = (inverse @ self.gp.y).float()
             latent = self.network(x)
-            cross = base(latent, train).float()
-            mean = cross @ weights
-            var = base.variance.float() - ((cross @ inverse.float()) * cross).sum(dim=1)
-        sd = np.sqrt(np.clip(var.double().numpy(), 1e-12, None))
-        return mean.double().numpy() * self.y_scale + self.y_mean, sd * self.y_scale
+            _, whitened, z = self._whiten(latent, self.network(self.gp.X), self.gp.y)
+            mean = whitened.T @ z
+            var = self.gp.kernel.kern.variance - (whitened * whitened).sum(dim=0)
+        sd = np.sqrt(np.clip(var.numpy(), 1e-12, None))
+        return mean.numpy() * self.y_scale + self.y_mean, sd * self.y_scale
+
+    def _whiten(self, latent: Any, train: Any, y: Any) -> tuple[Any, Any, Any]:
+        """``L`` (the Cholesky factor of the measured points' covariance with noise),
+        ``V = L^-1 K(train, latent)`` (points x candidates) and ``z = L^-1 y``: the posterior
+        mean is ``V^T z`` and the variance ``k(x, x) - |V_x|²``, a sum of squares, which keeps
+        its precision where the measurements pin the variance down (the form ``k - c^T K^-1
+        c`` loses it to cancellation there)."""
+        torch = self.torch
+        base = self.gp.kernel.kern
+        n = train.shape[0]
+        cov = base(train) + (self.gp.noise + self.gp.jitter) * torch.eye(n, dtype=train.dtype)
+        chol = torch.linalg.cholesky(cov)
+        whitened = torch.linalg.solve_triangular(chol, base(train, latent), upper=False)
+        z = torch.linalg.solve_triangular(chol, y[:, None], upper=False)[:, 0]
+        return chol, whitened, z
 
     def observe(self, rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation (noise-free, property unit) at every
         candidate given the measured ``rows`` and ``values`` so far, the first rows those of
-        the previous call: a refit (:meth:`fit`) when the points have grown by
-        ``refit_fraction`` since the last one, else the new points conditioned on exactly with
-        the fitted network and kernel (a rank-one update each)."""
+        the previous call: a refit (:meth:`fit`) up to ``refit_below`` points and then when
+        they have grown by ``refit_fraction`` since the last one, else the new points
+        conditioned on exactly with the fitted network and kernel (a rank-one update each)."""
         rows = np.asarray(rows, dtype=int)
         values = np.asarray(values, dtype=float)
         n = len(rows)
         if n < len(self._rows) or list(rows[: len(self._rows)]) != self._rows:
             raise AcquisitionError("observe() takes the measured points so far, in order")
         grown = n - self._fitted_at
-        if not self.fitted or grown > self.settings.refit_fraction * self._fitted_at:
+        settings = self.settings
+        if (
+            not self.fitted
+            or n <= settings.refit_below
+            or grown > settings.refit_fraction * self._fitted_at
+        ):
             self.fit(rows, values)
             self._fitted_at = n
             self._condition(rows, values)
         else:
             for row, value in zip(rows[len(self._rows) :], values[len(self._rows) :], strict=True):
                 self._add(int(row), float(value))
-        torch = self.torch
-        var = torch.clamp(self._var, min=1e-12).double().numpy()
-        mean = self._mean.double().numpy()
-        return mean * self.y_scale + self.y_mean, np.sqrt(var) * self.y_scale
+        var = np.clip(self._var.numpy(), 1e-12, None)
+        return self._mean.numpy() * self.y_scale + self.y_mean, np.sqrt(var) * self.y_scale
 
     def _condition(self, rows: np.ndarray, values: np.ndarray) -> None:
-        """The posterior from scratch with the fitted network and kernel."""
+        """The kept posterior from scratch with the fitted network and kernel: ``L``, ``V``
+        (float32, rows grown by doubling), ``z``, the mean and variance (see
+        :meth:`_whiten`)."""
         torch = self.torch
-        base = self.gp.kernel.kern
         with torch.no_grad():
             self._latent = self.network(self.features)
-            train = self._latent[torch.as_tensor(rows)]
-            n = len(rows)
-            noise = self.gp.noise + self.gp.jitter
-            cov = base(train) + noise * torch.eye(n, dtype=train.dtype)
-            self._inverse = torch.cholesky_inverse(torch.linalg.cholesky(cov))
             y = torch.as_tensor((values - self.y_mean) / self.y_scale, dtype=torch.float64)
-            capacity = max(64, 2 * n)
-            self._cross = torch.empty((len(self._latent), capacity), dtype=torch.float32)
-            cross = base(self._latent, train).float()
-            self._cross[:, :n] = cross
-            self._mean = cross @ (self._inverse @ y).float()
-            self._var = base.variance.float() - ((cross @ self._inverse.float()) * cross).sum(1)
+            chol, whitened, z = self._whiten(self._latent, self._latent[torch.as_tensor(rows)], y)
+            n = len(rows)
+            self._chol = chol
+            self._whitened = torch.empty((max(64, 2 * n), len(self._latent)), dtype=torch.float32)
+            self._whitened[:n] = whitened.float()
+            self._z = z
+            self._mean = whitened.T @ z
+            self._var = self.gp.kernel.kern.variance.detach() - (whitened * whitened).sum(dim=0)
         self._rows = [int(r) for r in rows]
         self._y = [float(v) for v in y]
 
     def _add(self, row: int, value: float) -> None:
-        """Condition the kept posterior on one more measurement (exact, fixed kernel)."""
+        """Condition the kept posterior on one more measurement (exact for the fitted network
+        and kernel): one more row of ``L``, ``V`` and ``z``; the variance loses the new row of
+        ``V`` squared, the mean gains it times the new ``z``."""
         torch = self.torch
         base = self.gp.kernel.kern
         with torch.no_grad():
             n = len(self._rows)
             point = self._latent[row : row + 1]
-            k = base(self._latent[torch.as_tensor(self._rows)], point)[:, 0]
-            b = self._inverse @ k
-            s = base.variance + self.gp.noise + self.gp.jitter - k @ b
-            column = base(self._latent, point)[:, 0].float()
-            change = column - self._cross[:, :n] @ b.float()
+            k = base(self._latent[torch.as_tensor(self._rows)], point)
+            line = torch.linalg.solve_triangular(self._chol, k, upper=False)[:, 0]
+            d = torch.sqrt(base.variance + self.gp.noise + self.gp.jitter - line @ line)
+            column = base(self._latent, point)[:, 0]
+            v = (column - (self._whitened[:n].T @ line.float()).double()) / d
             y = (value - self.y_mean) / self.y_scale
-            self._mean += change * float((y - float(self._mean[row])) / s)
-            self._var -= change * change / float(s)
-            inverse = torch.empty((n + 1, n + 1), dtype=torch.float64)
-            inverse[:n, :n] = self._inverse + torch.outer(b, b) / s
-            inverse[:n, n] = inverse[n, :n] = -b / s
-            inverse[n, n] = 1.0 / s
-            self._inverse = inverse
-            if n == self._cross.shape[1]:
-                grown = torch.empty((self._cross.shape[0], 2 * n), dtype=torch.float32)
-                grown[:, :n] = self._cross
-                self._cross = grown
-            self._cross[:, n] = column
+            z = (y - line @ self._z) / d
+            self._mean += v * z
+            self._var -= v * v
+            chol = torch.zeros((n + 1, n + 1), dtype=torch.float64)
+            chol[:n, :n] = self._chol
+            chol[n, :n], chol[n, n] = line, d
+            self._chol = chol
+            self._z = torch.cat([self._z, z.reshape(1)])
+            if n == self._whitened.shape[0]:
+                grown = torch.empty((2 * n, self._whitened.shape[1]), dtype=torch.float32)
+                grown[:n] = self._whitened
+                self._whitened = grown
+            self._whitened[n] = v.float()
         self._rows.append(row)
         self._y.append(y)
         self.gp.set_data(

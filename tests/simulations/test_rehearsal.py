@@ -192,6 +192,33 @@ def test_the_written_out_loss_is_pyros_marginal_likelihood() -> None:
     assert torch.get_num_threads() >= 1
 
 
+def test_the_kept_posterior_is_the_one_computed_from_scratch() -> None:
+    """Between refits observe() conditions on each new point by a rank-one update: after many
+    such updates its mean and sd equal a fresh exact prediction with the same network and
+    kernel, and a refit happens only once the points grew by refit_fraction."""
+    import pyro
+
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(48, 48)).cumsum(axis=0).cumsum(axis=1)
+    truth = np.sin(image / 15.0).reshape(-1)
+    order = rng.permutation(image.size)
+    settings = simulations.DklSettings(refit_fraction=0.25, refit_below=0)
+    with pyro.get_param_store().scope():
+        model = simulations.DeepKernelModel(image_patches(image, 6), settings, seed=0)
+        fits = []
+        for n in range(10, 120):
+            rows = order[:n]
+            mean, sd = model.observe(rows, truth[rows])
+            fits.append(model._fitted_at)
+        fresh_mean, fresh_sd = model.predict()
+    assert len(set(fits)) < 20  # refits at 10, 13, 17, ... not at every step
+    assert fits[-1] < 119  # the last points came in by updates
+    assert np.abs(mean - fresh_mean).max() < 1e-3 * np.abs(fresh_mean).max()
+    assert np.abs(sd - fresh_sd).max() < 1e-3 * fresh_sd.max()
+    with pytest.raises(simulations.AcquisitionError, match="in order"):
+        model.observe(order[1:5], truth[order[1:5]])
+
+
 def test_the_committed_rehearsal_schema_is_current() -> None:
     from simulations._spec_schemas import stale_files
 
