@@ -103,6 +103,16 @@ def dkl_count(scene: Scene, acquisition: str, seed: int, cap: int) -> tuple[int,
     return (n if n is not None else scene.haadf.size), float(np.median(latency))
 
 
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _dkl_task(task: tuple[Scene, str, int, int]) -> tuple[int, float]:
+    return dkl_count(*task)
+
+
 def bench_latency(scene: Scene) -> None:
     """One step at 200 measured points over a 128 x 128 scene's candidates."""
     import pyro
@@ -244,6 +254,9 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=None, help="smaller scenes (a side)")
     parser.add_argument("--scenes", type=int, default=3, help="how many of the scenes")
     parser.add_argument(
+        "--jobs", type=int, default=1, help="DKL runs at once (processes of one thread each)"
+    )
+    parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "beamtwin-rehearsal-scenes"
     )
     args = parser.parse_args()
@@ -253,19 +266,29 @@ def main() -> None:
     acquisitions = ["ucb"] if args.quick else args.acquisitions.split(",")
     counts: dict[str, list[int]] = {a: [] for a in acquisitions}
     base: dict[str, list[int]] = {"random": [], "raster": []}
-    for scene in made:
-        for seed in range(seeds):
-            for strategy, n in baseline_counts(scene, seed).items():
-                base[strategy].append(n)
-            for acquisition in acquisitions:
-                n, latency = dkl_count(scene, acquisition, seed, args.cap)
-                counts[acquisition].append(n)
-                print(
-                    f"# {scene.recipe.name} seed {seed} {acquisition}: {n} "
-                    f"(random {base['random'][-1]}, raster {base['raster'][-1]}; "
-                    f"median step {latency:.3f} s)",
-                    flush=True,
-                )
+    tasks = [(scene, seed) for scene in made for seed in range(seeds)]
+    for scene, seed in tasks:
+        for strategy, n in baseline_counts(scene, seed).items():
+            base[strategy].append(n)
+    runs = [(scene, a, seed, args.cap) for scene, seed in tasks for a in acquisitions]
+    pool = None
+    if args.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(args.jobs, initializer=_one_thread)
+    results = pool.map(_dkl_task, runs) if pool is not None else map(_dkl_task, runs)
+    for k, (n, latency) in enumerate(results):
+        scene, acquisition, seed, _ = runs[k]
+        counts[acquisition].append(n)
+        at = k // len(acquisitions)
+        print(
+            f"# {scene.recipe.name} seed {seed} {acquisition}: {n} "
+            f"(random {base['random'][at]}, raster {base['raster'][at]}; "
+            f"median step {latency:.3f} s)",
+            flush=True,
+        )
+    if pool is not None:
+        pool.shutdown()
     for acquisition in acquisitions:
         print(f"{acquisition}_measurements_to_90pct: {np.median(counts[acquisition]):.0f}")
     print(f"random_measurements_to_90pct: {np.median(base['random']):.0f}")
