@@ -10,7 +10,8 @@ every unmeasured candidate, the top region found within ``radius`` probe steps, 
 Refit schedule (that of ``simulations.DeepKernelModel.observe``): ``gpax.viDKL.fit`` (a new
 model, gpax's SVI with its default MAP priors on the network and kernel) when the measured
 points have grown by more than ``refit_fraction`` since the last fit (so every step while there
-are few); targets standardised with the mean and sd of the values at that fit. Between refits
+are few), and at every step up to ``refit_below`` points where ``DklSettings`` has it;
+targets standardised with the mean and sd of the values at that fit. Between refits
 the posterior is conditioned exactly on the new points with the fitted network and kernel
 parameters: what ``viDKL.predict`` returns after ``X_train`` and ``y_train`` are extended
 (``get_mvn_posterior`` is the exact GP posterior of the stored training data under the stored
@@ -132,6 +133,7 @@ def main() -> None:
     budget, seed_points = int(data["budget"]), int(data["seed_points"])
     num_steps, step_size = int(data["num_steps"]), float(data["step_size"])
     refit_fraction, beta = float(data["refit_fraction"]), float(data["beta"])
+    refit_below = int(data["refit_below"]) if "refit_below" in data else 0
     checks = {int(n) for n in data["checks"]}
     found_tracker = Found(top, float(data["radius"]))
     measured = [int(i) for i in order[:seed_points]]
@@ -145,7 +147,7 @@ def main() -> None:
     started = time.perf_counter()
     while found < 0.9 and len(measured) < budget:
         n = len(measured)
-        if posterior is None or n - fitted_at > refit_fraction * fitted_at:
+        if posterior is None or n <= refit_below or n - fitted_at > refit_fraction * fitted_at:
             clock = time.perf_counter()
             y_mean = float(values[measured].mean())
             y_scale = float(values[measured].std()) or 1.0

@@ -232,6 +232,7 @@ def gpax_count(
             order=strategy_order("random", scene.shape, seed), budget=min(cap, scene.haadf.size),
             seed_points=SEED_POINTS, radius=RADIUS, seed=seed, num_steps=steps,
             step_size=GPAX_STEP_SIZE, refit_fraction=settings.refit_fraction,
+            refit_below=getattr(settings, "refit_below", 0),
             beta=settings.ucb_beta, checks=np.array(GPAX_CHECKS),
         )  # fmt: skip
         try:
