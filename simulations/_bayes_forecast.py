@@ -6,27 +6,21 @@ Model (docs/bayesian.md, section 3), on a regular grid of step ``dt`` (bin means
 telemetry), in standardized units (``u = (y - y_last) / s``, ``s`` the sd of one-step
 differences); the state is ``(level, slope, c, c*)``::
 
-    level_{t+1} = level_t + slope_t + eta_t + j_t J_t     eta   ~ N(0, sigma_level^2)
-                                                          J_t ~ Bernoulli(jump_rate),
-                                                          j_t ~ N(0, sigma_jump^2)
+    level_{t+1} = level_t + slope_t + eta_t               eta   ~ N(0, sigma_level^2)
     slope_{t+1} = phi slope_t + zeta_t                    zeta  ~ N(0, sigma_slope^2)
     (c, c*)_{t+1} = rho R(omega) (c, c*)_t + kappa_t      kappa ~ N(0, sigma_cycle^2 I_2)
     u_t         = level_t + c_t + eps_t                   eps   ~ N(0, sigma_obs^2)
 
-a level that diffuses and now and then jumps (a refocus, a stage move, a valve opened: a
-rare large step that should not teach the model that every step is large), a drift rate that
-persists (``phi`` near 1: a linear drift) or relaxes
+a level that diffuses, a drift rate that persists (``phi`` near 1: a linear drift) or relaxes
 (``phi = exp(-dt / tau)``: the level settles exponentially, as a lens warming up or a holder
 approaching its set-point), a stationary damped oscillation (``R(omega)`` a rotation by
 ``omega`` rad per step; ``omega -> 0`` is an Ornstein-Uhlenbeck wander, ``rho -> 1`` a
 persistent periodic term such as the chiller cycle) and read-out noise. The likelihood is the
-Kalman filter's with the jump marginalised step by step (the two-component posterior of each
-step merged back to one Gaussian by its moments, the first-order generalised pseudo-Bayes
-filter; value and gradient from one vectorised numpy pass over a batch of parameter sets); SVI (default) or NUTS in pyro gives posterior draws of the seven
+Kalman filter's (states marginalised exactly; value and gradient from one vectorised numpy pass
+over a batch of parameter sets); SVI (default) or NUTS in pyro gives posterior draws of the seven
 parameters, started from the best of a few thousand prior draws (the oscillation's frequency is
 multimodal); the predictive distribution is the mixture over the draws of each draw's Gaussian
-forecast (with a binomial number of jumps over the horizon), so it integrates the parameters'
-uncertainty. :func:`persistence_forecast` and
+forecast, so it integrates the parameters' uncertainty. :func:`persistence_forecast` and
 :func:`llt_forecast` (the twin's Kalman local linear trend, :class:`twin.LocalLinearTrend`, noise
 fitted by maximum likelihood) are the baselines that :func:`evaluate_forecast` scores it against
 (CRPS, coverage).
@@ -67,10 +61,7 @@ __all__ = [
 Progress = Callable[[float], None]
 _LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 #: The model's parameters, in the order of a parameter vector.
-_SITES = (
-    "sigma_level", "sigma_slope", "phi", "sigma_cycle", "rho", "frequency", "sigma_obs",
-    "jump_rate", "sigma_jump",
-)  # fmt: skip
+_SITES = ("sigma_level", "sigma_slope", "phi", "sigma_cycle", "rho", "frequency", "sigma_obs")
 #: Priors in standardized units (one-step differences have sd 1): ("lognormal", log median,
 #: sd of the log), ("beta", a, b) or ("uniform", low, high). docs/bayesian.md says why.
 PRIORS: dict[str, tuple[str, float, float]] = {
@@ -81,10 +72,7 @@ PRIORS: dict[str, tuple[str, float, float]] = {
     "rho": ("beta", 4.0, 1.0),
     "frequency": ("uniform", 0.0, math.pi),
     "sigma_obs": ("lognormal", math.log(0.3), 1.5),
-    "jump_rate": ("beta", 1.0, 30.0),
-    "sigma_jump": ("lognormal", math.log(3.0), 1.0),
 }
-_JUMP_RATE, _SIGMA_JUMP = _SITES.index("jump_rate"), _SITES.index("sigma_jump")
 #: Fewest grid points a fit accepts.
 MIN_POINTS = 30
 _STATE = 4
@@ -115,8 +103,8 @@ def _start(u: np.ndarray) -> tuple[float, float]:
 
 def _system(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Transition ``F`` (D, 4, 4), process noise variances (D, 4) and read-out variance (D,)
-    of parameter sets ``theta`` (D, 9) in the order of ``_SITES`` (the jumps aside)."""
-    sl, ss, phi, sc, rho, omega, so = theta[:, :7].T
+    of parameter sets ``theta`` (D, 7) in the order of ``_SITES``."""
+    sl, ss, phi, sc, rho, omega, so = theta.T
     f = np.zeros((len(theta), _STATE, _STATE))
     f[:, 0, 0] = f[:, 0, 1] = 1.0
     f[:, 1, 1] = phi
@@ -143,14 +131,10 @@ def _initial(u: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _run(
     u: np.ndarray, theta: np.ndarray, *, keep: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Kalman filter of ``u`` for each of the D parameter sets ``theta`` (D, 9): the
+    """Kalman filter of ``u`` for each of the D parameter sets ``theta`` (D, 7): the
     log-likelihood (D,) and, with ``keep``, the filtered means (D, T, 4) and covariances
-    (D, T, 4, 4). A level jump is marginalised at each step after the first: the update is
-    made with and without it, weighted by their posterior probabilities and merged to the
-    Gaussian of the same mean and covariance."""
+    (D, T, 4, 4)."""
     f, q, r = _system(theta)
-    rate = np.clip(theta[:, _JUMP_RATE], 1e-12, 1 - 1e-12)
-    jump = theta[:, _SIGMA_JUMP] ** 2
     ft = np.swapaxes(f, 1, 2)
     m, p = _initial(u, theta)
     d = len(theta)
@@ -166,34 +150,10 @@ def _run(
         hp = p[:, 0, :] + p[:, 2, :]  # H P with H = (1, 0, 1, 0)
         s = hp[:, 0] + hp[:, 2] + r
         e = y - m[:, 0] - m[:, 2]
-        quiet = -0.5 * (np.log(2 * math.pi * s) + e * e / s)
+        total -= 0.5 * (np.log(2 * math.pi * s) + e * e / s)
         k = hp / s[:, None]
-        m_quiet = m + k * e[:, None]
-        p_quiet = p - k[:, :, None] * hp[:, None, :]
-        if not t:
-            total += quiet
-            m, p = m_quiet, p_quiet
-        else:
-            # the same update had the level jumped: P + sigma_jump² e0 e0^T before it
-            hp_j = hp.copy()
-            hp_j[:, 0] += jump
-            s_j = s + jump
-            jumped = -0.5 * (np.log(2 * math.pi * s_j) + e * e / s_j)
-            a, b = np.log1p(-rate) + quiet, np.log(rate) + jumped
-            both = np.logaddexp(a, b)
-            total += both
-            w = np.exp(b - both)[:, None]
-            k_j = hp_j / s_j[:, None]
-            m_jump = m + k_j * e[:, None]
-            p_jump = p - k_j[:, :, None] * hp_j[:, None, :]
-            p_jump[:, 0, 0] += jump
-            d = m_quiet - m_jump
-            m = (1 - w) * m_quiet + w * m_jump
-            p = (
-                (1 - w)[:, :, None] * p_quiet
-                + w[:, :, None] * p_jump
-                + (w * (1 - w))[:, :, None] * d[:, :, None] * d[:, None, :]
-            )
+        m = m + k * e[:, None]
+        p = p - k[:, :, None] * hp[:, None, :]
         if means is not None and covs is not None:
             means[:, t], covs[:, t] = m, p
     return total, means, covs
@@ -218,28 +178,6 @@ def _ahead(
         mean[:, j] = mm[:, 0] + mm[:, 2]
         var[:, j] = pp[:, 0, 0] + 2 * pp[:, 0, 2] + pp[:, 2, 2] + r
     return mean, var
-
-
-def _readings(
-    mean: np.ndarray,
-    var: np.ndarray,
-    theta: np.ndarray,
-    steps: np.ndarray,
-    per_draw: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Predictive draws of a reading (D * per_draw, H), standardized: each parameter set's
-    Gaussian forecast without jumps (``mean``, ``var`` from :func:`_ahead`, (D, H)) plus the
-    level jumps of the ``steps`` ahead (a binomial number of them, each N(0, sigma_jump²);
-    accumulated along the horizons)."""
-    d, h = mean.shape
-    rate = np.repeat(np.clip(theta[:, _JUMP_RATE], 0.0, 1.0), per_draw)[:, None]
-    sigma = np.repeat(theta[:, _SIGMA_JUMP], per_draw)[:, None]
-    gaps = np.diff(np.concatenate([[0], np.asarray(steps, dtype=int)]))
-    counts = rng.binomial(np.broadcast_to(gaps, (d * per_draw, h)), rate)
-    jumps = np.cumsum(sigma * np.sqrt(counts) * rng.normal(size=(d * per_draw, h)), axis=1)
-    noise = np.sqrt(var)[:, None] * rng.normal(size=(d, per_draw, h))
-    return (mean[:, None] + noise).reshape(-1, h) + jumps
 
 
 def _log_prior(theta: np.ndarray) -> np.ndarray:
@@ -434,11 +372,12 @@ class ForecastModel:
             raise BayesError("forecast horizons must be finite and >= 0 s")
         means, covs = self.filtered(values)
         steps = np.maximum(np.round(horizons / self.dt).astype(int), 0)
-        theta = self._params()
-        mean, var = _ahead(means[:, at], covs[:, at], theta, steps)
+        mean, var = _ahead(means[:, at], covs[:, at], self._params(), steps)
         rng = np.random.default_rng(seed)
-        draws = _readings(mean, var, theta, steps, samples_per_draw, rng)
-        draws = draws * self.scale + self.offset
+        draws = mean[:, None] + np.sqrt(var)[:, None] * rng.normal(
+            size=(len(mean), samples_per_draw, len(steps))
+        )
+        draws = draws.reshape(-1, len(steps)) * self.scale + self.offset
         origin = (
             self.grid_s[at] if values is None else self.grid_s[0] + self.dt * (at % len(values))
         )
@@ -454,9 +393,8 @@ class ForecastModel:
         )
 
     def _paths(self, steps: int, paths: int, seed: int) -> np.ndarray:
-        """Simulated paths of the quantity itself (level + oscillation, no read-out noise;
-        jumps included), standardized, from now (column 0) to ``steps`` grid points ahead:
-        (paths, steps + 1)."""
+        """Simulated paths of the quantity itself (level + oscillation, no read-out noise),
+        standardized, from now (column 0) to ``steps`` grid points ahead: (paths, steps + 1)."""
         means, covs = self.filtered()
         theta = self._params()
         rng = np.random.default_rng(seed)
@@ -466,12 +404,10 @@ class ForecastModel:
         state = means[pick, -1] + np.einsum("nij,nj->ni", chol, rng.normal(size=(paths, _STATE)))
         out = np.empty((paths, steps + 1))
         out[:, 0] = state[:, 0] + state[:, 2]
-        rate, sigma = theta[pick, _JUMP_RATE], theta[pick, _SIGMA_JUMP]
         for k in range(1, steps + 1):
             state = np.einsum("nij,nj->ni", f, state) + np.sqrt(q) * rng.normal(
                 size=(paths, _STATE)
             )
-            state[:, 0] += (rng.random(paths) < rate) * sigma * rng.normal(size=paths)
             out[:, k] = state[:, 0] + state[:, 2]
         return out
 
@@ -847,7 +783,8 @@ def evaluate_forecast(
             mean, var = _ahead(means[:, o], covs[:, o], theta, steps)
             offset, scale = fitted.offset, fitted.scale
             llt_m, llt_p = np.asarray(llt_run.mean)[o], np.asarray(llt_run.cov)[o]
-        draws = _readings(mean, var, theta, steps, 8, rng) * scale + offset
+        draws = mean[:, None] + np.sqrt(var)[:, None] * rng.normal(size=(len(mean), 8, len(steps)))
+        draws = draws.reshape(-1, len(steps)) * scale + offset
         lo_q, hi_q = np.quantile(draws, [0.05, 0.95], axis=0)
         scores["b"].append(crps_samples(draws, truth))
         scores["cb"].append((lo_q <= truth) & (truth <= hi_q))
