@@ -80,6 +80,24 @@ def test_a_forecast_through_the_api(
     assert job_id in {j["id"] for j in listed}
 
 
+def _accept(
+    client: TestClient, engine: sa.Engine, instrument_id: str, version: str, admin: dict[str, str]
+) -> store.CalibrationRecord:
+    """Accept a proposed calibration over REST (valid from 2026-11-21); the record in force a
+    day later, which must be that version."""
+    accepted = client.post(
+        f"/api/v1/instruments/{instrument_id}/calibrations/{version}/accept",
+        json={"reason": "reference series of 2026-11-20", "valid_from": "2026-11-21T00:00:00Z"},
+        headers=admin,
+    )
+    assert accepted.status_code == 200, accepted.text
+    with engine.begin() as conn:
+        now = datetime(2026, 11, 22, tzinfo=UTC)
+        record = store.calibration_in_force(conn=conn, instrument_id=instrument_id, at=now)
+    assert record is not None and record.version == version
+    return record
+
+
 def test_a_calibration_through_the_api_and_its_acceptance(
     client: TestClient, world: World, store_engine_api: sa.Engine, worker: ExperimentWorker
 ) -> None:
@@ -107,16 +125,7 @@ def test_a_calibration_through_the_api_and_its_acceptance(
     assert version not in {c["version"] for c in in_force}  # not without acceptance
     report = client.get(f"/api/v1/jobs/{job['id']}/report", headers=admin)
     assert "Posterior marginals" in report.text and version in report.text
-    accepted = client.post(
-        f"{base}/calibrations/{version}/accept",
-        json={"reason": "focal series of 2026-11-20", "valid_from": "2026-11-21T00:00:00Z"},
-        headers=admin,
-    )
-    assert accepted.status_code == 200, accepted.text
-    with store_engine_api.begin() as conn:
-        now = datetime(2026, 11, 22, tzinfo=UTC)
-        record = store.calibration_in_force(conn=conn, instrument_id=setup.instrument_id, at=now)
-    assert record is not None and record.version == version
+    record = _accept(client, store_engine_api, setup.instrument_id, version, admin)
     assert record.body["defocus_ref"] == pytest.approx(result["posterior"]["mean"][0])
 
 
@@ -147,16 +156,7 @@ def test_convergence_angle_and_camera_length_calibration_through_the_api(
     for name, mean, sd in zip(post["constants"], post["mean"], post["sd"], strict=True):
         assert abs(mean - getattr(setup.truth, name)) < 4 * sd, name
     version = result["proposed_version"]
-    accepted = client.post(
-        f"{base}/calibrations/{version}/accept",
-        json={"reason": "CBED and Au rings of 2026-11-20", "valid_from": "2026-11-21T00:00:00Z"},
-        headers=admin,
-    )
-    assert accepted.status_code == 200, accepted.text
-    with store_engine_api.begin() as conn:
-        now = datetime(2026, 11, 22, tzinfo=UTC)
-        record = store.calibration_in_force(conn=conn, instrument_id=setup.instrument_id, at=now)
-    assert record is not None and record.version == version
+    record = _accept(client, store_engine_api, setup.instrument_id, version, admin)
     for name, mean in zip(post["constants"], post["mean"], strict=True):
         assert record.body[name] == pytest.approx(mean, rel=1e-12), name
     assert record.body["defocus_ref"] == setup.calibration.defocus_ref
