@@ -69,10 +69,16 @@ def _jacobians(
     candidates: Sequence[Candidate], cal: Calibration, theta: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows d prediction / d theta at ``theta`` (central differences) and each candidate's
-    measurement sd."""
+    measurement sd.
+
+    The step is a millionth of the constant or of its prior sd, whichever is larger: a constant
+    at zero (``defocus_ref`` of a fresh calibration) must not get a step so small that the
+    difference of two defocus values of thousands of Å is rounding error (a step of 1e-12 Å
+    gave d defocus / d defocus_ref = 1.82 instead of 1)."""
     probes = [ReferenceMeasurement(q, 0.0, 1.0, {**s}) for q, s in candidates]
     feats = features_of(probes, cal).as_dict()
-    h = np.maximum(np.abs(theta) * 1e-6, 1e-12)
+    scale = np.array([default_prior_sd(cal)[c] for c in CALIBRATED_CONSTANTS])
+    h = 1e-6 * np.maximum(np.abs(theta), scale)
     rows = np.empty((len(candidates), len(theta)))
     for j in range(len(theta)):
         up, down = theta.copy(), theta.copy()
