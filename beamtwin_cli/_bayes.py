@@ -273,7 +273,7 @@ def _calibration_job(args: argparse.Namespace) -> int:
 
 
 def _forecast_job(args: argparse.Namespace) -> int:
-    from api import ForecastQuery, forecast_job
+    from api import ForecastQuery, forecast_answer, forecast_job
 
     if not 10 <= args.window <= 1440:
         raise CommandError("--window must be 10 to 1440 minutes")
@@ -291,7 +291,14 @@ def _forecast_job(args: argparse.Namespace) -> int:
                 conn=conn, instrument_id=args.instrument, owner=actor(), query=query, submit=True
             )
         assert found.job is not None
-        job, document = _follow(args, eng, found.job, found.created)
+        job, _ = _follow(args, eng, found.job, found.created)
+        document = None
+        if job.status == "succeeded":  # any question of data fitted before: answered at once
+            with eng.begin() as conn:
+                document = forecast_answer(
+                    conn=conn, job=job, horizons_s=query.horizons_s, tolerance=query.tolerance,
+                    duration_s=query.duration_s,
+                )  # fmt: skip
     finally:
         eng.dispose()
     if document is None:
