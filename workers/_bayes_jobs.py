@@ -85,8 +85,8 @@ def execute_calibration(payload_json: str, channel: str | None, threads: int) ->
         for m in state["measurements"]
     ]
     method = spec.get("method", "auto")
-    # a fixed NUTS step size is no request field: a spec that carries one (a job submitted
-    # through the store, to check the sampler's diagnostics) gets it, others adapt it
+    # a fixed NUTS step size when the spec carries one (``beamtwin calibrate --step-size``,
+    # no REST request field: it exercises the sampler's diagnostics), else adapted
     step_size = spec.get("step_size")
     with _PYRO_LOCK:
         posterior = simulations.calibrate(
