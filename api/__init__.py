@@ -10,7 +10,8 @@ Audit reports (docs/reports.md) are made in two steps, the same for the report r
 
 Calibration and forecast jobs are submitted the same way by the routes and by ``beamtwin
 calibrate | forecast --instrument``: ``submit_calibration`` and ``forecast_job`` gather what
-the job needs from the store into its record; ``job_document`` reads a finished job's result.
+the job needs from the store into its record; ``job_document`` reads a finished job's result;
+``forecast_answer`` answers any horizons and tolerance from a forecast job's stored fit.
 
 The web dashboard (docs/dashboard.md) is served by the same app under ``/ui``
 (``api/_web``): an API token exchanged for a session cookie, pages that read ``/api/v1`` with
@@ -24,6 +25,7 @@ from api._bayes_schemas import CalibrationJobRequest, ReferenceMeasurementIn
 from api._calibration_jobs import CalibrationVersionConflict, submit_calibration
 from api._deps import ROLE_CAPABILITIES, Principal
 from api._errors import ApiError, Forbidden, InvalidRequest, NotAuthenticated, TooLarge
+from api._forecast_answers import ForecastFailed, forecast_answer
 from api._forecast_jobs import ForecastJob, ForecastQuery, forecast_job
 from api._reports import (
     ReportError,
@@ -48,6 +50,7 @@ __all__ = [
     "CalibrationJobRequest",
     "CalibrationVersionConflict",
     "Forbidden",
+    "ForecastFailed",
     "ForecastJob",
     "ForecastQuery",
     "InvalidRequest",
@@ -60,6 +63,7 @@ __all__ = [
     "api_server",
     "build_report",
     "create_app",
+    "forecast_answer",
     "forecast_job",
     "job_arrays",
     "job_document",

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from api._forecast_answers import DEFAULT_HORIZONS_S, forecast_document, forecast_model
 from api._reports._plots import RENDER_LOCK
 
 _STYLE = (
@@ -222,18 +223,17 @@ def _calibration_page(job: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) 
 def _band(doc: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str:
     history_t = np.asarray(arrays.get("history_t_s", []), dtype=float)
     history = np.asarray(arrays.get("history_values", []), dtype=float)
-    horizons = np.asarray(arrays.get("horizons_s", []), dtype=float)
-    quantiles = np.asarray(arrays.get("forecast_quantiles", np.empty((0, 0))), dtype=float)
-    levels = [float(v) for v in np.asarray(arrays.get("quantile_levels", []))]
+    rows = doc.get("horizons") or []
+    horizons = np.array([float(h["horizon_s"]) for h in rows])
     last_t = float(history_t[-1]) if len(history_t) else 0.0
 
     def q(level: float) -> np.ndarray:
-        return quantiles[levels.index(level)]
+        return np.array([float(h["quantiles"][f"{level:g}"]) for h in rows])
 
     def draw(fig: Any) -> None:
         ax = fig.add_subplot()
         ax.plot((history_t - last_t) / 60, history, color="#08519c", linewidth=0.8, label="data")
-        if len(horizons) and quantiles.size:
+        if len(horizons):
             t = np.concatenate([[0.0], horizons]) / 60
             last = history[-1] if len(history) else np.nan
 
@@ -308,7 +308,14 @@ def _forecast_page(job: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> 
 
 
 def render_job_report(job: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str:
-    """The report of a succeeded calibration or forecast job (its JSON view and arrays)."""
+    """The report of a succeeded calibration or forecast job (its JSON view and arrays); a
+    forecast's at the default horizons, answered from its stored fit."""
     if job["kind"] == "calibration":
         return _calibration_page(job, arrays)
-    return _forecast_page(job, arrays)
+    document = job.get("result") or {}
+    if "model" in document:  # the fit, not an answer: ask it the default question
+        model = forecast_model(document, arrays)
+        document = forecast_document(
+            document, model, horizons_s=DEFAULT_HORIZONS_S, tolerance=None, duration_s=1200.0
+        )
+    return _forecast_page({**job, "result": document}, arrays)

@@ -5,8 +5,9 @@
   candidates and 200 steps (well under a second): answered in the request;
 - ``POST /api/v1/instruments/{id}/calibration-jobs``: a calibration job from the instrument's
   stored reference measurements (or given ones), sampled by the experiment worker;
-- ``GET /api/v1/instruments/{id}/forecast``: the stored forecast of the latest data window, or
-  202 and the job that computes it (a fit samples for seconds: never in a request);
+- ``GET /api/v1/instruments/{id}/forecast``: the forecast of the latest data window, answered
+  from its stored fit (any horizons and tolerance), or 202 and the job that fits it (a fit
+  samples for seconds: never in a request);
 - ``GET /api/v1/instruments/{id}/calibrations/proposed`` and
   ``POST .../calibrations/{version}/accept``: proposed versions and accepting one (admins).
 """
@@ -39,6 +40,7 @@ from api._deps import (
     WriteReader,
 )
 from api._errors import ApiError, Forbidden
+from api._forecast_answers import DEFAULT_HORIZONS_S, ForecastFailed, forecast_answer
 from api._forecast_jobs import ForecastQuery, forecast_job
 from api._job_routes import Operator, job_view
 from api._schemas import ErrorBody
@@ -208,13 +210,6 @@ def submit_calibration_job(
     return job_view(record, store.job_results(conn=conn, job_id=record.id), reused=not created)
 
 
-class ForecastFailed(ApiError):
-    """The forecast of these data failed (its job's error says why)."""
-
-    status = 422
-    code = "forecast_failed"
-
-
 @router.get(
     "/instruments/{instrument_id}/forecast",
     response_model=Forecast,
@@ -260,15 +255,15 @@ def forecast(
 ) -> Forecast | Response:
     """Predictive quantiles of a drifting quantity at each horizon and, with a tolerance, the
     probability that it stays within it for ``duration`` minutes, from the Bayesian forecast of
-    the latest ``window`` of its data. A fit samples for seconds, so it runs as a job: the
-    stored result of the same data and question answers 200; otherwise 202 with the job to
-    poll (operators and admins queue it; other roles get 403 until one did). The window ends
-    at the last data point rounded down to the minute: asking again within it finds the same
-    job."""
+    the latest ``window`` of its data. A fit samples for seconds, so it runs as a job: once
+    the same data were fitted, any horizons, tolerance and duration are answered from the
+    stored fit (200); otherwise 202 with the job to poll (operators and admins queue it; other
+    roles get 403 until one did). The window ends at the last data point rounded down to the
+    minute: asking again within it finds the same job."""
     query = ForecastQuery(
         quantity=quantity,
         window_s=window * 60,
-        horizons_s=tuple(h * 60 for h in (horizon or (1, 5, 10, 20, 30, 60))),
+        horizons_s=tuple(h * 60 for h in horizon) if horizon else DEFAULT_HORIZONS_S,
         tolerance=tolerance,
         duration_s=duration * 60,
     )
@@ -294,8 +289,10 @@ def forecast(
             body.model_dump_json(), status_code=202, media_type="application/json",
             headers={"Location": f"/api/v1/jobs/{job.id}", "Retry-After": "2"},
         )  # fmt: skip
-    view = job_view(job, store.job_results(conn=conn, job_id=job.id))
-    document = view.result or {}
+    document = forecast_answer(
+        conn=conn, job=job, horizons_s=query.horizons_s, tolerance=query.tolerance,
+        duration_s=query.duration_s,
+    )  # fmt: skip
     fields = {k: v for k, v in document.items() if k in Forecast.model_fields}
     try:
         return Forecast(**{**fields, "job_id": job.id, "instrument_id": instrument_id})

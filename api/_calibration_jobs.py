@@ -206,18 +206,26 @@ def submit_calibration(
     owner: str,
     request: CalibrationJobRequest,
     now: datetime | None = None,
+    step_size: float | None = None,
 ) -> tuple[store.JobRecord, bool]:
     """Gather the reference measurements, check them and queue a calibration job (or return
     the same one asked before): ``(job, created)``.
 
+    ``step_size`` fixes NUTS's leapfrog step size (in the standardized constants; default:
+    adapted during warm-up). It exercises the sampler's diagnostics (``beamtwin calibrate
+    --step-size``); the REST request has no such field.
+
     Raises:
-        InvalidRequest: no usable measurement, too few, measurements without telemetry at
-            their time (unless ``skip_incomplete``), a calibration in force that is no twin
-            calibration, a dataset of another instrument.
+        InvalidRequest: a step size that is not a finite number > 0; no usable measurement,
+            too few, measurements without telemetry at their time (unless
+            ``skip_incomplete``), a calibration in force that is no twin calibration, a
+            dataset of another instrument.
         CalibrationVersionConflict: the requested version exists.
         InstrumentNotFound: the instrument is not registered.
     """
     now = now or datetime.now(UTC)
+    if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
+        raise InvalidRequest(f"the step size must be a finite number > 0, not {step_size!r}")
     prior, stored = calibration_prior(conn, instrument_id, now)
     explicit = [m.model_dump() for m in request.measurements or []]
     gather = request.measurements is None or any(
@@ -268,6 +276,8 @@ def submit_calibration(
         "max_telemetry_age_s": request.max_telemetry_age_s,
         "skip_incomplete": request.skip_incomplete,
     }
+    if step_size is not None:  # only when fixed: the spec of an adapted one is as before
+        spec["step_size"] = float(step_size)
     state = {
         "prior": {"version": prior.version, "stored": stored, "body": prior.to_dict()},
         "measurements": rows,

@@ -1,7 +1,12 @@
 """Asking for a forecast: the latest window of a channel's telemetry or of a twin quantity's
 estimates gathered from the store into the job's state, so the task (``workers``) is pure,
-the job's record says which data it used, and the same question of the same data finds the
-same job (and its stored result) again.
+the job's record says which data it used, and every question of the same data finds the same
+job (and its stored fit) again.
+
+The job is keyed by what determines the fit only: the instrument, the quantity, the window
+(its length, start and end), the seed and the data. Horizons, tolerance and duration are no
+part of it: they are answered from the stored fit (``api._forecast_answers``), so asking the
+same data with another horizon is answered at once instead of fitting again.
 
 Used by ``GET /api/v1/instruments/{id}/forecast`` and by ``beamtwin forecast --instrument``
 alike (exported as :func:`forecast_job`).
@@ -9,6 +14,7 @@ alike (exported as :func:`forecast_job`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +26,7 @@ import provenance_store as store
 import twin
 from api._bayes_jobs import job_sha256, job_versions
 from api._errors import InvalidRequest
+from api._forecast_answers import DEFAULT_HORIZONS_S
 
 __all__ = ["ForecastJob", "ForecastQuery", "forecast_job"]
 
@@ -36,11 +43,12 @@ FORECAST_MIN_POINTS = 30
 @dataclass(frozen=True)
 class ForecastQuery:
     """A forecast asked for: a channel or twin quantity, the data window [s] before its last
-    point, horizons [s], and optionally a tolerance [unit] over ``duration_s`` [s]."""
+    point, horizons [s], and optionally a tolerance [unit] over ``duration_s`` [s]. The
+    quantity, window and seed choose the fit (the job); the rest is the question asked of it."""
 
     quantity: str
     window_s: float = 7200.0
-    horizons_s: tuple[float, ...] = (60.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+    horizons_s: tuple[float, ...] = DEFAULT_HORIZONS_S
     tolerance: float | None = None
     duration_s: float = 1200.0
     seed: int = 0
@@ -48,8 +56,8 @@ class ForecastQuery:
 
 @dataclass(frozen=True)
 class ForecastJob:
-    """The job that answers a forecast query (``None`` when none was asked yet and
-    ``submit`` was False), whether it was queued now, and the query's spec and state."""
+    """The job whose fit answers a forecast query (``None`` when none was asked yet and
+    ``submit`` was False), whether it was queued now, and the job's spec and state hash."""
 
     job: store.JobRecord | None
     created: bool
@@ -133,22 +141,25 @@ def forecast_job(
     submit: bool,
     now: datetime | None = None,
 ) -> ForecastJob:
-    """The forecast job of ``query`` over the latest data window: the stored one when the same
-    data were forecast before (succeeded first, then queued or running, then the last failed
-    one), else a new one when ``submit``.
+    """The forecast job that fits the latest data window of ``query``: the stored one when the
+    same data were fitted before, whatever horizons, tolerance or duration were asked then
+    (succeeded first, then queued or running, then the last failed one), else a new one when
+    ``submit``.
 
     The window ends at the quantity's last data point rounded down to the minute, so asking
     again within a minute (or of data that stopped) finds the same job.
 
     Raises:
         InvalidRequest: an unknown quantity, no data, fewer than 30 points in the window,
-            bad horizons or tolerance.
+            bad horizons, tolerance or duration.
     """
     now = now or datetime.now(UTC)
     if not query.horizons_s or any(not 0 < h <= 86400 for h in query.horizons_s):
         raise InvalidRequest("horizons must be within (0, 24 h]")
-    if query.tolerance is not None and not query.tolerance > 0:
-        raise InvalidRequest("the tolerance must be > 0")
+    if query.tolerance is not None and not (math.isfinite(query.tolerance) and query.tolerance > 0):
+        raise InvalidRequest("the tolerance must be a finite number > 0")
+    if not 0 < query.duration_s <= 86400:
+        raise InvalidRequest("the duration must be within (0, 24 h]")
     window = timedelta(seconds=query.window_s)
     source, unit, start, end, times, values = _series(
         conn, instrument_id, query.quantity, now, window
@@ -167,9 +178,7 @@ def forecast_job(
         "window_s": float(query.window_s),
         "start": start.isoformat(),
         "end": end.isoformat(),
-        "horizons_s": sorted({float(h) for h in query.horizons_s}),
-        "tolerance": query.tolerance,
-        "duration_s": float(query.duration_s),
+        "seed": int(query.seed),
     }
     state = {
         "source": source,

@@ -69,6 +69,13 @@ def _add_calibrate(sub: Subparsers) -> None:
     p.add_argument("--warmup", type=int, default=400, help="warm-up steps per chain (jobs)")
     p.add_argument("--chains", type=int, default=2, help="chains (jobs)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--step-size",
+        type=_step_size,
+        default=None,
+        metavar="X",
+        help="a fixed NUTS leapfrog step size, > 0 (default: adapted during warm-up)",
+    )
     p.add_argument("--version", default=None, help="version of the proposed calibration")
     p.add_argument("--output", default="-", metavar="FILE", help="where to write ('-': stdout)")
     job = p.add_argument_group("jobs (--instrument)")
@@ -84,6 +91,19 @@ def _add_calibrate(sub: Subparsers) -> None:
     p.set_defaults(func=calibrate)
 
 
+def _step_size(text: str) -> float:
+    """``--step-size``: a finite number > 0 (else argparse's usage error, exit 2)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text!r}")
+    return value
+
+
 def _add_job_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--wait", action="store_true", help="follow the job until it ends")
     group.add_argument(
@@ -97,6 +117,7 @@ def calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
     import simulations
+    from workers import clean_json
 
     if args.instrument is not None:
         return _calibration_job(args)
@@ -112,9 +133,11 @@ def calibrate(args: argparse.Namespace) -> int:
         except (OSError, ValueError, TypeError) as exc:
             raise CommandError(f"{args.measurements}: not reference measurements ({exc})") from None
     post = simulations.calibrate(
-        measurements, prior, method=args.method, samples=args.samples, seed=args.seed
-    )
-    payload = post.to_dict()
+        measurements, prior, method=args.method, samples=args.samples, seed=args.seed,
+        step_size=args.step_size,
+    )  # fmt: skip
+    # a diverging sampler (a fixed step size far too large) leaves R-hat infinite: null in JSON
+    payload = clean_json(post.to_dict())
     if post.converged and args.version:
         payload["proposed"] = post.proposed_calibration(args.version).to_dict()
     _write(payload, args.output)
@@ -258,8 +281,9 @@ def _calibration_job(args: argparse.Namespace) -> int:
     try:
         with eng.begin() as conn:
             job, created = submit_calibration(
-                conn=conn, instrument_id=args.instrument, owner=actor(), request=request
-            )
+                conn=conn, instrument_id=args.instrument, owner=actor(), request=request,
+                step_size=args.step_size,
+            )  # fmt: skip
         job, document = _follow(args, eng, job, created)
     finally:
         eng.dispose()
@@ -273,7 +297,7 @@ def _calibration_job(args: argparse.Namespace) -> int:
 
 
 def _forecast_job(args: argparse.Namespace) -> int:
-    from api import ForecastQuery, forecast_job
+    from api import ForecastQuery, forecast_answer, forecast_job
 
     if not 10 <= args.window <= 1440:
         raise CommandError("--window must be 10 to 1440 minutes")
@@ -291,7 +315,14 @@ def _forecast_job(args: argparse.Namespace) -> int:
                 conn=conn, instrument_id=args.instrument, owner=actor(), query=query, submit=True
             )
         assert found.job is not None
-        job, document = _follow(args, eng, found.job, found.created)
+        job, _ = _follow(args, eng, found.job, found.created)
+        document = None
+        if job.status == "succeeded":  # any question of data fitted before: answered at once
+            with eng.begin() as conn:
+                document = forecast_answer(
+                    conn=conn, job=job, horizons_s=query.horizons_s, tolerance=query.tolerance,
+                    duration_s=query.duration_s,
+                )  # fmt: skip
     finally:
         eng.dispose()
     if document is None:

@@ -5,9 +5,11 @@
 Both tasks are pure: the job's ``state`` holds everything they read (the calibration in force
 as the prior, each measurement with the telemetry at its time and the dataset it came from;
 the forecast's series), so a job can be re-run from its record. Each returns a
-:class:`simulations.ExperimentResult`: arrays (posterior draws, forecast quantiles) and a
-parameters document (the posterior summary and diagnostics, or the forecast), which the
-worker stores as zarr / NeXus artifacts like any result.
+:class:`simulations.ExperimentResult`: arrays (posterior draws; the fitted forecast model) and
+a parameters document (the posterior summary and diagnostics; the forecast model's scalars and
+diagnostics), which the worker stores as zarr / NeXus artifacts like any result. A forecast
+job stores the fit, not the answer to one question: the API answers any horizons and
+tolerance of the same data from it.
 
 A calibration job's ``on_complete`` stores the posterior mean as a **proposed** calibration
 version (``store.propose_calibration``, audited), only when every diagnostic passed; it is
@@ -83,8 +85,8 @@ def execute_calibration(payload_json: str, channel: str | None, threads: int) ->
         for m in state["measurements"]
     ]
     method = spec.get("method", "auto")
-    # a fixed NUTS step size is no request field: a spec that carries one (a job submitted
-    # through the store, to check the sampler's diagnostics) gets it, others adapt it
+    # a fixed NUTS step size when the spec carries one (``beamtwin calibrate --step-size``,
+    # no REST request field: it exercises the sampler's diagnostics), else adapted
     step_size = spec.get("step_size")
     with _PYRO_LOCK:
         posterior = simulations.calibrate(
@@ -175,12 +177,17 @@ def store_proposed_calibration(
 
 
 # ---------------------------------------------------------------------------- forecast
-#: Levels of the stored predictive quantiles.
-FORECAST_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
-
-
 def execute_forecast(payload_json: str, channel: str | None, threads: int) -> ExperimentResult:
-    """Run one forecast job from its payload (:func:`workers.job_payload`)."""
+    """Run one forecast job from its payload (:func:`workers.job_payload`): fit the model to
+    the series and store the fit itself, so that every question of these data (horizons,
+    tolerance, duration) is answered from it later (``api.forecast_answer``) without fitting
+    again.
+
+    Stored: the arrays ``model_grid_s`` [s from the window start], ``model_values`` [unit],
+    one ``model_draws_<parameter>`` per parameter of the model (every key of its ``draws``),
+    ``history_t_s`` and ``history_values`` (the series); the document's ``model`` (quantity,
+    unit, ``dt`` [s], ``offset``, ``scale`` [unit], the ``parameters``) and ``diagnostics``.
+    """
     payload = json.loads(payload_json)
     spec, state = payload["spec"], payload["state"]
     report = ProgressChannel(channel)
@@ -195,28 +202,16 @@ def execute_forecast(payload_json: str, channel: str | None, threads: int) -> Ex
             values,
             quantity=spec["quantity"],
             unit=unit,
-            progress=lambda f: report(0.8 * f, "fitting"),
+            seed=int(payload.get("seed") or 0),
+            progress=lambda f: report(0.95 * f, "fitting"),
         )
-    horizons = np.asarray(spec["horizons_s"], dtype=float)
-    report(0.85, "predicting")
-    forecast = model.predict([float(h) for h in horizons])
-    quantiles = np.array(
-        [
-            np.asarray(forecast.quantiles[q], dtype=float)
-            if q in forecast.quantiles
-            else np.quantile(np.asarray(forecast.samples, dtype=float), q, axis=0)
-            for q in FORECAST_LEVELS
-        ]
-    ).reshape(len(FORECAST_LEVELS), len(horizons))
     window_start = datetime.fromisoformat(state["window"]["start"])
-    origin = window_start + timedelta(seconds=float(forecast.origin_s))
-    tolerance, duration = spec.get("tolerance"), float(spec.get("duration_s", 1200.0))
-    probability = stable_after = None
-    if tolerance is not None:
-        report(0.9, "probability within tolerance")
-        probability = float(model.probability_within(float(tolerance), duration))
-        stable_after = model.stable_after(float(tolerance), duration)
-    mean, sd = np.asarray(forecast.mean, dtype=float), np.asarray(forecast.sd, dtype=float)
+    origin = window_start + timedelta(seconds=float(model.grid_s[-1]))
+    parameters = sorted(model.draws)
+    draws = {f"model_draws_{p}": np.asarray(model.draws[p], dtype=float) for p in parameters}
+    draw_axes = {
+        n: _axes("draw", *(f"element_{i}" for i in range(1, d.ndim))) for n, d in draws.items()
+    }
     document = {
         "kind": "forecast",
         "instrument_id": payload.get("instrument_id"),
@@ -225,22 +220,14 @@ def execute_forecast(payload_json: str, channel: str | None, threads: int) -> Ex
         "source": state.get("source"),
         "window": state["window"],
         "origin": origin.isoformat(),
-        "horizons": [
-            {
-                "horizon_s": float(h),
-                "at": (origin + timedelta(seconds=float(h))).isoformat(),
-                "mean": float(mean[i]),
-                "sd": float(sd[i]),
-                "quantiles": {
-                    f"{q:g}": float(quantiles[j, i]) for j, q in enumerate(FORECAST_LEVELS)
-                },
-            }
-            for i, h in enumerate(horizons)
-        ],
-        "tolerance": None if tolerance is None else float(tolerance),
-        "duration_s": duration,
-        "probability_within": probability,
-        "stable_after_s": None if stable_after is None else float(stable_after),
+        "model": {
+            "quantity": model.quantity,
+            "unit": model.unit,
+            "dt": float(model.dt),
+            "offset": float(model.offset),
+            "scale": float(model.scale),
+            "parameters": parameters,
+        },
         "diagnostics": {
             name: getattr(model, name, None)
             for name in ("r_hat", "ess", "divergences", "seconds", "dt")
@@ -249,20 +236,16 @@ def execute_forecast(payload_json: str, channel: str | None, threads: int) -> Ex
     report(1.0, "done")
     return ExperimentResult(
         arrays={
-            "horizons_s": horizons,
-            "forecast_mean": mean,
-            "forecast_sd": sd,
-            "forecast_quantiles": quantiles,
-            "quantile_levels": np.asarray(FORECAST_LEVELS, dtype=float),
+            "model_grid_s": np.asarray(model.grid_s, dtype=float),
+            "model_values": np.asarray(model.values, dtype=float),
+            **draws,
             "history_t_s": times,
             "history_values": values,
         },
         axes={
-            "horizons_s": _axes("horizon"),
-            "forecast_mean": _axes("horizon"),
-            "forecast_sd": _axes("horizon"),
-            "forecast_quantiles": _axes("level", "horizon"),
-            "quantile_levels": _axes("level"),
+            "model_grid_s": _axes("time"),
+            "model_values": _axes("time"),
+            **draw_axes,
             "history_t_s": _axes("time"),
             "history_values": _axes("time"),
         },

@@ -7,14 +7,16 @@ refused with a clear 4xx or a diagnostic in the result."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 import provenance_store as store
+import simulations
 from tests._bayes_support import bayes_instrument, local_client
 from tests.api.conftest import World, auth
 from workers import ExperimentSettings, ExperimentWorker
@@ -78,6 +80,77 @@ def test_a_forecast_through_the_api(
     assert report.status_code == 200 and "<svg" in report.text and "Forecast band" in report.text
     listed = client.get("/api/v1/jobs?kind=forecast", headers=admin).json()
     assert job_id in {j["id"] for j in listed}
+
+
+def test_another_question_of_the_same_data_is_answered_from_the_same_fit(
+    client: TestClient,
+    world: World,
+    store_engine_api: sa.Engine,
+    worker: ExperimentWorker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once the data were fitted, other horizons, a tolerance and a duration are answered at
+    once (200, no new job, no new fit), with the numbers of the fitted model itself."""
+    fitted: list[simulations.ForecastModel] = []
+    fit = simulations.fit_forecast
+
+    def fit_and_keep(*args: Any, **kwargs: Any) -> simulations.ForecastModel:
+        model = fit(*args, **kwargs)
+        fitted.append(model)
+        return model
+
+    # the worker's dask cluster runs tasks in this process: it fits through this
+    monkeypatch.setattr(simulations, "fit_forecast", fit_and_keep)
+    setup = bayes_instrument(store_engine_api, measurements=4)
+    admin = auth(world.tokens["admin"])
+    base = f"/api/v1/instruments/{setup.instrument_id}/forecast?quantity=stage.x&window=60"
+    queued = client.get(f"{base}&horizon=1&horizon=10", headers=admin)
+    assert queued.status_code == 202, queued.text
+    job_id = queued.json()["job_id"]
+    _run(worker)
+    assert len(fitted) == 1
+    model = fitted[0]
+
+    def forecast_jobs() -> list[str]:
+        with store_engine_api.connect() as conn:
+            listed = store.list_jobs(
+                conn=conn, instrument_ids=[setup.instrument_id], kind="forecast"
+            )
+        return [j.id for j in listed]
+
+    assert forecast_jobs() == [job_id]
+    asked = f"{base}&horizon=45&horizon=5&horizon=5&tolerance=4e-9&duration=15"
+    answer = client.get(asked, headers=admin)
+    assert answer.status_code == 200, answer.text
+    assert forecast_jobs() == [job_id] and len(fitted) == 1  # no new job, no new fit
+    forecast = answer.json()
+    assert forecast["job_id"] == job_id and forecast["tolerance"] == 4e-9
+    assert forecast["duration_s"] == 900
+    expected = model.predict([300.0, 2700.0])
+    assert [h["horizon_s"] for h in forecast["horizons"]] == [300, 2700]  # sorted, once
+    for i, h in enumerate(forecast["horizons"]):
+        assert h["mean"] == pytest.approx(float(expected.mean[i]), rel=1e-12)
+        assert h["sd"] == pytest.approx(float(expected.sd[i]), rel=1e-12)
+        for level in (0.05, 0.5, 0.95):
+            value = float(expected.quantiles[level][i])
+            assert h["quantiles"][f"{level:g}"] == pytest.approx(value, rel=1e-12)
+    assert forecast["probability_within"] == pytest.approx(
+        model.probability_within(4e-9, 900.0), abs=1e-12
+    )
+    stable = model.stable_after(4e-9, 900.0)
+    assert forecast["stable_after_s"] == (None if stable is None else pytest.approx(stable))
+    origin = datetime.fromisoformat(forecast["window"]["start"]) + timedelta(
+        seconds=float(expected.origin_s)
+    )
+    assert datetime.fromisoformat(forecast["origin"]) == origin
+    # the first question is answered from the same fit too, and bad input is still refused
+    first = client.get(f"{base}&horizon=1&horizon=10", headers=admin)
+    assert first.status_code == 200 and first.json()["job_id"] == job_id
+    assert first.json()["probability_within"] is None
+    for bad in ("horizon=1441", "horizon=-1", "tolerance=0", "duration=0", "tolerance=x"):
+        refused = client.get(f"{base}&{bad}", headers=admin)
+        assert refused.status_code == 422 and refused.json()["detail"], (bad, refused.text)
+    assert forecast_jobs() == [job_id]
 
 
 def _accept(

@@ -484,7 +484,8 @@ def test_an_operator_asks_for_a_forecast_and_its_bands_are_drawn_ahead_of_the_da
     screenshot(page, "instrument-forecast")
     violations = axe_violations(page)
     assert not violations, dump(violations)
-    # A viewer sees the stored forecast; one nobody asked for is a clear note, not a job.
+    # A viewer sees the stored forecast, with any tolerance (answered from the same fit); a
+    # forecast of data nobody asked for (another window) is a clear note, not a job.
     viewer_ctx = browser.new_context(viewport=DESKTOP)
     try:
         viewer = viewer_ctx.new_page()
@@ -497,6 +498,10 @@ def test_an_operator_asks_for_a_forecast_and_its_bands_are_drawn_ahead_of_the_da
         viewer.locator('#fc-status[data-state="drawn"]').wait_for()
         assert viewer.get_attribute("#fc-status", "data-job") == job_id
         viewer.fill("#fc-tolerance", "3")
+        viewer.click("#fc-go")
+        viewer.locator('#fc-status[data-state="drawn"]', has_text="±3 V").wait_for()
+        assert viewer.get_attribute("#fc-status", "data-job") == job_id
+        viewer.fill("#fc-window", "40")
         viewer.click("#fc-go")
         viewer.locator('#fc-status[data-state="refused"]').wait_for()
         assert "an operator or admin must ask first" in viewer.inner_text("#fc-status")

@@ -32,6 +32,19 @@ def test_calibrate_on_the_virtual_microscope_proposes_a_version(tmp_path: Path) 
         assert result["proposed"]["version"] == "virtual-stem/2"
 
 
+def test_calibrate_with_a_fixed_step_size_far_too_large_says_why_it_failed(
+    tmp_path: Path,
+) -> None:
+    """A step far above the posterior's width diverges: exit 1 with the diagnostics (R-hat
+    infinite, written as null), not an error writing them."""
+    out = tmp_path / "posterior.json"
+    code = main(["calibrate", "--virtual", "20", "--samples", "50", "--method", "nuts",
+                 "--step-size", "10", "--output", str(out)])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert code == 1 and result["step_size"] == 10.0 and result["divergences"] > 0
+    assert any("divergent" in p for p in result["problems"])
+
+
 def test_calibrate_refuses_a_file_that_is_not_measurements(tmp_path: Path) -> None:
     bad = tmp_path / "m.json"
     bad.write_text('[{"quantity": "defocus"}]')
@@ -84,6 +97,28 @@ def test_calibrate_refuses_measurements_without_telemetry(
         ["calibrate", "--instrument", setup.instrument_id, "--datasets", *setup.datasets[:2]]
     )
     assert few == 2 and "need at least 4" in capsys.readouterr().err
+
+
+def test_calibrate_passes_a_fixed_step_size_to_the_job(
+    capsys: pytest.CaptureFixture[str], cli_env: Path, engine: sa.Engine
+) -> None:
+    setup = bayes_instrument(engine, forecast=False)
+    out = cli_env / "job.json"
+    code = main(["calibrate", "--instrument", setup.instrument_id, "--start", "2026-11-01T00:00Z",
+                 "--step-size", "0.25", "--output", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    job_id = json.loads(out.read_text())["job_id"]
+    with engine.begin() as conn:
+        submitted = store.get_job(conn=conn, job_id=job_id)
+        assert submitted is not None and submitted.kind == "calibration"
+        assert submitted.spec["step_size"] == 0.25
+        store.cancel_job(conn=conn, job_id=job_id, actor="tester")  # not for another test
+    for bad in ("0", "-1", "nan", "inf", "small"):
+        with pytest.raises(SystemExit) as exited:
+            main(["calibrate", "--instrument", setup.instrument_id, "--step-size", bad])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert "--step-size" in err and "finite number > 0" in err and repr(bad) in err
 
 
 def test_forecast_an_instrument_as_a_job(

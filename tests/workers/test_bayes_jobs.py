@@ -19,7 +19,14 @@ import sqlalchemy as sa
 import provenance_store as store
 import simulations
 import twin
-from api import CalibrationJobRequest, ForecastQuery, forecast_job, job_document, submit_calibration
+from api import (
+    CalibrationJobRequest,
+    ForecastQuery,
+    forecast_answer,
+    forecast_job,
+    job_document,
+    submit_calibration,
+)
 from tests._bayes_support import REFERENCE_T0, bayes_instrument, local_client
 from tests.workers._experiment_support import job, results, wait_until
 from workers import ExperimentSettings, ExperimentWorker
@@ -220,9 +227,23 @@ def test_a_forecast_job_gives_quantiles_and_a_probability(
     assert asked.created and asked.job is not None
     assert (asked.job.state or {})["window"]["points"] >= 30
     worker.run_until_idle(timeout=300)
-    assert job(engine, asked.job.id).status == "succeeded", job(engine, asked.job.id).error
-    document = job_document(results(engine, asked.job.id))
-    assert document is not None
+    done = job(engine, asked.job.id)
+    assert done.status == "succeeded", done.error
+    # the job stores the fit (every parameter's draws), not one question's answer
+    stored = job_document(results(engine, asked.job.id))
+    assert stored is not None and "horizons" not in stored
+    assert set(stored["model"]["parameters"]) >= {"sigma_level", "sigma_obs"}
+    assert {f"model_draws_{p}" for p in stored["model"]["parameters"]} <= {
+        r.name for r in results(engine, asked.job.id)
+    }
+    with engine.begin() as conn:
+        document = forecast_answer(
+            conn=conn,
+            job=done,
+            horizons_s=query.horizons_s,
+            tolerance=query.tolerance,
+            duration_s=query.duration_s,
+        )
     assert [h["horizon_s"] for h in document["horizons"]] == [60, 600, 1800]
     for h in document["horizons"]:
         q = [h["quantiles"][k] for k in ("0.05", "0.25", "0.5", "0.75", "0.95")]
@@ -230,11 +251,13 @@ def test_a_forecast_job_gives_quantiles_and_a_probability(
     widths = [h["quantiles"]["0.95"] - h["quantiles"]["0.05"] for h in document["horizons"]]
     assert widths == sorted(widths)  # further ahead, wider
     assert 0.0 <= document["probability_within"] <= 1.0
-    # the same question of the same data finds the stored job
-    with engine.begin() as conn:
-        again = forecast_job(conn=conn, instrument_id=setup.instrument_id, owner="other",
-                             query=query, submit=True)  # fmt: skip
-    assert not again.created and again.job is not None and again.job.id == asked.job.id
+    # the same question of the same data finds the stored job, and so does another question
+    other = ForecastQuery(quantity="stage.x", window_s=3600, horizons_s=(120,), tolerance=1e-9)
+    for asked_again in (query, other):
+        with engine.begin() as conn:
+            again = forecast_job(conn=conn, instrument_id=setup.instrument_id, owner="other",
+                                 query=asked_again, submit=True)  # fmt: skip
+        assert not again.created and again.job is not None and again.job.id == asked.job.id
 
 
 def test_a_calibration_reports_progress_and_stops_when_cancelled(
