@@ -14,9 +14,13 @@ experimental design against a uniform grid.
   holder temperature, high tension and objective-lens current, for three microscope seeds (3,
   4, 5; one with ``--quick``) (4.5 h at 0.5 Hz, last third held out, horizons 1-60 min), and
   separately on the real Protochips log's vacuum-tank pressure (log10; its holder temperature
-  is constant), last third held out: parameters fitted once on the first two thirds, and
-  (``forecast_protochips_refit_*``, not with ``--quick``) every forecaster refitted at each of
-  15 origins on the last 150 s before it.
+  is constant), last third held out, horizons 10, 30, 60 s on a 5-s grid, under three
+  protocols: ``forecast_protochips_*`` parameters fitted once on the first two thirds;
+  ``forecast_protochips_sequential_*`` every forecaster (the model, the LLT's noise,
+  persistence's spread) fitted again at each of 40 origins (10 with ``--quick``) on all the
+  data before it, as the service does (its default window, 2 h, holds the whole log); and
+  ``forecast_protochips_refit_*`` (not with ``--quick``) fitted again at each of 15 origins
+  on the last 150 s only.
 * ``design_measurements_vs_grid``: median over 20 seeds of (measurements greedy EIG design
   needs) / (measurements a uniform grid needs) to reach a twentieth of the prior sd; target
   <= 0.5.
@@ -110,7 +114,10 @@ def bench_forecast(seeds: tuple[int, ...], refit: bool) -> None:
     log = read_holder_log(HOLDER_LOG)
     row = [c.name for c in log.channels].index("holder.vacuum_tank_pressure")
     values = np.log10(np.maximum(log.values[row], 1e-3))
-    protocols = [("", {})]
+    protocols: list[tuple[str, dict[str, object]]] = [
+        ("", {}),
+        ("_sequential", {"refit": True, "origins": 40 if refit else 10}),
+    ]
     if refit:
         protocols.append(("_refit", {"refit": True, "window_s": 150.0, "origins": 15}))
     for suffix, options in protocols:
@@ -118,6 +125,15 @@ def bench_forecast(seeds: tuple[int, ...], refit: bool) -> None:
         print(f"forecast_protochips{suffix}_crps_vs_persistence: {s.crps / s.crps_persistence:.2f}")
         print(f"forecast_protochips{suffix}_crps_vs_llt: {s.crps / s.crps_llt:.2f}")
         print(f"forecast_protochips{suffix}_coverage_90: {s.coverage_90:.2f}")
+        print(
+            f"# protochips{suffix}: {s.origins} origins; by horizon crps/persistence "
+            f"{np.round(s.crps_by_horizon / s.crps_persistence_by_horizon, 2).tolist()}, "
+            f"crps/llt {np.round(s.crps_by_horizon / s.crps_llt_by_horizon, 2).tolist()}, "
+            f"coverage {np.round(s.coverage_90_by_horizon, 2).tolist()} (persistence "
+            f"{s.coverage_90_persistence:.2f}, llt {s.coverage_90_llt:.2f}); "
+            f"fits {s.fit_seconds:.0f} s",
+            flush=True,
+        )
 
 
 def bench_design(seeds: int) -> None:

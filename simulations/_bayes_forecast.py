@@ -61,7 +61,18 @@ __all__ = [
 Progress = Callable[[float], None]
 _LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 #: The model's parameters, in the order of a parameter vector.
-_SITES = ("sigma_level", "sigma_slope", "phi", "sigma_cycle", "rho", "frequency", "sigma_obs")
+_SITES = (
+    "sigma_level",
+    "sigma_slope",
+    "phi",
+    "sigma_cycle",
+    "rho",
+    "frequency",
+    "sigma_obs",
+    "volatility_discount",
+)
+#: a of the volatility discount's Beta(a, 1) prior (mean a / (a + 1)).
+VOLATILITY_PRIOR_A = 30.0
 #: Priors in standardized units (one-step differences have sd 1): ("lognormal", log median,
 #: sd of the log), ("beta", a, b) or ("uniform", low, high). docs/bayesian.md says why.
 PRIORS: dict[str, tuple[str, float, float]] = {
@@ -72,6 +83,7 @@ PRIORS: dict[str, tuple[str, float, float]] = {
     "rho": ("beta", 4.0, 1.0),
     "frequency": ("uniform", 0.0, math.pi),
     "sigma_obs": ("lognormal", math.log(0.3), 1.5),
+    "volatility_discount": ("beta", VOLATILITY_PRIOR_A, 1.0),
 }
 #: Fewest grid points a fit accepts.
 MIN_POINTS = 30
@@ -103,8 +115,8 @@ def _start(u: np.ndarray) -> tuple[float, float]:
 
 def _system(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Transition ``F`` (D, 4, 4), process noise variances (D, 4) and read-out variance (D,)
-    of parameter sets ``theta`` (D, 7) in the order of ``_SITES``."""
-    sl, ss, phi, sc, rho, omega, so = theta.T
+    of parameter sets ``theta`` (D, 8) in the order of ``_SITES``."""
+    sl, ss, phi, sc, rho, omega, so = theta[:, :7].T
     f = np.zeros((len(theta), _STATE, _STATE))
     f[:, 0, 0] = f[:, 0, 1] = 1.0
     f[:, 1, 1] = phi
@@ -128,35 +140,68 @@ def _initial(u: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return m, p
 
 
-def _run(
-    u: np.ndarray, theta: np.ndarray, *, keep: bool = False
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Kalman filter of ``u`` for each of the D parameter sets ``theta`` (D, 7): the
-    log-likelihood (D,) and, with ``keep``, the filtered means (D, T, 4) and covariances
-    (D, T, 4, 4)."""
+@dataclass(frozen=True)
+class _Filtered:
+    """A filter pass over a series for D parameter sets: the log-likelihood (D,) and, when
+    kept, the filtered state means (D, T, 4) and covariances (D, T, 4, 4) in units of the
+    scale, the scale's degrees of freedom and its estimate (D, T): the state's covariance
+    and every forecast's variance are ``scale2`` times the ones computed."""
+
+    log_likelihood: np.ndarray
+    means: np.ndarray
+    covs: np.ndarray
+    dof: np.ndarray
+    scale2: np.ndarray
+
+
+def _student_logpdf(e: np.ndarray, dof: np.ndarray, var: np.ndarray) -> np.ndarray:
+    return (
+        special.gammaln((dof + 1) / 2)
+        - special.gammaln(dof / 2)
+        - 0.5 * np.log(dof * math.pi * var)
+        - (dof + 1) / 2 * np.log1p(e * e / (dof * var))
+    )
+
+
+def _run(u: np.ndarray, theta: np.ndarray, *, keep: bool = False) -> _Filtered:
+    """Kalman filter of ``u`` for each of the D parameter sets ``theta`` (D, 8), with the
+    scale learnt on line: every variance is ``v_t`` times the one in ``theta``, and ``1 /
+    v_t`` a gamma-distributed precision that loses the fraction ``1 - volatility_discount``
+    of its information at each step (the beta-gamma volatility of Shephard 1994; West &
+    Harrison's variance discounting), so each reading's predictive is a Student t and the
+    filter's forecasts widen or narrow with the series' recent volatility."""
     f, q, r = _system(theta)
+    beta = theta[:, 7]
     ft = np.swapaxes(f, 1, 2)
     m, p = _initial(u, theta)
     d = len(theta)
     total = np.zeros(d)
-    means = np.empty((d, len(u), _STATE)) if keep else None
-    covs = np.empty((d, len(u), _STATE, _STATE)) if keep else None
+    # the scale starts at 1 (standardized units) with the discount's stationary degrees of
+    # freedom, as if the filter had run for ever: a volatility that does not change (discount
+    # -> 1) leaves the scale at 1, and the sigmas keep their meaning
+    dof, scale2 = 1.0 / np.maximum(1.0 - beta, 1e-6), np.ones(d)
+    shape = (d, len(u)) if keep else (0, 0)
+    means, covs = np.empty((*shape, _STATE)), np.empty((*shape, _STATE, _STATE))
+    dofs, scales = np.empty(shape), np.empty(shape)
     diagonal = np.arange(_STATE)
     for t, y in enumerate(u):
         if t:
             m = np.einsum("dij,dj->di", f, m)
             p = f @ p @ ft
             p[:, diagonal, diagonal] += q
+            dof = beta * dof
         hp = p[:, 0, :] + p[:, 2, :]  # H P with H = (1, 0, 1, 0)
         s = hp[:, 0] + hp[:, 2] + r
         e = y - m[:, 0] - m[:, 2]
-        total -= 0.5 * (np.log(2 * math.pi * s) + e * e / s)
+        total += _student_logpdf(e, dof, s * scale2)
         k = hp / s[:, None]
         m = m + k * e[:, None]
         p = p - k[:, :, None] * hp[:, None, :]
-        if means is not None and covs is not None:
-            means[:, t], covs[:, t] = m, p
-    return total, means, covs
+        scale2 = (dof * scale2 + e * e / s) / (dof + 1)
+        dof = dof + 1
+        if keep:
+            means[:, t], covs[:, t], dofs[:, t], scales[:, t] = m, p, dof, scale2
+    return _Filtered(total, means, covs, dofs, scales)
 
 
 def _ahead(
@@ -178,6 +223,24 @@ def _ahead(
         mean[:, j] = mm[:, 0] + mm[:, 2]
         var[:, j] = pp[:, 0, 0] + 2 * pp[:, 0, 2] + pp[:, 2, 2] + r
     return mean, var
+
+
+def _predictive_draws(
+    run: _Filtered,
+    at: int,
+    theta: np.ndarray,
+    steps: np.ndarray,
+    per_draw: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Draws (D * per_draw, H) of a reading ``steps`` grid points after grid point ``at`` of a
+    kept filter pass, standardized: each parameter draw's Student t (its scale's degrees of
+    freedom and estimate then)."""
+    mean, var = _ahead(run.means[:, at], run.covs[:, at], theta, steps)
+    dof, scale2 = run.dof[:, at], run.scale2[:, at]
+    t = rng.standard_t(dof[:, None, None], size=(len(mean), per_draw, len(steps)))
+    draws = mean[:, None] + np.sqrt(var * scale2[:, None])[:, None] * t
+    return draws.reshape(-1, len(steps))
 
 
 def _log_prior(theta: np.ndarray) -> np.ndarray:
@@ -242,12 +305,12 @@ def _starting_point(u: np.ndarray, seed: int, draws: int = 1500, rounds: int = 3
     oscillation's frequency has several modes; gradient steps from one start miss most)."""
     rng = np.random.default_rng(seed)
     theta = _prior_draws(draws, rng)
-    score = _run(u, theta)[0] + _log_prior(theta)
+    score = _run(u, theta).log_likelihood + _log_prior(theta)
     best, best_score = theta[int(np.argmax(score))], float(np.max(score))
     for width in (0.5, 0.2, 0.07)[:rounds]:
         free = _to_free(best[None]) + width * rng.normal(size=(draws // 3, len(_SITES)))
         theta = _from_free(free)
-        score = _run(u, theta)[0] + _log_prior(theta)
+        score = _run(u, theta).log_likelihood + _log_prior(theta)
         if float(np.max(score)) > best_score:
             best, best_score = theta[int(np.argmax(score))], float(np.max(score))
     return best
@@ -267,7 +330,7 @@ def _loglik_function() -> Any:
             theta = params.detach().numpy().astype(float)
             h = 1e-6 * np.maximum(np.abs(theta), 1e-3)
             sets = np.vstack([theta, theta + np.diag(h), theta - np.diag(h)])
-            ll = _run(u, sets)[0]
+            ll = _run(u, sets).log_likelihood
             k = len(theta)
             gradient = (ll[1 : k + 1] - ll[k + 1 :]) / (2 * h)
             ctx.save_for_backward(torch.as_tensor(np.nan_to_num(gradient)))
@@ -348,13 +411,16 @@ class ForecastModel:
     def _standard(self, values: np.ndarray) -> np.ndarray:
         return (values - self.offset) / self.scale
 
-    def filtered(self, values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Filtered state (means (D, T, 4), covs (D, T, 4, 4); state (level, slope, c, c*) in
-        standardized units) of each draw over ``values`` on the grid."""
+    def _filter(self, values: np.ndarray | None = None) -> _Filtered:
         u = self._standard(self.values if values is None else values)
-        _, means, covs = _run(u, self._params(), keep=True)
-        assert means is not None and covs is not None
-        return means, covs
+        return _run(u, self._params(), keep=True)
+
+    def filtered(self, values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Filtered state (means (D, T, 4), covs (D, T, 4, 4) at the scale estimated then;
+        state (level, slope, c, c*) in standardized units) of each draw over ``values`` on the
+        grid."""
+        run = self._filter(values)
+        return run.means, run.covs * run.scale2[:, :, None, None]
 
     def predict(
         self,
@@ -370,14 +436,11 @@ class ForecastModel:
         horizons = np.asarray(horizons_s, dtype=float)
         if np.any(horizons < 0) or not np.all(np.isfinite(horizons)):
             raise BayesError("forecast horizons must be finite and >= 0 s")
-        means, covs = self.filtered(values)
+        run = self._filter(values)
         steps = np.maximum(np.round(horizons / self.dt).astype(int), 0)
-        mean, var = _ahead(means[:, at], covs[:, at], self._params(), steps)
         rng = np.random.default_rng(seed)
-        draws = mean[:, None] + np.sqrt(var)[:, None] * rng.normal(
-            size=(len(mean), samples_per_draw, len(steps))
-        )
-        draws = draws.reshape(-1, len(steps)) * self.scale + self.offset
+        draws = _predictive_draws(run, at, self._params(), steps, samples_per_draw, rng)
+        draws = draws * self.scale + self.offset
         origin = (
             self.grid_s[at] if values is None else self.grid_s[0] + self.dt * (at % len(values))
         )
@@ -394,14 +457,21 @@ class ForecastModel:
 
     def _paths(self, steps: int, paths: int, seed: int) -> np.ndarray:
         """Simulated paths of the quantity itself (level + oscillation, no read-out noise),
-        standardized, from now (column 0) to ``steps`` grid points ahead: (paths, steps + 1)."""
-        means, covs = self.filtered()
+        standardized, from now (column 0) to ``steps`` grid points ahead: (paths, steps + 1).
+        Each path draws its parameters and its variance scale (from the scale's gamma
+        posterior now) once."""
+        run = self._filter()
         theta = self._params()
         rng = np.random.default_rng(seed)
         pick = rng.integers(0, len(theta), paths)
+        dof, scale2 = run.dof[pick, -1], run.scale2[pick, -1]
+        v = scale2 * dof / rng.chisquare(dof)
         f, q, _ = _system(theta[pick])
-        chol = np.linalg.cholesky(covs[pick, -1] + 1e-12 * np.eye(_STATE))
-        state = means[pick, -1] + np.einsum("nij,nj->ni", chol, rng.normal(size=(paths, _STATE)))
+        q = q * v[:, None]
+        chol = np.linalg.cholesky(run.covs[pick, -1] * v[:, None, None] + 1e-12 * np.eye(_STATE))
+        state = run.means[pick, -1] + np.einsum(
+            "nij,nj->ni", chol, rng.normal(size=(paths, _STATE))
+        )
         out = np.empty((paths, steps + 1))
         out[:, 0] = state[:, 0] + state[:, 2]
         for k in range(1, steps + 1):
@@ -756,12 +826,10 @@ def evaluate_forecast(
         )
         return model, run, persistence_forecast(seg, steps)
 
-    means = covs = np.empty((0, 0, _STATE))
+    kept = None
     if not refit:
         theta = fitted._params()
-        _, kept_means, kept_covs = _run((y - fitted.offset) / fitted.scale, theta, keep=True)
-        assert kept_means is not None and kept_covs is not None
-        means, covs = kept_means, kept_covs
+        kept = _run((y - fitted.offset) / fitted.scale, theta, keep=True)
         llt, llt_run, persist_sd = baselines(0, n_train)
     rng = np.random.default_rng(seed)
     scores: dict[str, list[np.ndarray]] = {k: [] for k in ("b", "p", "l", "cb", "cp", "cl")}
@@ -773,18 +841,17 @@ def evaluate_forecast(
             model = _fit_grid(grid_t[lo : o + 1], y[lo : o + 1], step, **options)  # type: ignore[arg-type]
             fit_seconds += model.seconds
             theta = model._params()
-            _, m_o, c_o = _run((y[lo : o + 1] - model.offset) / model.scale, theta, keep=True)
-            assert m_o is not None and c_o is not None
-            mean, var = _ahead(m_o[:, -1], c_o[:, -1], theta, steps)
+            run = _run((y[lo : o + 1] - model.offset) / model.scale, theta, keep=True)
+            draws = _predictive_draws(run, -1, theta, steps, 8, rng)
             offset, scale = model.offset, model.scale
             llt, llt_run, persist_sd = baselines(lo, o + 1)
             llt_m, llt_p = np.asarray(llt_run.mean)[o - lo], np.asarray(llt_run.cov)[o - lo]
         else:
-            mean, var = _ahead(means[:, o], covs[:, o], theta, steps)
+            assert kept is not None
+            draws = _predictive_draws(kept, o, theta, steps, 8, rng)
             offset, scale = fitted.offset, fitted.scale
             llt_m, llt_p = np.asarray(llt_run.mean)[o], np.asarray(llt_run.cov)[o]
-        draws = mean[:, None] + np.sqrt(var)[:, None] * rng.normal(size=(len(mean), 8, len(steps)))
-        draws = draws.reshape(-1, len(steps)) * scale + offset
+        draws = draws * scale + offset
         lo_q, hi_q = np.quantile(draws, [0.05, 0.95], axis=0)
         scores["b"].append(crps_samples(draws, truth))
         scores["cb"].append((lo_q <= truth) & (truth <= hi_q))

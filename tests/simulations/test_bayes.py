@@ -31,6 +31,7 @@ from simulations import (
     virtual_reference_set,
 )
 from simulations._bayes_calibration import _problems
+from simulations._bayes_forecast import _initial, _run, _system
 from simulations._bayes_model import constants_of, features_of, predict
 from simulations._optical_state import nominal_channels
 from twin import Calibration, derive_state
@@ -222,6 +223,44 @@ def test_forecast_of_a_warming_lens_beats_both_baselines() -> None:
     assert score.crps < 0.8 * score.crps_llt
     assert 0.75 <= score.coverage_90 <= 1.0
     assert score.crps_by_horizon is not None and len(score.crps_by_horizon) == 3
+
+
+def test_the_forecast_scale_follows_the_series_volatility() -> None:
+    """A random walk whose steps shrink a hundredfold (a gas cell flushed, then held): the
+    learnt volatility discount narrows the intervals to the calm part's, which a scale fixed
+    over the whole series (a 90 % one-step width of ~2.7) cannot."""
+    rng = np.random.default_rng(4)
+    steps = np.concatenate([rng.normal(0.0, 1.0, 120), rng.normal(0.0, 0.01, 60)])
+    t = np.arange(len(steps), dtype=float)
+    model = fit_forecast(t, np.cumsum(steps), dt=1.0)
+    assert float(np.median(model.draws["volatility_discount"])) < 0.95
+    q = model.predict([1, 5]).quantiles
+    width = q[0.95] - q[0.05]
+    # the calm part's own 90 % widths: 0.033 one step ahead, 0.074 five steps ahead
+    assert np.all(width < 0.25) and np.all(width > 0.02), width
+
+
+def test_without_a_volatility_discount_the_filter_is_the_gaussian_kalman_filter() -> None:
+    """Discount -> 1: the scale stays at 1 and the likelihood is the Gaussian Kalman filter's,
+    computed here step by step from the state-space form."""
+    rng = np.random.default_rng(5)
+    u = np.cumsum(rng.normal(0.0, 1.0, 60)) + rng.normal(0.0, 0.3, 60)
+    theta = np.array([0.4, 0.01, 0.95, 0.3, 0.8, 0.7, 0.3, 1.0 - 1e-9])
+    got = _run(u, theta[None]).log_likelihood[0]
+    f, q, r = (np.asarray(a)[0] for a in _system(theta[None]))
+    m, p = (np.asarray(a)[0] for a in _initial(u, theta[None]))
+    h = np.array([1.0, 0.0, 1.0, 0.0])
+    expected = 0.0
+    for i, y in enumerate(u):
+        if i:
+            m, p = f @ m, f @ p @ f.T + np.diag(q)
+        s = h @ p @ h + r
+        e = y - h @ m
+        expected += -0.5 * (math.log(2 * math.pi * s) + e * e / s)
+        k = p @ h / s
+        m, p = m + k * e, p - np.outer(k, h @ p)
+    # the scale's degrees of freedom are capped at 1e6, so it still moves by ~1e-5
+    assert got == pytest.approx(expected, rel=1e-4)
 
 
 def test_forecast_needs_a_series() -> None:
