@@ -11,19 +11,20 @@ differences); the state is ``(level, slope, c, c*)``::
     (c, c*)_{t+1} = rho R(omega) (c, c*)_t + kappa_t      kappa ~ N(0, sigma_cycle^2 I_2)
     u_t         = level_t + c_t + eps_t                   eps   ~ N(0, sigma_obs^2)
 
-a level that diffuses, a drift rate that persists (``phi`` near 1: a linear drift) or relaxes
-(``phi = exp(-dt / tau)``: the level settles exponentially, as a lens warming up or a holder
-approaching its set-point), a stationary damped oscillation (``R(omega)`` a rotation by
-``omega`` rad per step; ``omega -> 0`` is an Ornstein-Uhlenbeck wander, ``rho -> 1`` a
-persistent periodic term such as the chiller cycle) and read-out noise. The likelihood is the
-Kalman filter's (states marginalised exactly; value and gradient from one vectorised numpy pass
-over a batch of parameter sets); SVI (default) or NUTS in pyro gives posterior draws of the seven
-parameters, started from the best of a few thousand prior draws (the oscillation's frequency is
-multimodal); the predictive distribution is the mixture over the draws of each draw's Gaussian
-forecast, so it integrates the parameters' uncertainty. :func:`persistence_forecast` and
-:func:`llt_forecast` (the twin's Kalman local linear trend, :class:`twin.LocalLinearTrend`, noise
-fitted by maximum likelihood) are the baselines that :func:`evaluate_forecast` scores it against
-(CRPS, coverage).
+every variance times the series' volatility ``v_t``, whose precision keeps the fraction
+``volatility_discount`` of its information per step (learnt on line: each reading's predictive is a
+Student t): a level that diffuses, a drift rate that persists (``phi`` near 1: a linear drift) or
+relaxes (``phi = exp(-dt / tau)``: the level settles exponentially, as a lens warming up or a holder
+approaching its set-point), a stationary damped oscillation (``R(omega)`` a rotation by ``omega``
+rad per step; ``omega -> 0`` is an Ornstein-Uhlenbeck wander, ``rho -> 1`` a persistent periodic
+term such as the chiller cycle) and read-out noise. The likelihood is the Kalman filter's (states
+marginalised exactly; value and gradient from one vectorised numpy pass over a batch of parameter
+sets); SVI (default) or NUTS in pyro gives posterior draws of the eight parameters, started from the
+best of a few thousand prior draws (the oscillation's frequency is multimodal); the predictive
+distribution is the mixture over the draws of each draw's Student-t forecast, so it integrates the
+parameters' uncertainty. :func:`persistence_forecast` and :func:`llt_forecast` (the twin's Kalman
+local linear trend, :class:`twin.LocalLinearTrend`, noise fitted by maximum likelihood) are the
+baselines that :func:`evaluate_forecast` scores it against (CRPS, coverage).
 
 torch and pyro are imported when a model is fitted, not with this module.
 """
@@ -388,8 +389,9 @@ class ForecastModel:
     """A fitted forecast model: posterior draws of its parameters and the data's grid.
 
     ``draws`` maps each parameter (``sigma_level``, ``sigma_slope``, ``phi``, ``sigma_cycle``,
-    ``rho``, ``frequency`` [rad per grid step], ``sigma_obs``; standardized units: multiply a
-    sigma by ``scale`` for the quantity's unit) to its posterior draws.
+    ``rho``, ``frequency`` [rad per grid step], ``sigma_obs``, ``volatility_discount``;
+    standardized units: multiply a sigma by ``scale`` and the square root of the volatility
+    learnt by then for the quantity's unit) to its posterior draws.
     """
 
     quantity: str
