@@ -52,21 +52,33 @@ def hot_spot_scene() -> Scene:
 
 
 def test_a_hot_spot_is_found_and_reported_at_exactly_its_position() -> None:
+    """A one-position hot spot, over six seeds: most runs find it by learning (5 of 6 here,
+    and which seed misses depends on the platform's floating point), well before the random
+    order gets there, and every run that finds it reports it at exactly its position."""
     scene = hot_spot_scene()
-    run = rehearse(
-        scene, acquisition="ei", patch=5, budget=120, seed_points=6, seed=3,
-        top_fraction=1 / SIDE**2, found_radius=0.0, target_fraction=1.0,
-    )  # fmt: skip
-    assert run.stopped == "target"
-    best = max(run.steps, key=lambda s: s.measured)
-    assert (best.ix, best.iy) == HOT
-    assert best.index == HOT[0] * SIDE + HOT[1]
-    assert (best.x, best.y) == pytest.approx(((HOT[0] + 0.5) * 0.3, (HOT[1] + 0.5) * 0.3))
-    assert best.measured == pytest.approx(scene.truth("com")[HOT])
+    found, needed, random_ranks = 0, [], []
+    for seed in range(6):
+        run = rehearse(
+            scene, acquisition="ei", patch=5, budget=120, seed_points=6, seed=seed,
+            top_fraction=1 / SIDE**2, found_radius=0.0, target_fraction=1.0,
+        )  # fmt: skip
+        order = strategy_order("random", scene.shape, seed)
+        random_ranks.append(int(np.flatnonzero(order == HOT[0] * SIDE + HOT[1])[0]) + 1)
+        if run.stopped != "target":
+            assert run.stopped == "budget" and len(run.steps) == 120
+            continue
+        found += 1
+        best = max(run.steps, key=lambda s: s.measured)
+        assert (best.ix, best.iy) == HOT
+        assert best.index == HOT[0] * SIDE + HOT[1]
+        assert (best.x, best.y) == pytest.approx(((HOT[0] + 0.5) * 0.3, (HOT[1] + 0.5) * 0.3))
+        assert best.measured == pytest.approx(scene.truth("com")[HOT])
+        n = run.measurements_to(1.0)
+        assert n is not None
+        needed.append(n)
+    assert found >= 4, f"the hot spot was found in {found} of 6 runs"
     # The loop found it by learning, well before the random order gets there.
-    random_rank = int(np.flatnonzero(strategy_order("random", scene.shape, 3) == best.index)[0])
-    needed = run.measurements_to(1.0)
-    assert needed is not None and needed < min(random_rank + 1, 120)
+    assert float(np.median(needed)) < 0.5 * float(np.median(random_ranks)), (needed, random_ranks)
 
 
 def test_the_measured_point_is_the_chosen_one() -> None:
