@@ -116,14 +116,9 @@ def forecast_document(
     horizons = sorted({float(h) for h in horizons_s})
     forecast = model.predict(horizons)
     samples = np.asarray(forecast.samples, dtype=float)
-    quantiles = np.array(
-        [
-            np.asarray(forecast.quantiles[q], dtype=float)
-            if q in forecast.quantiles
-            else np.quantile(samples, q, axis=0)
-            for q in FORECAST_LEVELS
-        ]
-    ).reshape(len(FORECAST_LEVELS), len(horizons))
+    quantiles = np.quantile(samples, FORECAST_LEVELS, axis=0).reshape(
+        len(FORECAST_LEVELS), len(horizons)
+    )
     window = document["window"]
     origin = datetime.fromisoformat(window["start"]) + timedelta(seconds=float(forecast.origin_s))
     mean, sd = np.asarray(forecast.mean, dtype=float), np.asarray(forecast.sd, dtype=float)

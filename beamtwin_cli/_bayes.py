@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,8 +94,6 @@ def _add_calibrate(sub: Subparsers) -> None:
 
 def _step_size(text: str) -> float:
     """``--step-size``: a finite number > 0 (else argparse's usage error, exit 2)."""
-    import math
-
     try:
         value = float(text)
     except ValueError:

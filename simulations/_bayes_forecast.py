@@ -413,9 +413,16 @@ class ForecastModel:
     def _standard(self, values: np.ndarray) -> np.ndarray:
         return (values - self.offset) / self.scale
 
+    @functools.cached_property
+    def _fitted_run(self) -> _Filtered:
+        """The filter pass over the data fitted, once: a forecast, a probability and a stable
+        time asked of one model share it."""
+        return _run(self._standard(self.values), self._params(), keep=True)
+
     def _filter(self, values: np.ndarray | None = None) -> _Filtered:
-        u = self._standard(self.values if values is None else values)
-        return _run(u, self._params(), keep=True)
+        if values is None:
+            return self._fitted_run
+        return _run(self._standard(values), self._params(), keep=True)
 
     def filtered(self, values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Filtered state (means (D, T, 4), covs (D, T, 4, 4) at the scale estimated then;

@@ -238,6 +238,10 @@ def test_the_forecast_scale_follows_the_series_volatility() -> None:
     width = q[0.95] - q[0.05]
     # the calm part's own 90 % widths: 0.033 one step ahead, 0.074 five steps ahead
     assert np.all(width < 0.25) and np.all(width > 0.02), width
+    # paths of the quantity carry the learnt volatility too: the calm walk stays within 0.2
+    # over 5 steps (sd 0.022), and is stable from now on
+    assert model.probability_within(0.2, 5.0) > 0.9
+    assert model.stable_after(0.2, 5.0, step_s=1.0, within_s=5.0) == 0.0
 
 
 def test_without_a_volatility_discount_the_filter_is_the_gaussian_kalman_filter() -> None:
